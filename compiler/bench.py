@@ -1,0 +1,108 @@
+"""tvmforge against ONNX Runtime on the same model, inputs and thread count.
+
+Both run a warm-up, then ``repeat`` timed calls each; the report gives medians, the spread
+(interquartile range), the ratio tvmforge/ONNX Runtime (below 1 means tvmforge is faster) and
+the largest output difference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+from . import reference
+from .build import build_model, export
+from .runtime import load, random_inputs
+
+
+@dataclass
+class BenchResult:
+    model: str
+    target: str
+    threads: int | None
+    repeat: int
+    compile_s: float
+    tvmforge_ms: float
+    tvmforge_iqr_ms: float
+    ort_ms: float
+    ort_iqr_ms: float
+    ratio: float
+    max_abs_err: float
+    max_rel_err: float
+    outputs_match: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _median_iqr(seconds: list[float]) -> tuple[float, float]:
+    ms = sorted(s * 1e3 for s in seconds)
+    if len(ms) < 4:
+        return statistics.median(ms), 0.0
+    q = statistics.quantiles(ms, n=4)
+    return statistics.median(ms), q[2] - q[0]
+
+
+def time_onnxruntime(model, arrays, threads: int | None, repeat: int, warmup: int) -> list[float]:
+    sess = reference.session(model, threads)
+    feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench(
+    model_spec: str,
+    target: str = "x86",
+    *,
+    threads: int | None = None,
+    repeat: int = 20,
+    warmup: int = 2,
+    seed: int = 0,
+    **build_options: Any,
+) -> BenchResult:
+    """Compile ``model_spec`` and time it against ONNX Runtime, interleaving nothing else."""
+    t0 = time.perf_counter()
+    built = build_model(model_spec, target, threads=threads, **build_options)
+    with tempfile.TemporaryDirectory(prefix="tvmforge-bench-") as tmp:
+        path = export(built, Path(tmp) / "bench.tar")
+        compile_s = time.perf_counter() - t0
+        compiled = load(path, threads=threads)
+        arrays = random_inputs(compiled.inputs, seed)
+        ours = compiled.run(arrays)
+        ref = reference.run_onnxruntime(built.model, arrays, threads)
+        cmp = reference.compare(ours, ref)
+        for _ in range(max(warmup - 1, 0)):
+            compiled.run(arrays)
+        tvm_times = compiled.time(arrays, repeat)
+    ort_times = time_onnxruntime(built.model, arrays, threads, repeat, warmup)
+    tvm_med, tvm_iqr = _median_iqr(tvm_times)
+    ort_med, ort_iqr = _median_iqr(ort_times)
+    return BenchResult(
+        model=model_spec,
+        target=built.target.spec(),
+        threads=threads,
+        repeat=repeat,
+        compile_s=round(compile_s, 2),
+        tvmforge_ms=round(tvm_med, 3),
+        tvmforge_iqr_ms=round(tvm_iqr, 3),
+        ort_ms=round(ort_med, 3),
+        ort_iqr_ms=round(ort_iqr, 3),
+        ratio=round(tvm_med / ort_med, 2) if ort_med > 0 else float("inf"),
+        max_abs_err=float(max((c.max_abs for c in cmp), default=0.0)),
+        max_rel_err=float(max((c.max_rel for c in cmp), default=0.0)),
+        outputs_match=all(c.ok for c in cmp),
+    )
+
+
+__all__ = ["BenchResult", "bench"]

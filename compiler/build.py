@@ -1,0 +1,202 @@
+"""The driver: ONNX model → Relax → tvmforge pipeline → VM executable → artifact.
+
+``compile_model`` is what ``tvmforge compile`` and the Python API call. It validates everything
+about the input before spending time on the build, and writes the artifact atomically only after
+the build (and the optional check) succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from tvmforge.targets import ResolvedTarget, resolve
+
+from . import artifact, frontend, tuning
+from .errors import CompileError, InputError
+from .frontend import OnnxModel, TensorInfo
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Built:
+    """A compiled model in memory: the executable and everything the manifest says about it."""
+
+    model: OnnxModel
+    target: ResolvedTarget
+    executable: Any  # tvm.relax.Executable
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    databases: list[Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        import tvm
+
+        from . import __version__
+
+        return {
+            "model": {
+                "source": self.model.path,
+                "sha256": self.model.sha256,
+                "opset": self.model.opset,
+                "producer": self.model.proto.producer_name,
+            },
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": [o.to_json() for o in self.outputs],
+            "target": self.target.describe(),
+            "passes": pass_list(self.target, self.databases),
+            "versions": {"tvmforge": __version__, "tvm": tvm.__version__},
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+def pass_list(target: ResolvedTarget, databases: Sequence[Path]) -> list[dict[str, Any]]:
+    """The passes applied, with their settings, as the manifest records them."""
+    schedules = "dlight-gpu" if target.device != "cpu" else "none (stock CPU lowering)"
+    steps: list[dict[str, Any]] = [
+        {"name": "DecomposeOpsForInference"},
+        {"name": "FoldConstant"},
+        {"name": "LegalizeOps"},
+        {"name": "FuseOps+FuseTIR"},
+        {"name": "MetaScheduleApplyDatabase", "databases": [str(d) for d in databases]},
+        {"name": "default_schedules", "kind": schedules},
+    ]
+    return steps
+
+
+def _relax_outputs(mod, model: OnnxModel) -> list[TensorInfo]:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    leaves = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    names = [o.name for o in model.outputs]
+    if len(leaves) != len(names):
+        raise CompileError(
+            f"{model.path}: the imported graph returns {len(leaves)} tensors for "
+            f"{len(names)} ONNX outputs"
+        )
+    outs = []
+    for name, sinfo in zip(names, leaves, strict=True):
+        shape = tuple(int(v) if hasattr(v, "value") else str(v) for v in sinfo.shape.values)
+        outs.append(TensorInfo(name, shape, str(sinfo.dtype)))
+    return outs
+
+
+def build_model(
+    model: str | Path | onnx.ModelProto | OnnxModel,
+    target: str | ResolvedTarget = "x86",
+    *,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    threads: int | None = None,
+    tuning_logs: Sequence[Path] = (),
+    use_shipped_logs: bool = True,
+    progress: Progress | None = None,
+) -> Built:
+    """Import, optimize and build a model for a target, in memory.
+
+    Raises
+    ------
+    InputError
+        For bad input (file, shapes, target).
+    CompileError
+        For a model that could not be imported or built.
+    """
+    import tvm
+
+    from .pipeline import tvmforge_pipeline
+
+    say = progress or (lambda _msg: None)
+    if isinstance(target, str):
+        from tvmforge.targets import TargetSpecError
+
+        try:
+            target = resolve(target, threads=threads)
+        except TargetSpecError as err:
+            raise InputError(str(err)) from None
+    onnx_model = model if isinstance(model, OnnxModel) else frontend.load(model)
+    inputs = frontend.resolve_inputs(onnx_model, dict(input_shapes or {}))
+    seconds: dict[str, float] = {}
+
+    say("importing ONNX into Relax")
+    t0 = time.perf_counter()
+    mod = frontend.to_relax(onnx_model, inputs)
+    outputs = _relax_outputs(mod, onnx_model)
+    seconds["import"] = time.perf_counter() - t0
+
+    databases = tuning.databases_for(target, list(tuning_logs)) if use_shipped_logs else [
+        Path(p) for p in tuning_logs
+    ]
+    say(f"building for {target.spec()}")
+    t0 = time.perf_counter()
+    tvm_target = target.tvm_target()
+    try:
+        pipeline = tvmforge_pipeline(target=tvm_target, databases=databases)
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+    except Exception as err:
+        raise CompileError(
+            f"{onnx_model.path}: building for {target.spec()} failed: {frontend._first_line(err)}",
+            hint="rerun with --verbose for the compiler's trace",
+        ) from err
+    seconds["build"] = time.perf_counter() - t0
+    return Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
+
+
+def export(built: Built, output: str | Path, progress: Progress | None = None) -> Path:
+    """Export the built library and write the artifact atomically."""
+    say = progress or (lambda _msg: None)
+    say(f"exporting {output}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tvmforge-") as tmp:
+        lib = Path(tmp) / artifact.LIBRARY
+        kwargs = {"cc": built.target.export_cc} if built.target.export_cc else {}
+        try:
+            built.executable.export_library(str(lib), **kwargs)
+        except Exception as err:
+            raise CompileError(
+                f"{built.model.path}: linking the library for {built.target.spec()} failed: "
+                f"{frontend._first_line(err)}",
+                hint=f"check that {built.target.export_cc or 'the host C compiler'} works",
+            ) from err
+        built.seconds["export"] = time.perf_counter() - t0
+        return artifact.write(output, lib, built.manifest())
+
+
+def compile_model(
+    model: str | Path | onnx.ModelProto,
+    target: str | ResolvedTarget = "x86",
+    output: str | Path = "model.tar",
+    **options: Any,
+) -> Path:
+    """Compile an ONNX model into an artifact; the Python twin of ``tvmforge compile``.
+
+    Parameters
+    ----------
+    model:
+        Path to an ``.onnx`` file, ``zoo:NAME``, or an ``onnx.ModelProto``.
+    target:
+        ``x86``, ``arm``, ``cuda`` (optionally ``:PRESET``) or a JSON TVM target.
+    output:
+        Where to write the artifact.
+    **options:
+        ``input_shapes``, ``threads``, ``tuning_logs``, ``use_shipped_logs``, ``progress``
+        as for ``build_model``.
+
+    Returns
+    -------
+    Path
+        The artifact written.
+    """
+    progress = options.get("progress")
+    built = build_model(model, target, **options)
+    return export(built, output, progress)

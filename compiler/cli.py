@@ -1,0 +1,426 @@
+"""The ``tvmforge`` command line (DESIGN.md holds the contract).
+
+Exit status: 0 on success, 2 for bad usage or bad input, 1 for a compile failure or a failed
+check. Every failure prints one line naming the file, node or op and what to do; ``--verbose``
+adds the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import InputError, TvmforgeError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Shape(click.ParamType):
+    """``NAME=1x3x224x224``."""
+
+    name = "NAME=SHAPE"
+
+    def convert(self, value: Any, param, ctx) -> tuple[str, tuple[int, ...]]:
+        from .frontend import parse_input_shape
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_input_shape(value)
+        except InputError as err:
+            self.fail(err.line(), param, ctx)
+
+
+# Options shared by the commands that compile.
+target_option = click.option(
+    "--target",
+    "-t",
+    default="x86",
+    show_default=True,
+    metavar="x86|arm|cuda[:PRESET]|JSON",
+    help="Target to build for; `tvmforge targets` lists presets. JSON: a TVM target dict.",
+)
+input_shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    type=Shape(),
+    help="Fix an input's dynamic dims, e.g. data=1x3x224x224 (repeatable).",
+)
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="Runtime worker threads."
+)
+tuning_log_option = click.option(
+    "--tuning-log",
+    "tuning_logs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Extra MetaSchedule database folder(s) to apply after the shipped ones.",
+)
+
+
+def _progress() -> Callable[[str], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    return lambda msg: click.echo(f"tvmforge: {msg}...", err=True)
+
+
+def _reports_errors(func: Callable) -> Callable:
+    """Turn every failure into one line and the right exit status."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        verbose = (ctx.find_root().params or {}).get("verbose", False)
+        try:
+            return func(*args, **kwargs)
+        except TvmforgeError as err:
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"error: {err.line()}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as err:
+            if verbose:
+                traceback.print_exc()
+            from .frontend import _first_line
+
+            click.echo(
+                f"error: {ctx.info_name} failed: {type(err).__name__}: {_first_line(err)}; "
+                "rerun with --verbose for the traceback",
+                err=True,
+            )
+            ctx.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--verbose", "-v", is_flag=True, help="Log each step; show tracebacks on errors.")
+@click.version_option(package_name="tvmforge")
+def main(verbose: bool) -> None:
+    """tvmforge: compile ONNX models into fast, deployable modules with Apache TVM."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def _default_output(model: str) -> Path:
+    stem = Path(model.split(":", 1)[-1]).stem if model.startswith("zoo:") else Path(model).stem
+    return Path(f"{stem}.tar")
+
+
+@main.command("compile", context_settings=CONTEXT)
+@click.argument("model")
+@target_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Artifact to write [default: MODEL's name with .tar].")
+@input_shape_option
+@threads_option
+@tuning_log_option
+@click.option("--no-tuning-logs", is_flag=True,
+              help="Apply no tuning records at all (not even the shipped ones).")
+@click.option("--check", is_flag=True,
+              help="Run once on random inputs and compare with ONNX Runtime; exit 1 past tolerance.")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance for --check [1e-4].")
+@click.option("--rtol", type=float, default=None,
+              help="Tolerance relative to the largest reference value for --check [1e-3].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --check inputs.")
+@_reports_errors
+def compile_cmd(
+    model: str,
+    target: str,
+    output: Path | None,
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    threads: int | None,
+    tuning_logs: tuple[Path, ...],
+    no_tuning_logs: bool,
+    check: bool,
+    atol: float | None,
+    rtol: float | None,
+    seed: int,
+) -> None:
+    """Compile MODEL (.onnx, or zoo:NAME) into a deployable artifact (.tar)."""
+    from . import build, reference, runtime
+
+    output = output or _default_output(model)
+    progress = _progress()
+    built = build.build_model(
+        model,
+        target,
+        input_shapes=dict(input_shapes),
+        threads=threads,
+        tuning_logs=list(tuning_logs),
+        use_shipped_logs=not no_tuning_logs,
+        progress=progress,
+    )
+    if not check:
+        path = build.export(built, output, progress)
+        _print_compiled(path, built)
+        return
+    # Check before the artifact takes its name: a failed check leaves nothing behind.
+    staging = output.with_name(f".{output.name}.unchecked")
+    try:
+        build.export(built, staging, progress)
+        compiled = runtime.load(staging, threads=threads)
+        arrays = runtime.random_inputs(compiled.inputs, seed)
+        ours = compiled.run(arrays)
+        ref = reference.run_onnxruntime(built.model, arrays, threads)
+        results = reference.compare(
+            ours,
+            ref,
+            atol=reference.DEFAULT_ATOL if atol is None else atol,
+            rtol=reference.DEFAULT_RTOL if rtol is None else rtol,
+        )
+        click.echo(f"check against ONNX Runtime ({len(results)} output(s), seed {seed}):")
+        for r in results:
+            click.echo(f"  {r.line()}")
+        if not all(r.ok for r in results):
+            from .errors import CompileError
+
+            bad = ", ".join(r.name for r in results if not r.ok)
+            raise CompileError(
+                f"{built.model.path}: --check failed: output(s) {bad} differ from ONNX Runtime "
+                "beyond tolerance; no artifact written",
+                hint="rerun with --verbose, or loosen --atol/--rtol if the model is ill-conditioned",
+            )
+        os.replace(staging, output)
+    finally:
+        staging.unlink(missing_ok=True)
+    _print_compiled(output, built)
+
+
+def _print_compiled(path: Path, built) -> None:
+    secs = built.seconds
+    click.echo(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {built.target.spec()} in "
+        f"{sum(secs.values()):.1f} s (import {secs.get('import', 0):.1f} s, "
+        f"build {secs.get('build', 0):.1f} s, export {secs.get('export', 0):.1f} s)"
+    )
+
+
+@main.command("run", context_settings=CONTEXT)
+@click.argument("artifact_path", metavar="OUT.tar",
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help=".npz keyed by ONNX input name [default: random inputs].")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write outputs to this .npz, keyed by ONNX output name.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Timed runs after one warm-up; prints median and min latency.")
+@threads_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@_reports_errors
+def run_cmd(
+    artifact_path: Path,
+    inputs_path: Path | None,
+    output_path: Path | None,
+    repeat: int,
+    threads: int | None,
+    seed: int,
+) -> None:
+    """Run a compiled artifact."""
+    import numpy as np
+
+    from . import runtime
+
+    compiled = runtime.load(artifact_path, threads=threads)
+    if inputs_path is None:
+        arrays = runtime.random_inputs(compiled.inputs, seed)
+        source = "random inputs"
+    else:
+        arrays = _read_npz(inputs_path)
+        source = str(inputs_path)
+    outputs = compiled.run(arrays, source=source)
+    for name, arr in outputs.items():
+        flat = arr.reshape(-1)
+        head = ", ".join(f"{v:.4g}" if arr.dtype.kind == "f" else str(v) for v in flat[:5])
+        click.echo(f"{name}: {arr.dtype}{list(arr.shape)} [{head}{', ...' if flat.size > 5 else ''}]")
+    if repeat > 1:
+        import statistics
+
+        times = compiled.time(arrays, repeat)
+        click.echo(
+            f"latency over {repeat} runs: median {statistics.median(times) * 1e3:.3f} ms, "
+            f"min {min(times) * 1e3:.3f} ms"
+        )
+    if output_path is not None:
+        tmp = output_path.with_name(f".{output_path.name}.part.npz")
+        np.savez(tmp, **outputs)
+        os.replace(tmp, output_path)
+        click.echo(f"wrote {output_path}")
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file", hint="pass an .npz keyed by ONNX input name")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as err:
+        raise InputError(
+            f"{path}: not a readable .npz ({type(err).__name__}: {err})",
+            hint="write it with numpy.savez(path, input_name=array, ...)",
+        ) from None
+
+
+@main.command("inspect", context_settings=CONTEXT)
+@click.argument("path", metavar="MODEL.onnx|OUT.tar")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_reports_errors
+def inspect_cmd(path: str, input_shapes: tuple, as_json: bool) -> None:
+    """Show a model's inputs, outputs, ops, FLOPs and support, or an artifact's manifest."""
+    from . import analysis, artifact, frontend
+
+    if Path(path).is_file() and artifact.is_artifact(path):
+        manifest = artifact.read_manifest(path)
+        if as_json:
+            click.echo(json.dumps(manifest, indent=2))
+            return
+        click.echo(f"artifact {path}")
+        _print_tensors("inputs", manifest["inputs"])
+        _print_tensors("outputs", manifest["outputs"])
+        t = manifest["target"]
+        click.echo(f"target: {t['key']}:{t['preset']} ({t['arch']}, {t['device']}) "
+                   f"{json.dumps(t['target'])}")
+        click.echo(f"source: {manifest['model']['source']} sha256 {manifest['model']['sha256']}")
+        click.echo("passes: " + ", ".join(p["name"] for p in manifest["passes"]))
+        v = manifest["versions"]
+        click.echo(f"built with tvmforge {v['tvmforge']}, TVM {v['tvm']}")
+        return
+    model = frontend.load(path)
+    overrides = dict(input_shapes)
+    inputs = model.inputs
+    if overrides:
+        inputs = frontend.resolve_inputs(model, overrides)
+    rep = analysis.report(model, inputs)
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=2))
+        return
+    click.echo(f"model {path} (opset {rep.opset}, {rep.parameters:,} parameters in initializers)")
+    _print_tensors("inputs", [i.to_json() for i in rep.inputs])
+    _print_tensors("outputs", [o.to_json() for o in rep.outputs])
+    click.echo("ops: " + ", ".join(f"{op} {n}" for op, n in rep.op_counts.items()))
+    unknown = f" ({rep.unknown_flops_nodes} node(s) with unknown shapes not counted)" \
+        if rep.unknown_flops_nodes else ""
+    click.echo(f"FLOPs: {rep.flops / 1e9:.3f} G{unknown}")
+    top = ", ".join(f"{op} {f / 1e9:.3f} G" for op, f in list(rep.flops_by_op.items())[:6])
+    if top:
+        click.echo(f"  by op: {top}")
+    if rep.unsupported:
+        ops = sorted({op for _, op in rep.unsupported})
+        click.echo(f"unsupported: {len(rep.unsupported)} node(s) [{', '.join(ops)}]: "
+                   + ", ".join(f"{n} ({op})" for n, op in rep.unsupported[:20]))
+    else:
+        click.echo("support: every op can be imported")
+
+
+def _print_tensors(title: str, tensors: list[dict]) -> None:
+    click.echo(f"{title}:")
+    for t in tensors:
+        click.echo(f"  {t['name']}: {t['dtype']}[{', '.join(str(d) for d in t['shape'])}]")
+
+
+@main.command("targets", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_reports_errors
+def targets_cmd(as_json: bool) -> None:
+    """List known targets and what this machine can build and run."""
+    from tvmforge.targets import REGISTRY
+
+    rows = []
+    for fam in REGISTRY.values():
+        build, run = fam.can_build(), fam.can_run()
+        rows.append({
+            "key": fam.key,
+            "summary": fam.summary,
+            "default_preset": fam.default_preset,
+            "presets": fam.presets,
+            "build": build.ok,
+            "build_note": build.reason,
+            "run": run.ok,
+            "run_note": run.reason,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        build = "yes" if r["build"] else f"no ({r['build_note']})"
+        run = "yes" if r["run"] else f"no ({r['run_note']})"
+        if r["run"] and r["run_note"]:
+            run = f"yes ({r['run_note']})"
+        click.echo(f"{r['key']}: {r['summary']}")
+        click.echo(f"  build here: {build}; run here: {run}")
+        for name, desc in r["presets"].items():
+            mark = " (default)" if name == r["default_preset"] else ""
+            click.echo(f"    {r['key']}:{name}{mark}  {desc}")
+    click.echo('json: any TVM target as JSON, e.g. --target \'{"kind": "llvm", "mcpu": "znver4"}\'')
+
+
+@main.command("bench", context_settings=CONTEXT)
+@click.argument("model")
+@target_option
+@input_shape_option
+@threads_option
+@tuning_log_option
+@click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_reports_errors
+def bench_cmd(
+    model: str,
+    target: str,
+    input_shapes: tuple,
+    threads: int | None,
+    tuning_logs: tuple[Path, ...],
+    repeat: int,
+    warmup: int,
+    as_json: bool,
+) -> None:
+    """Time MODEL compiled by tvmforge against ONNX Runtime, same inputs and threads."""
+    from .bench import bench
+
+    res = bench(
+        model,
+        target,
+        threads=threads,
+        repeat=repeat,
+        warmup=warmup,
+        input_shapes=dict(input_shapes),
+        tuning_logs=list(tuning_logs),
+        progress=_progress(),
+    )
+    if as_json:
+        click.echo(json.dumps(res.to_json(), indent=2))
+        return
+    click.echo(f"{res.model} on {res.target}, {res.threads or 'default'} threads, "
+               f"{res.repeat} runs (compile {res.compile_s:.1f} s)")
+    click.echo(f"  tvmforge     {res.tvmforge_ms:10.3f} ms  (IQR {res.tvmforge_iqr_ms:.3f})")
+    click.echo(f"  onnxruntime  {res.ort_ms:10.3f} ms  (IQR {res.ort_iqr_ms:.3f})")
+    click.echo(f"  ratio tvmforge/onnxruntime: {res.ratio:.2f}x")
+    click.echo(f"  outputs: max abs err {res.max_abs_err:.3g}, max rel err {res.max_rel_err:.3g}, "
+               f"{'match' if res.outputs_match else 'MISMATCH'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,35 @@
+"""Errors that tvmforge reports to a user as one line.
+
+Every failure a user can cause or meet is one of these two classes; the CLI prints
+``error: <message>`` and exits with ``exit_code`` (click's convention: 2 for bad usage or bad
+input, 1 for a compile failure). Anything else escaping is a bug and is reported as one too.
+"""
+
+from __future__ import annotations
+
+
+class TvmforgeError(Exception):
+    """Base class: a message meant for the user, and the exit status that goes with it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        """The one line the CLI prints."""
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class InputError(TvmforgeError):
+    """Bad input: a missing or malformed file, a wrong shape, an unknown name (exit 2)."""
+
+    exit_code = 2
+
+
+class CompileError(TvmforgeError):
+    """A valid model that tvmforge could not compile, or a check that failed (exit 1)."""
+
+    exit_code = 1

@@ -1,0 +1,323 @@
+"""ONNX in, Relax out: load and validate a model, fix its input shapes, import it into Relax.
+
+Every way a model can be unusable is found here and reported as one line naming the file, the
+input or the node, and what to do: a missing or unparsable file, an ``--input-shape`` for an
+input that does not exist, a dynamic dimension left unfixed, and every unsupported operator
+(all of them at once, each with its node's name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import CompileError, InputError
+
+log = logging.getLogger(__name__)
+
+# Ops the importer handles outside its converter map.
+_IMPORTER_BUILTINS = frozenset({"Constant", "If"})
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: ONNX name, shape (ints, or names of dynamic dims), dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    @property
+    def static(self) -> bool:
+        return all(isinstance(d, int) and d >= 0 for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorInfo:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+@dataclass
+class OnnxModel:
+    """A loaded, validated ONNX model and what we know about it."""
+
+    path: str
+    proto: onnx.ModelProto
+    sha256: str
+
+    @property
+    def opset(self) -> int:
+        for imp in self.proto.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return int(imp.version)
+        return 1
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        """Real inputs: graph inputs that are not initializers (old IR lists both)."""
+        inits = {t.name for t in self.proto.graph.initializer}
+        return [_value_info(v) for v in self.proto.graph.input if v.name not in inits]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [_value_info(v) for v in self.proto.graph.output]
+
+
+def _dtype_of(elem_type: int) -> str:
+    if elem_type == 0:
+        return "float32"
+    return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)))
+
+
+def _value_info(v: onnx.ValueInfoProto) -> TensorInfo:
+    tt = v.type.tensor_type
+    dims: list[int | str] = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or f"?{i}")
+    return TensorInfo(v.name, tuple(dims), _dtype_of(tt.elem_type))
+
+
+def load_model(path: str | Path) -> OnnxModel:
+    """Read and check an ONNX file.
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, not an ONNX model or truncated.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file", hint="check the path to the .onnx model")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not an ONNX file")
+    data = p.read_bytes()
+    if not data:
+        raise InputError(f"{p}: the file is empty", hint="re-export the model")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise InputError(
+            f"{p}: not an ONNX model or truncated (protobuf could not parse it: "
+            f"{_first_line(err)})",
+            hint="re-export or re-download the file",
+        ) from None
+    if not proto.HasField("graph") or len(proto.graph.node) == 0 or not proto.graph.output:
+        raise InputError(
+            f"{p}: not an ONNX model (no graph, nodes or outputs in it)",
+            hint="pass a .onnx file exported from a framework",
+        )
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        try:
+            onnx.load_external_data_for_model(proto, str(p.parent))
+        except Exception as err:
+            raise InputError(
+                f"{p}: its weights live in external data files that could not be read "
+                f"({_first_line(err)})",
+                hint="keep the data files beside the model",
+            ) from None
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as err:
+        # Many exported models bend the spec in harmless ways; the importer is the judge.
+        log.info("%s: onnx.checker: %s", p, _first_line(err))
+    return OnnxModel(str(p), proto, hashlib.sha256(data).hexdigest())
+
+
+def load(spec: str | Path | onnx.ModelProto) -> OnnxModel:
+    """Load a model from a path, a ``zoo:NAME`` light model, or a ``ModelProto``.
+
+    Raises
+    ------
+    InputError
+        For a missing or malformed file, or an unknown zoo name.
+    """
+    from . import zoo
+
+    if isinstance(spec, onnx.ModelProto):
+        data = spec.SerializeToString()
+        return OnnxModel("<in-memory model>", spec, hashlib.sha256(data).hexdigest())
+    text = str(spec)
+    if text.startswith(zoo.PREFIX) and not Path(text).exists():
+        name = text[len(zoo.PREFIX) :]
+        try:
+            proto = zoo.light_model(name)
+        except KeyError:
+            raise InputError(
+                f"{text}: no such zoo model", hint=f"known: {', '.join(zoo.light_names())}"
+            ) from None
+        return OnnxModel(text, proto, hashlib.sha256(proto.SerializeToString()).hexdigest())
+    return load_model(text)
+
+
+_SHAPE_RE = re.compile(r"^(?P<name>.+)=(?P<dims>\d+(?:[x,]\d+)*)$")
+
+
+def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x224x224`` (``,`` works as separator too).
+
+    Raises
+    ------
+    InputError
+        When the text is not of that form.
+    """
+    m = _SHAPE_RE.match(spec.strip())
+    if not m:
+        raise InputError(
+            f"--input-shape {spec!r} is not NAME=DIMxDIMx...",
+            hint="e.g. --input-shape data=1x3x224x224",
+        )
+    dims = tuple(int(x) for x in re.split(r"[x,]", m["dims"]))
+    return m["name"], dims
+
+
+def resolve_inputs(model: OnnxModel, overrides: dict[str, tuple[int, ...]]) -> list[TensorInfo]:
+    """The model's inputs with every dimension fixed.
+
+    Raises
+    ------
+    InputError
+        For an override naming no input, of the wrong rank or contradicting a static dim,
+        and for a dynamic dimension that no override fixes.
+    """
+    inputs = model.inputs
+    names = [i.name for i in inputs]
+    for name in overrides:
+        if name not in names:
+            raise InputError(
+                f"{model.path}: --input-shape names {name!r}, which is not an input of the model",
+                hint=f"its inputs are: {', '.join(names)}",
+            )
+    resolved = []
+    for info in inputs:
+        if info.name in overrides:
+            dims = overrides[info.name]
+            if info.shape and len(dims) != len(info.shape):
+                raise InputError(
+                    f"{model.path}: input {info.name!r} has rank {len(info.shape)} "
+                    f"{_fmt_shape(info.shape)}, but --input-shape gives {len(dims)} dims",
+                    hint=f"give {len(info.shape)} dims",
+                )
+            for axis, (want, have) in enumerate(zip(dims, info.shape, strict=False)):
+                if isinstance(have, int) and have != want:
+                    raise InputError(
+                        f"{model.path}: input {info.name!r} dimension {axis} is fixed to {have} "
+                        f"in the model; --input-shape asks for {want}",
+                        hint="only dynamic dimensions can be changed",
+                    )
+            resolved.append(TensorInfo(info.name, tuple(dims), info.dtype))
+            continue
+        dynamic = [(a, d) for a, d in enumerate(info.shape) if not isinstance(d, int)]
+        if dynamic:
+            axis, dim = dynamic[0]
+            example = "x".join(str(d) if isinstance(d, int) else "N" for d in info.shape)
+            raise InputError(
+                f"{model.path}: input {info.name!r} has dynamic dimension {axis} ({dim!r}) "
+                f"in shape {_fmt_shape(info.shape)}",
+                hint=f"fix it with --input-shape {info.name}={example} (N = the size you need)",
+            )
+        resolved.append(info)
+    return resolved
+
+
+def _fmt_shape(shape: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _supported_ops() -> frozenset[str]:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return frozenset(_get_convert_map()) | _IMPORTER_BUILTINS
+
+
+def _iter_nodes(graph: onnx.GraphProto, prefix: str = ""):
+    for index, node in enumerate(graph.node):
+        label = node.name or f"#{index}"
+        yield prefix + label, node
+        for attr in node.attribute:
+            subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            for sub in subgraphs:
+                yield from _iter_nodes(sub, prefix=f"{prefix}{label}/{attr.name}/")
+
+
+def unsupported_nodes(model: OnnxModel) -> list[tuple[str, str]]:
+    """``(node name, op)`` for every node the importer cannot convert, in graph order."""
+    supported = _supported_ops()
+    bad = []
+    for label, node in _iter_nodes(model.proto.graph):
+        foreign = node.domain not in ("", "ai.onnx", "com.microsoft")
+        if foreign or node.op_type not in supported:
+            op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
+            bad.append((label, op))
+    return bad
+
+
+def check_supported(model: OnnxModel) -> None:
+    """Raise one ``CompileError`` listing every unsupported node.
+
+    Raises
+    ------
+    CompileError
+        When any node's op has no converter.
+    """
+    bad = unsupported_nodes(model)
+    if not bad:
+        return
+    ops = sorted({op for _, op in bad})
+    shown = ", ".join(f"{name} ({op})" for name, op in bad[:20])
+    more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+    raise CompileError(
+        f"{model.path}: {len(bad)} node(s) use operators tvmforge cannot import "
+        f"[{', '.join(ops)}]: {shown}{more}",
+        hint="replace these ops when exporting, or run `tvmforge inspect` for the op list",
+    )
+
+
+def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
+    """Import the model into a Relax ``IRModule`` with weights embedded as constants.
+
+    Raises
+    ------
+    CompileError
+        When TVM's importer fails; the message carries its reason.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+
+    check_supported(model)
+    shapes = {i.name: list(i.shape) for i in inputs}
+    dtypes = {i.name: i.dtype for i in inputs}
+    try:
+        mod = from_onnx(
+            model.proto,
+            shape_dict=shapes,
+            dtype_dict=dtypes,
+            keep_params_in_input=False,
+        )
+    except Exception as err:
+        raise CompileError(
+            f"{model.path}: the ONNX importer failed: {_first_line(err)}",
+            hint="rerun with --verbose for details, and report the model",
+        ) from err
+    return mod
+
+
+def _first_line(err: BaseException) -> str:
+    """The most useful single line of an exception's text (TVM puts it last)."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "at ", "^")):
+            return ln
+    return lines[-1]

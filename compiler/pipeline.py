@@ -1,0 +1,135 @@
+"""The ``tvmforge`` Relax pipeline: the order in which a model is rewritten, scheduled and lowered.
+
+Stages, in order (each a list of passes; nothing flows backwards):
+
+1. ``graph``: clean-ups on the imported graph (inference decompositions, constant folding)
+   and tvmforge's own graph passes (``passes/``) in the order the caller asks for.
+2. ``library dispatch`` and ``legalize``: TVM's per-target dispatch, then every Relax op becomes
+   a TIR function; fusion groups neighbouring ops into one kernel.
+3. ``schedule``: tuning records that match a kernel are applied first; kernels that no record
+   covers get the target's default schedules (dlight for GPUs, where an unscheduled kernel is not
+   even valid).
+4. ``lower`` and ``finalize``: TVM's dataflow lowering and VM finalisation for the target.
+
+The pipeline is registered with Relax as ``"tvmforge"``, so ``relax.get_pipeline("tvmforge",
+target=...)`` gives it to any TVM user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+
+
+__all__ = ["SCHEDULERS", "tvmforge_pipeline"]
+
+
+def _gpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    from tvm.s_tir import dlight as dl
+
+    return [
+        dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(),
+            dl.gpu.GEMV(),
+            dl.gpu.Reduction(),
+            dl.gpu.GeneralReduction(),
+            dl.gpu.Fallback(),
+        )
+    ]
+
+
+def _cpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    # The stock CPU backend schedules nothing; tvmforge's CPU default schedules plug in here.
+    return []
+
+
+# Default schedules by runtime device kind (``ResolvedTarget.device``).
+SCHEDULERS: dict[str, Callable[[tvm.target.Target], list[tvm.transform.Pass]]] = {
+    "cpu": _cpu_default_schedules,
+    "cuda": _gpu_default_schedules,
+}
+
+
+def _device_of(target: tvm.target.Target) -> str:
+    return "cpu" if target.kind.name in ("llvm", "c") else target.kind.name
+
+
+def _backend(target: tvm.target.Target):
+    """TVM's per-device backend module (its stage functions: dispatch, lower, finalize).
+
+    Imported by module path: ``relax.pipeline.dataflow_lower_passes`` is broken in TVM 0.27
+    (the backends' ``__init__`` do not export that stage).
+    """
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    return {"cpu": cpu, "cuda": cuda}.get(_device_of(target), cuda)
+
+
+def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform.Pass]:
+    """Clean-ups every model gets, then the caller's graph passes."""
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(),
+        *graph,
+    ]
+
+
+def legalize_passes() -> list[tvm.transform.Pass]:
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def schedule_passes(
+    target: tvm.target.Target, databases: Sequence[Path] = ()
+) -> list[tvm.transform.Pass]:
+    """Apply matching tuning records, then the device's default schedules to the rest."""
+    applied = [relax.transform.MetaScheduleApplyDatabase(str(db)) for db in databases]
+    scheduler = SCHEDULERS.get(_device_of(target), SCHEDULERS["cuda"])
+    return applied + scheduler(target)
+
+
+@relax.register_pipeline("tvmforge")
+def tvmforge_pipeline(
+    *,
+    target: tvm.target.Target,
+    graph: Sequence[tvm.transform.Pass] = (),
+    databases: Sequence[Path] = (),
+) -> tvm.transform.Pass:
+    """The whole tvmforge pipeline for one target.
+
+    Parameters
+    ----------
+    target:
+        The TVM target (its kind picks the dispatch, lowering and default schedules).
+    graph:
+        tvmforge graph passes (``passes/``), already instantiated and ordered.
+    databases:
+        MetaSchedule database folders whose records apply to this target, in priority order.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmforge")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        backend = _backend(target)
+        with target:
+            seq = tvm.transform.Sequential(
+                graph_passes(graph)
+                + backend.library_dispatch_passes(target)
+                + legalize_passes()
+                + schedule_passes(target, databases)
+                + backend.dataflow_lower_passes(target)
+                + backend.finalize_passes(target)
+            )
+            return seq(mod)
+
+    return _pipeline

@@ -1,0 +1,255 @@
+"""Loading and running an artifact: ``tvmforge.load(path)(**arrays) -> {output name: array}``.
+
+An x86 or CUDA artifact runs in-process on TVM's Relax VM. An aarch64 artifact runs in-process on
+an ARM machine, and on an x86 machine under qemu user emulation when an aarch64 TVM runtime has
+been prepared (``tvmforge.targets.qemu``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import artifact
+from .errors import CompileError, InputError, TvmforgeError
+from .frontend import TensorInfo
+
+_X86_LEVELS = ["x86-generic", "x86-avx2", "x86-avx512", "x86-avx512-vnni"]
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` worker threads in TVM's runtime thread pool (``None``: TVM's default)."""
+    if not threads:
+        return
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+
+
+def random_inputs(infos: list[TensorInfo], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random arrays of the right shapes and dtypes (floats in [0, 1), ints in [0, 2))."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for info in infos:
+        shape = tuple(int(d) for d in info.shape)
+        dtype = np.dtype(info.dtype)
+        if dtype.kind == "f":
+            arrays[info.name] = rng.random(shape).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[info.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            arrays[info.name] = rng.integers(0, 2, shape).astype(dtype)
+    return arrays
+
+
+def check_inputs(
+    infos: list[TensorInfo], arrays: Mapping[str, Any], source: str = "inputs"
+) -> list[np.ndarray]:
+    """The arrays in input order, checked against the model's inputs.
+
+    Raises
+    ------
+    InputError
+        For a missing input, an unknown name, or a shape that does not match.
+    """
+    names = [i.name for i in infos]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(
+            f"{source}: missing array(s) for input(s) {', '.join(map(repr, missing))}",
+            hint=f"the model's inputs are {', '.join(names)}",
+        )
+    unknown = [k for k in arrays if k not in names]
+    if unknown:
+        raise InputError(
+            f"{source}: {', '.join(map(repr, unknown))} is not an input of the model",
+            hint=f"the model's inputs are {', '.join(names)}",
+        )
+    ordered = []
+    for info in infos:
+        arr = np.asarray(arrays[info.name])
+        want = tuple(int(d) for d in info.shape)
+        if arr.shape != want:
+            raise InputError(
+                f"{source}: input {info.name!r} has shape {list(arr.shape)}, "
+                f"the model expects {list(want)}",
+                hint="reshape the array or recompile with --input-shape",
+            )
+        if arr.dtype != np.dtype(info.dtype):
+            if np.can_cast(arr.dtype, info.dtype, casting="same_kind"):
+                arr = arr.astype(info.dtype)
+            else:
+                raise InputError(
+                    f"{source}: input {info.name!r} has dtype {arr.dtype}, "
+                    f"the model expects {info.dtype}"
+                )
+        ordered.append(np.ascontiguousarray(arr))
+    return ordered
+
+
+class Executor(Protocol):
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def time(self, args: list[np.ndarray], repeat: int) -> list[float]: ...
+
+
+def _flatten(result: Any) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out: list[np.ndarray] = []
+    for item in result:
+        out.extend(_flatten(item))
+    return out
+
+
+class LocalVM:
+    """The artifact's library on this process's Relax VM."""
+
+    _DEVICES = {"cpu": "cpu", "cuda": "cuda"}
+
+    def __init__(self, lib_path: Path, device: str) -> None:
+        import tvm
+        from tvm import relax
+
+        dev_kind = self._DEVICES.get(device, device)
+        self.dev = tvm.device(dev_kind, 0)
+        if not self.dev.exist:
+            raise TvmforgeError(
+                f"{lib_path}: built for {device}, but this machine has no {device} device",
+                hint="run it on a machine with that device",
+            )
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.dev)
+
+    def _tensors(self, args: list[np.ndarray]):
+        import tvm
+
+        return [tvm.runtime.tensor(a, self.dev) for a in args]
+
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        return _flatten(self.vm["main"](*self._tensors(args)))
+
+    def time(self, args: list[np.ndarray], repeat: int) -> list[float]:
+        tensors = self._tensors(args)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.vm["main"](*tensors)
+            self.dev.sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+class QemuVM:
+    """An aarch64 library run under qemu user emulation on an x86 machine."""
+
+    def __init__(self, lib_path: Path, qemu_cpu: str) -> None:
+        self.lib_path = lib_path
+        self.qemu_cpu = qemu_cpu
+
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        from tvmforge.targets import qemu
+
+        outs, _ = qemu.run_library(self.lib_path, args, qemu_cpu=self.qemu_cpu)
+        return outs
+
+    def time(self, args: list[np.ndarray], repeat: int) -> list[float]:
+        from tvmforge.targets import qemu
+
+        _, times = qemu.run_library(self.lib_path, args, qemu_cpu=self.qemu_cpu, repeat=repeat)
+        return times
+
+
+class CompiledModel:
+    """A loaded artifact: call it with numpy arrays named after the ONNX inputs."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], executor: Executor, tmp) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.inputs = [TensorInfo.from_json(d) for d in manifest["inputs"]]
+        self.outputs = [TensorInfo.from_json(d) for d in manifest["outputs"]]
+        self._executor = executor
+        self._tmp = tmp  # keeps the extracted library alive as long as the model
+
+    def run(self, arrays: Mapping[str, Any], source: str = "inputs") -> dict[str, np.ndarray]:
+        """Run once; returns ``{ONNX output name: array}``."""
+        args = check_inputs(self.inputs, arrays, source)
+        outs = self._executor.run(args)
+        return {info.name: out for info, out in zip(self.outputs, outs, strict=True)}
+
+    def __call__(self, **arrays: Any) -> dict[str, np.ndarray]:
+        return self.run(arrays)
+
+    def time(self, arrays: Mapping[str, Any], repeat: int = 10) -> list[float]:
+        """Seconds per call for ``repeat`` calls (after one warm-up call)."""
+        args = check_inputs(self.inputs, arrays)
+        self._executor.run(args)
+        return self._executor.time(args, repeat)
+
+
+def _check_host_can_run(path: Path, target: dict[str, Any]) -> None:
+    key = target.get("tuning_key", "")
+    if target.get("arch") != "x86_64" or target.get("device") != "cpu" or key not in _X86_LEVELS:
+        return
+    from tvmforge.targets import x86
+
+    host = f"x86-{x86.isa_level(x86.host_cpu()[1])}"
+    if _X86_LEVELS.index(key) > _X86_LEVELS.index(host):
+        raise TvmforgeError(
+            f"{path}: built for {target.get('preset')} ({key}), but this CPU only has {host}",
+            hint="recompile with --target x86 on this machine, or --target x86:avx2",
+        )
+
+
+def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:
+    """Load an artifact written by ``tvmforge compile``.
+
+    Raises
+    ------
+    InputError
+        When the file is not a tvmforge artifact.
+    TvmforgeError
+        When this machine cannot run it (wrong architecture, no GPU, missing CPU features).
+    """
+    path = Path(path)
+    manifest = artifact.read_manifest(path)
+    target = manifest["target"]
+    tmp = tempfile.TemporaryDirectory(prefix="tvmforge-run-")
+    lib = artifact.extract_library(path, tmp.name)
+    host_arch = platform.machine().replace("arm64", "aarch64").replace("AMD64", "x86_64")
+    set_threads(threads)
+    try:
+        if target["arch"] == host_arch:
+            _check_host_can_run(path, target)
+            executor: Executor = LocalVM(lib, target["device"])
+        elif target["arch"] == "aarch64":
+            from tvmforge.targets import arm, qemu
+
+            ok = qemu.available()
+            if not ok:
+                raise TvmforgeError(
+                    f"{path}: built for aarch64; this {host_arch} machine can run it only under "
+                    f"qemu, which is not ready ({ok.reason})"
+                )
+            preset = target.get("preset")
+            cpu = arm.qemu_cpu(preset) if preset in arm.presets else "max"
+            executor = QemuVM(lib, cpu)
+        else:
+            raise TvmforgeError(
+                f"{path}: built for {target['arch']}, this machine is {host_arch}",
+                hint="run it on a machine of that architecture",
+            )
+    except Exception:
+        tmp.cleanup()
+        raise
+    return CompiledModel(path, manifest, executor, tmp)
+
+
+__all__ = ["CompileError", "CompiledModel", "check_inputs", "load", "random_inputs"]

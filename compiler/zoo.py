@@ -1,0 +1,141 @@
+"""The ONNX model zoo's "light" models that ship inside the ``onnx`` wheel, made informative.
+
+The light models have real architectures and shapes (ResNet-50, DenseNet-121, Inception v1/v2,
+ShuffleNet, SqueezeNet, VGG-19, ZFNet-512, AlexNet), but every weight is one
+``ConstantOfShape`` value, so every class gets the same logit and a wrong kernel would still
+"match" the reference. ``light_model(name, seed)`` replaces each such weight with seeded random
+values of the right kind (He-normal conv/dense weights; BatchNorm scale and variance positive)
+and, by default, drops the final Softmax so outputs are logits that differ per class.
+
+On the command line, ``zoo:NAME`` (e.g. ``tvmforge compile zoo:resnet50``) names such a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+PREFIX = "zoo:"
+
+
+@functools.cache
+def light_dir() -> Path:
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def light_names() -> list[str]:
+    """Names of the shipped light models (``resnet50``, ``squeezenet``, ...)."""
+    return sorted(p.stem.removeprefix("light_") for p in light_dir().glob("light_*.onnx"))
+
+
+def light_path(name: str) -> Path:
+    return light_dir() / f"light_{name}.onnx"
+
+
+def _rng_for(seed: int, name: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _random_weight(role: tuple[str, int], shape: list[int], rng: np.random.Generator, node):
+    op, slot = role
+    shape_t = tuple(int(d) for d in shape)
+    if op == "Conv" and slot == 1:
+        fan_in = int(np.prod(shape_t[1:])) or 1
+        return rng.normal(0.0, np.sqrt(2.0 / fan_in), shape_t)
+    if op in ("Gemm", "MatMul") and slot == 1:
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        fan_in = shape_t[-1] if (op == "Gemm" and trans_b) else shape_t[0]
+        return rng.normal(0.0, np.sqrt(1.0 / max(fan_in, 1)), shape_t)
+    if op == "BatchNormalization":
+        if slot in (1, 4):  # scale, variance: positive
+            return rng.uniform(0.5, 1.5, shape_t)
+        return rng.normal(0.0, 0.1, shape_t)  # bias, mean
+    return rng.normal(0.0, 0.05, shape_t)  # biases and anything else
+
+
+def randomize_constant_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """Replace every ``ConstantOfShape`` weight with seeded random values of its kind.
+
+    A ``ConstantOfShape`` whose shape input is an initializer and whose output feeds a Conv,
+    Gemm, MatMul or BatchNormalization parameter slot becomes an initializer.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, tuple[str, int, onnx.NodeProto]] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            consumers.setdefault(name, (node.op_type, slot, node))
+    kept, new_inits = [], []
+    for node in graph.node:
+        use = consumers.get(node.output[0]) if node.output else None
+        if (
+            node.op_type == "ConstantOfShape"
+            and node.input
+            and node.input[0] in inits
+            and use is not None
+            and use[0] in ("Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Mul")
+            and use[1] >= 1
+        ):
+            shape = numpy_helper.to_array(inits[node.input[0]]).tolist()
+            value = _random_weight((use[0], use[1]), shape, _rng_for(seed, node.output[0]), use[2])
+            new_inits.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    live = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(live + new_inits)
+    # Old IR lists initializers among the inputs too; drop the ones that are gone.
+    names = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name in names or v.name not in inits]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    return model
+
+
+def drop_final_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make a graph output produced by Softmax the Softmax's input (logits) instead."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    for out in graph.output:
+        producer = next((n for n in graph.node if out.name in n.output), None)
+        if producer is not None and producer.op_type == "Softmax":
+            logits = producer.input[0]
+            if any(logits in n.input for n in graph.node if n is not producer):
+                continue
+            graph.node.remove(producer)
+            out.name = logits
+    return model
+
+
+def light_model(name: str, *, seed: int = 0, logits: bool = True) -> onnx.ModelProto:
+    """A light model with seeded random weights (and its Softmax dropped if ``logits``).
+
+    Raises
+    ------
+    KeyError
+        For a name that is not a shipped light model.
+    """
+    path = light_path(name)
+    if not path.exists():
+        raise KeyError(name)
+    model = randomize_constant_weights(onnx.load(str(path)), seed)
+    if logits:
+        model = drop_final_softmax(model)
+    # IR 3 wants every initializer listed as an input; the new ones are not, so say IR 7
+    # (ONNX Runtime reads IR <= 13).
+    return helper.make_model(
+        model.graph,
+        opset_imports=list(model.opset_import),
+        ir_version=max(model.ir_version, 7),
+        producer_name="tvmforge.zoo",
+    )

@@ -1,0 +1,68 @@
+"""NVIDIA GPUs through TVM's CUDA code generator.
+
+Kernels get TVM's GPU default schedules (dlight: ``gpu.Matmul``, ``GEMV``, ``Reduction``,
+``GeneralReduction``, ``Fallback``; applied by TVM's CUDA backend pipeline), without which a
+CUDA module is not even valid (unbound loops). Building needs no GPU: the device code is
+generated here and carried inside the exported library; running needs one.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .base import Capability, ResolvedTarget
+
+key = "cuda"
+summary = "NVIDIA GPU (CUDA); builds here without a GPU"
+
+presets = {
+    "sm_75": "Turing (T4, RTX 20xx)",
+    "sm_80": "Ampere (A100, A30)",
+    "sm_86": "Ampere (A10, RTX 30xx)",
+    "sm_89": "Ada (L4, L40, RTX 40xx)",
+    "sm_90": "Hopper (H100, H200)",
+}
+default_preset = "sm_80"
+
+
+@functools.cache
+def local_gpu_arch() -> str | None:
+    """``sm_XY`` of this machine's first GPU, or ``None`` without one."""
+    import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        return None
+    return "sm_" + dev.compute_version.replace(".", "")
+
+
+def resolve(preset: str | None, threads: int | None) -> ResolvedTarget:
+    preset = preset or local_gpu_arch() or default_preset
+    if preset not in presets:
+        raise KeyError(preset)
+    return ResolvedTarget(
+        key=key,
+        preset=preset,
+        target={"kind": "cuda", "arch": preset},
+        # Generic x86-64 host code: the host side is only the VM's glue, and a GPU server's
+        # CPU is not this build machine's.
+        host={"kind": "llvm"},
+        device="cuda",
+        arch="x86_64",
+        tuning_key=f"cuda-{preset}",
+        threads=threads,
+    )
+
+
+def can_build() -> Capability:
+    return Capability(True)
+
+
+def can_run() -> Capability:
+    try:
+        arch = local_gpu_arch()
+    except Exception as err:  # the CUDA runtime itself may be missing
+        return Capability(False, f"no CUDA runtime ({err})")
+    if arch is None:
+        return Capability(False, "no NVIDIA GPU on this machine")
+    return Capability(True, f"GPU {arch}")
