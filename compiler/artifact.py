@@ -55,10 +55,10 @@ def _open(path: str | Path) -> tarfile.TarFile:
     if not p.exists():
         raise InputError(f"{p}: no such file", hint="pass an artifact made by `tvmforge compile`")
     try:
-        tar = tarfile.open(p, mode="r")
+        tar = tarfile.open(p, mode="r:")
     except (tarfile.TarError, OSError) as err:
         raise InputError(
-            f"{p}: not a tvmforge artifact ({err})",
+            f"{p}: not a tvmforge artifact (not a readable tar: {type(err).__name__})",
             hint="pass the .tar that `tvmforge compile -o` wrote",
         ) from None
     names = tar.getnames()

@@ -19,8 +19,9 @@ class TvmforgeError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
-        """The one line the CLI prints."""
-        return f"{self.message}; {self.hint}" if self.hint else self.message
+        """The one line the CLI prints (newlines in quoted tool output are folded)."""
+        text = f"{self.message}; {self.hint}" if self.hint else self.message
+        return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 class InputError(TvmforgeError):

@@ -126,6 +126,10 @@ class LocalVM:
                 f"{lib_path}: built for {device}, but this machine has no {device} device",
                 hint="run it on a machine with that device",
             )
+        if dev_kind == "cuda":
+            from tvmforge.targets import cuda
+
+            cuda.prepare_runtime()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.dev)
 
     def _tensors(self, args: list[np.ndarray]):

@@ -59,6 +59,24 @@ def _random_weight(role: tuple[str, int], shape: list[int], rng: np.random.Gener
     return rng.normal(0.0, 0.05, shape_t)  # biases and anything else
 
 
+_WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Mul"})
+# Ops a weight may pass through (input 0) on its way to the op that uses it.
+_PASS_THROUGH = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def _final_use(name, consumers, inits, shape):
+    """The op/slot that finally uses a tensor (through reshapes), and its shape there."""
+    use = consumers.get(name)
+    while use is not None and use[0] in _PASS_THROUGH and use[1] == 0:
+        node = use[2]
+        if use[0] == "Reshape" and len(node.input) > 1 and node.input[1] in inits:
+            target = numpy_helper.to_array(inits[node.input[1]]).tolist()
+            if all(d > 0 for d in target):
+                shape = target
+        use = consumers.get(node.output[0])
+    return use, shape
+
+
 def randomize_constant_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     """Replace every ``ConstantOfShape`` weight with seeded random values of its kind.
 
@@ -74,20 +92,17 @@ def randomize_constant_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.Mo
             consumers.setdefault(name, (node.op_type, slot, node))
     kept, new_inits = [], []
     for node in graph.node:
-        use = consumers.get(node.output[0]) if node.output else None
-        if (
-            node.op_type == "ConstantOfShape"
-            and node.input
-            and node.input[0] in inits
-            and use is not None
-            and use[0] in ("Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Mul")
-            and use[1] >= 1
-        ):
-            shape = numpy_helper.to_array(inits[node.input[0]]).tolist()
-            value = _random_weight((use[0], use[1]), shape, _rng_for(seed, node.output[0]), use[2])
-            new_inits.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
-        else:
+        if node.op_type != "ConstantOfShape" or not node.input or node.input[0] not in inits:
             kept.append(node)
+            continue
+        shape = numpy_helper.to_array(inits[node.input[0]]).tolist()
+        use, role_shape = _final_use(node.output[0], consumers, inits, shape)
+        if use is None or use[0] not in _WEIGHTED_OPS or use[1] < 1:
+            kept.append(node)
+            continue
+        rng = _rng_for(seed, node.output[0])
+        value = _random_weight((use[0], use[1]), role_shape, rng, use[2]).reshape(shape)
+        new_inits.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
     del graph.node[:]
     graph.node.extend(kept)
     used = {name for node in kept for name in node.input}

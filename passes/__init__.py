@@ -11,9 +11,12 @@ from collections.abc import Callable
 
 import tvm
 
+from .schedule_cpu_default import schedule_cpu_default
+
 PassFactory = Callable[..., tvm.transform.Pass]
 
 PASSES: dict[str, PassFactory] = {}
+PASSES["schedule_cpu_default"] = schedule_cpu_default
 
 
 def get_pass(name: str, **options) -> tvm.transform.Pass:

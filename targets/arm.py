@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import platform
 import shutil
+import subprocess
+from pathlib import Path
 
 from .base import Capability, ResolvedTarget
 
@@ -70,11 +72,18 @@ def resolve(preset: str | None, threads: int | None) -> ResolvedTarget:
 
 
 def can_build() -> Capability:
-    if shutil.which(CROSS_CC):
-        return Capability(True)
-    return Capability(
-        False, f"{CROSS_CC} not found (apt-get install gcc-aarch64-linux-gnu)"
-    )
+    if not shutil.which(CROSS_CC):
+        return Capability(False, f"{CROSS_CC} not found (apt-get install gcc-aarch64-linux-gnu)")
+    # The compiler alone cannot link a shared library: the arm64 crt files come with libc6-dev
+    # (a package gcc-aarch64-linux-gnu only recommends).
+    crti = subprocess.run(
+        [CROSS_CC, "-print-file-name=crti.o"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if not crti or not Path(crti).is_absolute() or not Path(crti).exists():
+        return Capability(
+            False, f"{CROSS_CC} cannot link (apt-get install libc6-dev-arm64-cross)"
+        )
+    return Capability(True)
 
 
 def can_run() -> Capability:

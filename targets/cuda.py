@@ -3,12 +3,15 @@
 Kernels get TVM's GPU default schedules (dlight: ``gpu.Matmul``, ``GEMV``, ``Reduction``,
 ``GeneralReduction``, ``Fallback``; applied by TVM's CUDA backend pipeline), without which a
 CUDA module is not even valid (unbound loops). Building needs no GPU: the device code is
-generated here and carried inside the exported library; running needs one.
+generated here and carried inside the exported library as CUDA C, which TVM's CUDA runtime
+compiles when the library is loaded (``prepare_runtime``); running needs a GPU and NVRTC
+(``cuda-bindings``) or nvcc there.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
 
 from .base import Capability, ResolvedTarget
 
@@ -56,6 +59,22 @@ def resolve(preset: str | None, threads: int | None) -> ResolvedTarget:
 
 def can_build() -> Capability:
     return Capability(True)
+
+
+def prepare_runtime() -> None:
+    """Make this process able to load a CUDA artifact's kernels.
+
+    TVM 0.27 stores a CUDA module's kernels as CUDA C (format ``cuda``) and compiles them when
+    the library is loaded, through the Python callback ``tvm_callback_cuda_compile``: NVRTC when
+    the ``cuda-bindings`` package is there, else nvcc (``TVM_CUDA_COMPILE_MODE=nvcc``).
+    """
+    import importlib.util
+    import os
+
+    import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
+
+    if importlib.util.find_spec("cuda.bindings") is None and shutil.which("nvcc"):
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
 
 
 def can_run() -> Capability:

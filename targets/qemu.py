@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import contextlib
 import glob
 import importlib.util
 import json
@@ -79,7 +78,7 @@ _DEFAULT_MIRRORS = ("http://deb.debian.org/debian", "http://deb.debian.org/debia
 # The program the emulated Python runs. argv: library, entry, repeat, work folder. It reads
 # ``inputs.npz`` + ``inputs.json`` from the work folder and writes ``outputs.npz``,
 # ``outputs.json`` (dtypes and per-call seconds) there.
-_RUNNER = r'''
+_RUNNER = r"""
 import json, os, sys, time
 import ml_dtypes  # registers bfloat16 and float8 names with numpy
 import numpy as np
@@ -113,11 +112,11 @@ for _ in range(max(repeat, 1)):
     times.append(time.perf_counter() - t0)
 outputs = flatten(result, [])
 np.savez(os.path.join(work, "outputs.npz"),
-         **{f"a{i}": a.view(f"u{a.dtype.itemsize}") if not a.dtype.isbuiltin else a
+         **{f"a{i}": a.view(f"u{a.dtype.itemsize}") if a.dtype.isbuiltin != 1 else a
             for i, a in enumerate(outputs)})
 with open(os.path.join(work, "outputs.json"), "w") as f:
     json.dump({"dtypes": [a.dtype.name for a in outputs], "times": times}, f)
-'''
+"""
 
 
 class EmulationError(RuntimeError):
@@ -272,17 +271,25 @@ def debian_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str, str]:
 
 
 def _tool(cmd: list[str], what: str, log: Path, quiet: bool) -> None:
-    """Run one preparation step; on failure raise with the step and its last line of output."""
+    """Run one preparation step; on failure raise with the step and the line that says why.
+
+    That line is the step's first error line (``E: ...`` from apt, ``ERROR: ...`` from pip),
+    else its last line of output; everything it wrote is in ``log``.
+    """
     if not quiet:
         print(f"[tvmforge qemu] {what}", file=sys.stderr, flush=True)
     with open(log, "a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
+        start = out.tell()
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
-        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise RuntimeError(f"{what} failed ({cmd[0]}): {last.strip()} (log: {log})")
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith(("E:", "ERROR:", "error:"))]
+        why = (errors or lines or [f"exit status {proc.returncode}"])[0 if errors else -1]
+        raise RuntimeError(f"{what} failed ({cmd[0]}): {why} (log: {log})")
 
 
 def prepare(root: Path | None = None, *, quiet: bool = False) -> Path:
@@ -359,6 +366,7 @@ def prepare(root: Path | None = None, *, quiet: bool = False) -> Path:
         _smoke_test(work, log, quiet)
         marker = {"spec": _spec(), "mirrors": [main_uri, security_uri], "made": time.time()}
         (work / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        os.chmod(work, 0o755)  # mkdtemp made it 0700
         _install(work, root)
     finally:
         if work.exists():
@@ -385,10 +393,8 @@ def _byte_compile(work: Path, root: Path) -> None:
         return
     stdlib = Path("usr") / "lib" / PYTHON
     for sub in (Path("pyarm"), Path("sysroot") / stdlib):
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            compileall.compile_dir(
-                str(work / sub), ddir=str(root / sub), quiet=2, workers=1, force=False
-            )
+        # quiet=2 prints nothing, not even the files that do not compile (lib2to3's test data)
+        compileall.compile_dir(str(work / sub), ddir=str(root / sub), quiet=2, workers=1)
 
 
 def _smoke_test(work: Path, log: Path, quiet: bool) -> None:
@@ -457,7 +463,7 @@ def _save(path: Path, arrays: list[np.ndarray]) -> None:
     np.savez(
         path.with_suffix(".npz"),
         **{
-            f"a{i}": a if a.dtype.isbuiltin else a.view(f"u{a.dtype.itemsize}")
+            f"a{i}": a if a.dtype.isbuiltin == 1 else a.view(f"u{a.dtype.itemsize}")
             for i, a in enumerate(arrays)
         },
     )
@@ -545,9 +551,7 @@ def run_library(
             )
         meta = json.loads((work / "outputs.json").read_text())
         with np.load(work / "outputs.npz", allow_pickle=False) as data:
-            outputs = [
-                _restore(data[f"a{i}"], dtype) for i, dtype in enumerate(meta["dtypes"])
-            ]
+            outputs = [_restore(data[f"a{i}"], dtype) for i, dtype in enumerate(meta["dtypes"])]
     return outputs, [float(t) for t in meta["times"]]
 
 

@@ -8,11 +8,11 @@ than native, so the models are tiny; each emulated run costs ~5 s, most of it im
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tvmforge.targets import qemu
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
@@ -24,14 +24,6 @@ def _arm_target(mcpu: str, mattr: list[str]):
     return tvm.target.Target(
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": mattr}
     )
-
-
-@pytest.fixture(scope="session")
-def aarch64_root() -> Path:
-    for tool in (qemu.QEMU, CROSS_CC):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not found")
-    return qemu.prepare(quiet=True)
 
 
 def _conv_relu_matmul():
@@ -61,9 +53,7 @@ def _conv_relu_matmul():
             numpy_helper.from_array(m, "m"),
         ],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.checker.check_model(model)
     return model
 
@@ -76,9 +66,37 @@ def test_runtime_root_is_ready(aarch64_root: Path):
 
 
 def test_available_names_the_prepare_command(tmp_path: Path):
-    cap = qemu.available(root=tmp_path / "missing")
+    half_made = tmp_path / "root"
+    (half_made / "pyarm").mkdir(parents=True)  # no READY marker
+    cap = qemu.available(root=half_made)
     assert not cap
-    assert "python -m tvmforge.targets.qemu" in cap.reason or "not found" in cap.reason
+    if shutil.which(qemu.QEMU) is None:
+        assert cap.reason == f"{qemu.QEMU} not found: apt-get install qemu-user-static mmdebstrap"
+    else:
+        assert f"python -m tvmforge.targets.qemu --root {half_made}" in cap.reason
+
+
+def test_debian_mirrors_come_from_the_apt_sources(tmp_path: Path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main\n"
+    )
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://other.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\n"
+        "Types: deb\n# a comment\nURIs: http://sec.example/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n"
+    )
+    (tmp_path / "sources.list.d" / "x.list.disabled").write_text("deb http://no/ bookworm main\n")
+    assert qemu.debian_mirrors(tmp_path) == (
+        "http://mirror.example/debian",
+        "http://sec.example/debian-security",
+    )
+    assert qemu.debian_mirrors(tmp_path / "nothing") == (
+        "http://deb.debian.org/debian",
+        "http://deb.debian.org/debian-security",
+    )
 
 
 def test_onnx_model_matches_onnxruntime_under_qemu(aarch64_root: Path, tmp_path: Path):
@@ -105,60 +123,68 @@ def test_onnx_model_matches_onnxruntime_under_qemu(aarch64_root: Path, tmp_path:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert len(times) == 2 and all(t > 0 for t in times)
 
+    # An error in the emulated Python comes back as its last line of stderr.
+    with pytest.raises(RuntimeError, match=r"^AttributeError: Module has no function 'nope'$"):
+        qemu.run_library(lib, [x], qemu_cpu="cortex-a72", entry="nope")
+
 
 def _sdot_module():
-    """An int8 matmul (4x16 . 8x16^T -> int32) whose reduction is tensorized with TVM's own
-    ``dot_4x4_i8i8s32_sdot`` intrinsic, so the build holds ``sdot`` whatever LLVM decides."""
-    import tvm
-    from tvm import relax, te
-    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
+    """An int8 matmul C[4, 8] = A[4, 16] . B[8, 16]^T written with the ``sdot`` intrinsic itself
+    (as TVM's ``dot_4x4_i8i8s32_sdot`` tensor intrinsic emits it), so the build holds ``sdot``
+    whatever LLVM's vectorizer decides. B comes packed as [N/4, K/4, 4, 4], flattened."""
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+    from tvm.script import tirx as T
 
-    bb = relax.BlockBuilder()
-    a = relax.Var("a", relax.TensorStructInfo((4, 16), "int8"))
-    b = relax.Var("b", relax.TensorStructInfo((8, 16), "int8"))
+    @I.ir_module
+    class Module:
+        @T.prim_func
+        def int8_matmul(
+            a: T.Buffer((4, 16), "int8"), bp: T.Buffer((128,), "int8"), c: T.Buffer((4, 8), "int32")
+        ):
+            T.func_attr({"tir.noalias": True})
+            for i, jo in T.grid(4, 2):
+                c[i, T.ramp(jo * 4, 1, 4)] = T.broadcast(T.int32(0), 4)
+                for ko in range(4):
+                    a4 = T.reinterpret("int32", a[i, T.ramp(ko * 4, 1, 4)])
+                    c[i, T.ramp(jo * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        "int32x4",
+                        "llvm.aarch64.neon.sdot.v4i32.v16i8",
+                        c[i, T.ramp(jo * 4, 1, 4)],
+                        T.reinterpret("int8x16", T.broadcast(a4, 4)),
+                        bp[T.ramp(jo * 64 + ko * 16, 1, 16)],
+                    )
 
-    def matmul(ta, tb):
-        k = te.reduce_axis((0, 16), "k")
-        return te.compute(
-            (4, 8),
-            lambda i, j: te.sum(ta[i, k].astype("int32") * tb[j, k].astype("int32"), axis=k),
-            name="C",
-        )
+        @R.function
+        def main(a: R.Tensor((4, 16), "int8"), bp: R.Tensor((128,), "int8")) -> R.Tensor(
+            (4, 8), "int32"
+        ):
+            cls = Module
+            return R.call_tir(cls.int8_matmul, (a, bp), out_ty=R.Tensor((4, 8), "int32"))
 
-    with bb.function("main", [a, b]):
-        out = bb.emit_te(matmul, a, b, primfunc_name_hint="int8_matmul")
-        bb.emit_func_output(out)
-    mod = bb.get()
-
-    sch = tvm.s_tir.Schedule(mod)
-    sch.work_on("int8_matmul")
-    block = sch.get_sblock("C")
-    i, j, k = sch.get_loops(block)
-    jo, ji = sch.split(j, [None, 4])
-    ko, ki = sch.split(k, [None, 4])
-    sch.reorder(i, jo, ko, ji, ki)
-    sch.decompose_reduction(block, ko)
-    sch.tensorize(ji, ARM_DOT_4x4_i8_SDOT_INTRIN)
-    return sch.mod
+    return Module
 
 
 def test_dotprod_build_is_refused_by_a_core_without_it(aarch64_root: Path, tmp_path: Path):
+    """A cortex-a76 build with ``sdot`` runs under QEMU_CPU=cortex-a76 and dies with SIGILL
+    under cortex-a72, as it would on a Raspberry Pi 4."""
     import tvm
 
     ex = tvm.compile(_sdot_module(), target=_arm_target("cortex-a76", ["+neon", "+dotprod"]))
-    assert "sdot" in ex.mod.imports[0].inspect_source("asm")
+    assert "sdot\t" in ex.mod.imports[0].inspect_source("asm")
     lib = tmp_path / "sdot_a76.so"
     ex.export_library(str(lib), cc=CROSS_CC)
 
     rng = np.random.default_rng(2)
     a = rng.integers(-128, 128, (4, 16), dtype=np.int8)
     b = rng.integers(-128, 128, (8, 16), dtype=np.int8)
+    bp = np.ascontiguousarray(b.reshape(2, 4, 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
     want = a.astype(np.int32) @ b.astype(np.int32).T
 
-    (got,), _ = qemu.run_library(lib, [a, b], qemu_cpu="cortex-a76")
+    (got,), _ = qemu.run_library(lib, [a, bp], qemu_cpu="cortex-a76")
     np.testing.assert_array_equal(got, want)
 
     with pytest.raises(RuntimeError, match="Illegal instruction") as info:
-        qemu.run_library(lib, [a, b], qemu_cpu="cortex-a72")
+        qemu.run_library(lib, [a, bp], qemu_cpu="cortex-a72")
     assert isinstance(info.value, qemu.EmulationError)
     assert info.value.returncode == -4  # SIGILL

@@ -1,0 +1,577 @@
+"""Default CPU schedules for every fused TIR kernel, without tuning.
+
+TVM's stock CPU pipeline schedules nothing: each kernel that ``LegalizeOps`` + ``FuseOps`` +
+``FuseTIR`` produce is a naive, single-threaded loop nest. This module pass gives each such
+``PrimFunc`` a schedule derived from the target alone (vector width from the CPU's features,
+parallelism from ``num-cores``), never from the model.
+
+Where it sits
+-------------
+After ``FuseTIR`` and after ``MetaScheduleApplyDatabase``, before TVM's dataflow lowering.
+Functions that already carry ``tirx.is_scheduled`` (tuning records, hand-written kernels) are
+left untouched; every function this pass schedules is marked with that attribute.
+
+What it matches
+---------------
+1. **Contractions**: a function whose one heavy block is a multiply-accumulate reduction
+   ``C[s...] += A[...] * B[...]`` (conv2d in NCHW, incl. 1x1, strided, depthwise and grouped;
+   dense, matmul, batch_matmul), with any elementwise epilogue fused after it (bias, BN,
+   relu, residual add) and injective producers before it (padding, transposes).
+2. **Everything else** (elementwise/injective, pooling, plain reductions): the generic
+   schedule below.
+
+Contraction recipe
+------------------
+Let ``v`` be the innermost spatial axis of the output (contiguous in memory) and ``r`` a
+*row* axis that the operand read along ``v`` does not depend on (the output channel of a conv,
+the row of a matmul), so the other operand's value is reused across it.
+
+- register tile ``r_i x v_i``: ``v_i`` a divisor of ``v`` near the vector width (or all of
+  ``v`` when ``v`` is short; LLVM splits odd-length vectors into legal pieces), ``r_i`` a
+  divisor of ``r`` such that ``r_i * ceil(v_i / lanes)`` accumulators fit in the vector
+  register file;
+- loop order ``[spatial outer tiles] [reduction axes] [r_i (unrolled), v_i (vectorized)]``;
+- the init is split off with ``decompose_reduction`` above the reduction loops;
+- the epilogue (inlined into one block) is ``reverse_compute_at`` into the tile, so the
+  accumulator buffer shrinks to the tile and stays in registers; without an epilogue a
+  ``cache_write`` provides one;
+- the outer spatial tiles are fused and run in parallel.
+
+Padding producers stay separate (inlining them would put a bounds check in the inner loop)
+and get the generic schedule; other injective producers are inlined.
+
+Generic recipe
+--------------
+Per block at the root: injective producers are inlined; the leading spatial loops are fused
+and parallelised; the innermost spatial loop is vectorised (moved inside the reduction loops
+first, when it is the contiguous axis of the block's reads, as in pooling).
+
+Any schedule error in the contraction recipe falls back to the generic one, and an error
+there leaves the function as it was: the pass never changes what a kernel computes, only the
+order of its loops. Reasons are logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CpuScheduleParams", "schedule_cpu_default", "schedule_prim_func"]
+
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+# What a schedule primitive raises on an illegal step (ScheduleError and TVM's internal errors
+# are RuntimeErrors); ValueError is this module's own "recipe does not fit".
+_SCHEDULE_ERRORS = (RuntimeError, ValueError)
+
+
+@dataclass(frozen=True)
+class CpuScheduleParams:
+    """What the schedules need to know about the CPU.
+
+    Attributes
+    ----------
+    lanes:
+        fp32 lanes in one vector register (16 for AVX-512, 8 for AVX2, 4 for SSE/NEON).
+    vector_registers:
+        Architectural vector registers (32 for AVX-512 and AArch64, 16 otherwise).
+    num_cores:
+        Worker threads the parallel loops are sized for.
+    """
+
+    lanes: int = 4
+    vector_registers: int = 16
+    num_cores: int = 1
+
+    @property
+    def accumulators(self) -> int:
+        """Vector registers the register tile may use for accumulators."""
+        return self.vector_registers * 3 // 4
+
+    @classmethod
+    def from_target(cls, target: tvm.target.Target) -> CpuScheduleParams:
+        from tvm.target import codegen
+
+        with target:
+            features = set(codegen.llvm_get_cpu_features())
+        triple = str(target.attrs.get("mtriple", "") or "")
+        if "avx512f" in features:
+            lanes, regs = 16, 32
+        elif "avx2" in features or "avx" in features:
+            lanes, regs = 8, 16
+        elif "neon" in features or triple.startswith(("aarch64", "arm64")):
+            lanes, regs = 4, 32
+        else:
+            lanes, regs = 4, 16
+        cores = int(target.attrs.get("num-cores", 0) or 0) or 1
+        return cls(lanes=lanes, vector_registers=regs, num_cores=cores)
+
+
+# --------------------------------------------------------------------------------------------
+# Block analysis
+
+
+def _iter_kinds(sch: s_tir.Schedule, block: SBlockRV) -> str:
+    """``S``/``R``/``O`` per block iterator, as dlight writes it."""
+    kinds = []
+    for iv in sch.get(block).iter_vars:
+        kinds.append({tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(
+            iv.iter_type, "O"))
+    return "".join(kinds)
+
+
+def _loops_match_iters(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """Whether the block's loops bind its iterators one to one, in order (as legalized)."""
+    loops = sch.get_loops(block)
+    binding = _bindings(sch, block)
+    if binding is None or len(loops) != len(sch.get(block).iter_vars):
+        return False
+    for loop, value in zip(loops, binding, strict=True):
+        if not (isinstance(value, tirx.Var) and value.same_as(sch.get(loop).loop_var)):
+            return False
+    return True
+
+
+def _bindings(sch: s_tir.Schedule, block: SBlockRV) -> list | None:
+    """The iterator bindings of a block that is the sole body of its innermost loop."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return None
+    body = sch.get(loops[-1]).body
+    if isinstance(body, s_tir.SBlockRealize) and body.block.same_as(sch.get(block)):
+        return list(body.iter_values)
+    return None
+
+
+def _extents(sch: s_tir.Schedule, loops: list[LoopRV]) -> list[int]:
+    out = []
+    for loop in loops:
+        ext = sch.get(loop).extent
+        if not isinstance(ext, tirx.IntImm):
+            raise ValueError("symbolic loop extent")
+        out.append(int(ext.value))
+    return out
+
+
+_CHILD_FIELDS = ("a", "b", "value", "condition", "true_value", "false_value", "args",
+                 "indices", "source")
+
+
+def _contains(node, pred) -> bool:
+    """Whether ``pred`` holds for ``node`` or any expression below it (TIR expressions and
+    buffer stores; TVM 0.27 exposes no TIR visitor to Python)."""
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if pred(cur):
+            return True
+        if isinstance(cur, (list, tuple, tvm_ffi.Array)):
+            stack.extend(cur)
+            continue
+        if not isinstance(cur, (tvm.ir.expr.Expr, tirx.BufferStore)):
+            continue
+        for field in _CHILD_FIELDS:
+            child = getattr(cur, field, None)
+            if child is not None and not isinstance(child, (int, float, str)):
+                stack.append(child)
+    return False
+
+
+def _uses_var(expr, var: tirx.Var) -> bool:
+    return _contains(expr, lambda n: isinstance(n, tirx.Var) and n.same_as(var))
+
+
+_IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
+
+
+def _is_padding(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """A spatial block whose value is an ``if_then_else`` (padding, concat-like selects)."""
+    body = sch.get(block).body
+
+    def is_select(node) -> bool:
+        if isinstance(node, tvm.ir.expr.Call) and node.op.same_as(_IF_THEN_ELSE):
+            return True
+        return isinstance(node, tirx.Select)
+
+    return _contains(body, is_select)
+
+
+def _is_mac(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """``C[..] = C[..] + A[..] * B[..]`` (possibly with casts), with an init, S and R iters."""
+    stmt = sch.get(block)
+    kinds = _iter_kinds(sch, block)
+    if "R" not in kinds or "S" not in kinds or "O" in kinds or stmt.init is None:
+        return False
+    body = stmt.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return False
+    lhs, rhs = body.value.a, body.value.b
+    if not (isinstance(lhs, tvm.ir.expr.TensorLoad) and lhs.source.same_as(body.buffer)):
+        lhs, rhs = rhs, lhs
+    if not (isinstance(lhs, tvm.ir.expr.TensorLoad) and lhs.source.same_as(body.buffer)):
+        return False
+    while isinstance(rhs, tirx.Cast):
+        rhs = rhs.value
+    return isinstance(rhs, tirx.Mul) and len(stmt.reads) >= 2
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _largest_divisor_at_most(n: int, bound: int) -> int:
+    return max(d for d in _divisors(n) if d <= max(bound, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Generic schedule: parallel outer spatial loops, vectorized inner spatial loop
+
+
+def _inline_injective(sch: s_tir.Schedule, keep: set[str] = frozenset()) -> None:
+    """Inline every non-output spatial block (except padding and ``keep``) into its consumers."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            name = sch.get(block).name_hint
+            if name in keep or "R" in _iter_kinds(sch, block):
+                continue
+            if _is_padding(sch, block) and not _producer_of_injective_only(sch, block):
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+                break
+            except _SCHEDULE_ERRORS:
+                continue
+
+
+def _producer_of_injective_only(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """A select-producing block may be inlined when nothing heavy consumes it."""
+    consumers = sch.get_consumers(block)
+    return bool(consumers) and all(not _is_mac(sch, c) for c in consumers)
+
+
+def _vector_split(extent: int, lanes: int) -> int:
+    """The length of the vectorized inner loop for a spatial loop of ``extent``."""
+    if extent % lanes == 0:
+        return lanes
+    if extent <= 4 * lanes:
+        return extent
+    return _largest_divisor_at_most(extent, 4 * lanes)
+
+
+def _schedule_block_generic(
+    sch: s_tir.Schedule, block: SBlockRV, params: CpuScheduleParams
+) -> None:
+    loops = sch.get_loops(block)
+    if not loops or not _loops_match_iters(sch, block):
+        return
+    kinds = _iter_kinds(sch, block)
+    extents = _extents(sch, loops)
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    if not spatial:
+        return
+    vec_idx = None
+    last_s = spatial[-1]
+    if kinds.count("R") == 0:
+        vec_idx = last_s if last_s == len(kinds) - 1 else None
+    elif _reads_contiguous_along(sch, block, last_s):
+        vec_idx = last_s
+    order = [i for i in range(len(loops)) if i != vec_idx]
+    # Spatial loops first, then reductions, then the vector loop.
+    order = [i for i in order if kinds[i] == "S"] + [i for i in order if kinds[i] != "S"]
+    if vec_idx is not None:
+        order.append(vec_idx)
+    loops_in_order = [loops[i] for i in order]
+    sch.reorder(*loops_in_order)
+    inner_vec = None
+    if vec_idx is not None and extents[vec_idx] >= 2:
+        v = _vector_split(extents[vec_idx], params.lanes)
+        if v >= 2:
+            if v < extents[vec_idx]:
+                outer, inner_vec = sch.split(loops[vec_idx], factors=[None, v])
+                # the outer part of the vector loop joins the outer spatial loops
+                pos = order.index(vec_idx)
+                head = [loops[i] for i in order[:pos] if kinds[i] == "S"]
+                rest = [loops[i] for i in order[:pos] if kinds[i] != "S"]
+                sch.reorder(*head, outer, *rest, inner_vec)
+                outer_spatial = [*head, outer]
+            else:
+                inner_vec = loops[vec_idx]
+                outer_spatial = [loops[i] for i in order if kinds[i] == "S" and i != vec_idx]
+        else:
+            outer_spatial = [loops[i] for i in order if kinds[i] == "S" and i != vec_idx]
+    else:
+        outer_spatial = [loops[i] for i in order if kinds[i] == "S"]
+        if kinds.count("R") == 0 and outer_spatial:
+            # all-spatial block whose last loop was not vectorized: keep the innermost serial
+            outer_spatial = outer_spatial[:-1] if len(outer_spatial) > 1 else outer_spatial
+    _parallelize(sch, outer_spatial, params)
+    if inner_vec is not None:
+        # A reduction block keeps its init inside the vector loop (a lane-invariant branch):
+        # after decompose_reduction the update block would no longer be vectorizable.
+        sch.vectorize(inner_vec)
+
+
+def _reads_contiguous_along(sch: s_tir.Schedule, block: SBlockRV, iter_index: int) -> bool:
+    """Whether every buffer the block reads has this iterator in its last index."""
+    stmt = sch.get(block)
+    var = stmt.iter_vars[iter_index].var
+    writes = stmt.writes
+    if not writes or not _uses_var(writes[0].region[-1].min, var):
+        return False
+    for region in stmt.reads:
+        if region.source.same_as(writes[0].source):
+            continue
+        if not _uses_var(region.region[-1].min, var):
+            return False
+    return True
+
+
+def _parallelize(
+    sch: s_tir.Schedule, outer_loops: list[LoopRV], params: CpuScheduleParams
+) -> LoopRV | None:
+    """Fuse leading loops until they give every core enough work, and run them in parallel."""
+    if not outer_loops or params.num_cores <= 1:
+        return None
+    extents = _extents(sch, outer_loops)
+    want = 8 * params.num_cores
+    count, total = 0, 1
+    for ext in extents:
+        count += 1
+        total *= ext
+        if total >= want:
+            break
+    if total < 2:
+        return None
+    fused = sch.fuse(*outer_loops[:count]) if count > 1 else outer_loops[0]
+    sch.parallel(fused)
+    return fused
+
+
+def _schedule_generic(sch: s_tir.Schedule, params: CpuScheduleParams) -> None:
+    _inline_injective(sch)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        try:
+            _schedule_block_generic(sch, block, params)
+        except _SCHEDULE_ERRORS as err:  # one block's failure leaves it serial
+            log.debug("generic schedule of block %s skipped: %s", sch.get(block).name_hint, err)
+
+
+# --------------------------------------------------------------------------------------------
+# Contractions: conv2d, dense, matmul, batch_matmul
+
+
+def _main_contraction(sch: s_tir.Schedule) -> SBlockRV | None:
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    macs = [b for b in blocks if _is_mac(sch, b)]
+    if len(macs) != 1:
+        return None
+    return macs[0]
+
+
+def _row_axis(sch: s_tir.Schedule, block: SBlockRV, vec: int, spatial: list[int],
+              extents: list[int]) -> int | None:
+    """A spatial axis that the operand read along ``vec`` does not depend on (reuse axis)."""
+    stmt = sch.get(block)
+    vars_ = [iv.var for iv in stmt.iter_vars]
+    out_buf = stmt.writes[0].source
+    along_vec = [
+        r for r in stmt.reads
+        if not r.source.same_as(out_buf) and any(_uses_var(x.min, vars_[vec]) for x in r.region)
+    ]
+    candidates = [
+        i for i in spatial
+        if i != vec and extents[i] > 1
+        and all(not any(_uses_var(x.min, vars_[i]) for x in r.region) for r in along_vec)
+    ]
+    if candidates:
+        return candidates[-1]
+    rest = [i for i in spatial if i != vec and extents[i] > 1]
+    return rest[-1] if rest else None
+
+
+def _schedule_contraction(
+    sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams
+) -> None:
+    main_name = sch.get(main).name_hint
+    _inline_injective(sch, keep={main_name})
+    main = sch.get_sblock(main_name)
+    if not _loops_match_iters(sch, main):
+        raise ValueError("loops of the contraction do not match its iterators")
+    kinds = _iter_kinds(sch, main)
+    if kinds != "S" * kinds.count("S") + "R" * kinds.count("R"):
+        raise ValueError(f"unexpected iterator order {kinds}")
+
+    # The epilogue: everything after the contraction, inlined into one block.
+    consumers = sch.get_consumers(main)
+    epilogue = None
+    if consumers:
+        if len(consumers) != 1:
+            raise ValueError("contraction with several consumers")
+        epilogue = consumers[0]
+        while True:
+            nxt = sch.get_consumers(epilogue)
+            if not nxt:
+                break
+            if len(nxt) != 1:
+                raise ValueError("epilogue with several consumers")
+            sch.compute_inline(epilogue)  # raises if not inlinable
+            epilogue = nxt[0]
+        if "R" in _iter_kinds(sch, epilogue):
+            raise ValueError("reduction after the contraction")
+    else:
+        epilogue = sch.cache_write(main, 0, "global")
+
+    loops = sch.get_loops(main)
+    extents = _extents(sch, loops)
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    reduce_ = [i for i, k in enumerate(kinds) if k == "R"]
+    vec = spatial[-1]
+    v_ext = extents[vec]
+    lanes = params.lanes
+    if v_ext % (2 * lanes) == 0 and v_ext >= 4 * lanes:
+        v_in = 2 * lanes
+    else:
+        v_in = _vector_split(v_ext, lanes)
+    vregs = math.ceil(v_in / lanes)
+    row = _row_axis(sch, main, vec, spatial, extents)
+    r_in = 1
+    if row is not None:
+        budget = max(params.accumulators // vregs, 1)
+        r_in = _largest_divisor_at_most(extents[row], min(budget, 8))
+
+    outer: list[LoopRV] = []
+    inner: list[LoopRV] = []
+    for i in spatial:
+        if i == vec and v_in < v_ext:
+            o, n = sch.split(loops[i], factors=[None, v_in])
+            outer.append(o)
+            inner.append(n)
+        elif i == vec:
+            inner.append(loops[i])
+        elif i == row and 1 < r_in < extents[i]:
+            o, n = sch.split(loops[i], factors=[None, r_in])
+            outer.append(o)
+            inner.insert(0, n)
+        elif i == row and r_in == extents[i]:
+            inner.insert(0, loops[i])
+        else:
+            outer.append(loops[i])
+    red = [loops[i] for i in reduce_]
+    sch.reorder(*outer, *red, *inner)
+
+    if not outer:
+        raise ValueError("the whole output fits one register tile")
+    sch.reverse_compute_at(epilogue, outer[-1], preserve_unit_loops=True)
+    # Inner tile: unroll the row loop, vectorize the contiguous one. Both before
+    # decompose_reduction (which copies the loop kinds to the init), as MetaSchedule's
+    # postprocessors do: afterwards the update block is no longer a reduction block.
+    sch.vectorize(inner[-1])
+    if len(inner) > 1:
+        sch.unroll(inner[0])
+    _parallelize(sch, outer, params)
+    sch.decompose_reduction(main, red[0])
+    epi_loops = sch.get_loops(epilogue)[len(outer):]
+    if epi_loops:
+        sch.vectorize(epi_loops[-1])
+
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if not sch.get(block).same_as(sch.get(main)):
+            if _is_root_level(sch, block, main):
+                try:
+                    _schedule_block_generic(sch, block, params)
+                except _SCHEDULE_ERRORS as err:
+                    log.debug("producer %s left serial: %s", sch.get(block).name_hint, err)
+
+
+def _is_root_level(sch: s_tir.Schedule, block: SBlockRV, main: SBlockRV) -> bool:
+    """Whether the block has its own loop nest (not the contraction's tile)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return False
+    main_loops = sch.get_loops(main)
+    if main_loops and sch.get(main_loops[0]).same_as(sch.get(loops[0])):
+        return False
+    return _loops_match_iters(sch, block)
+
+
+# --------------------------------------------------------------------------------------------
+# The pass
+
+
+def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.PrimFunc | None:
+    """Schedule one fused kernel; ``None`` when neither recipe applies without error.
+
+    Parameters
+    ----------
+    func:
+        An unscheduled PrimFunc from ``FuseTIR``.
+    params:
+        The CPU's vector width and core count.
+    """
+    sch = s_tir.Schedule(func)
+    main = _main_contraction(sch)
+    if main is not None:
+        try:
+            _schedule_contraction(sch, main, params)
+            return sch.mod["main"]
+        except _SCHEDULE_ERRORS as err:
+            log.debug("contraction schedule failed, using the generic one: %s", err)
+            sch = s_tir.Schedule(func)
+    try:
+        _schedule_generic(sch, params)
+    except _SCHEDULE_ERRORS as err:
+        log.debug("generic schedule failed, kernel left as is: %s", err)
+        return None
+    return sch.mod["main"]
+
+
+def _is_scheduled(func: tirx.PrimFunc) -> bool:
+    attrs = func.attrs
+    return attrs is not None and SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR])
+
+
+def schedule_cpu_default(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+    """The default CPU schedules as a module pass.
+
+    Parameters
+    ----------
+    target:
+        An ``llvm`` target; ``None`` reads ``tvm.target.Target.current()`` when the pass runs.
+
+    Returns
+    -------
+    tvm.transform.Pass
+        A module pass that schedules every PrimFunc not yet marked ``tirx.is_scheduled``.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="ScheduleCpuDefault")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        tgt = target if target is not None else tvm.target.Target.current(allow_none=False)
+        params = CpuScheduleParams.from_target(tgt)
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+                continue
+            try:
+                scheduled = schedule_prim_func(func, params)
+            except Exception as err:  # noqa: BLE001 - never let a schedule break a build
+                log.debug("%s: left unscheduled: %s", gvar.name_hint, err)
+                scheduled = None
+            if scheduled is not None:
+                updates[gvar] = scheduled.with_attr(SCHEDULED_ATTR, True)
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass

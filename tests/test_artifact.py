@@ -1,0 +1,92 @@
+"""The artifact: what the manifest records, loading with nothing but TVM, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import conv_relu_model, two_io_model
+
+import tvmforge
+from tvmforge import artifact, build_model
+from tvmforge.build import export
+
+
+@pytest.fixture(scope="module")
+def built():
+    return build_model(conv_relu_model(), "x86")
+
+
+def test_manifest_records_io_target_passes_source_versions(built, tmp_path):
+    import tvm
+
+    path = export(built, tmp_path / "m.tar")
+    with tarfile.open(path) as tar:
+        assert sorted(tar.getnames()) == ["manifest.json", "model.so"]
+    m = artifact.read_manifest(path)
+    assert m["format"] == artifact.FORMAT
+    assert m["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}]
+    assert m["outputs"] == [{"name": "y", "shape": [1, 5], "dtype": "float32"}]
+    assert m["target"]["key"] == "x86" and m["target"]["device"] == "cpu"
+    assert m["model"]["sha256"] == hashlib.sha256(
+        conv_relu_model().SerializeToString()
+    ).hexdigest()
+    assert m["versions"] == {"tvmforge": tvmforge.__version__, "tvm": tvm.__version__}
+    assert [p["name"] for p in m["passes"]][:2] == ["DecomposeOpsForInference", "FoldConstant"]
+
+
+def test_weights_are_inside_the_library(built, tmp_path):
+    # The conv/fc weights are compile-time constants: the artifact needs no separate params.
+    path = export(built, tmp_path / "m.tar")
+    model = tvmforge.load(path)
+    assert [i.name for i in model.inputs] == ["x"]
+
+
+def test_plain_tvm_loads_the_library(tmp_path):
+    """What the README shows: untar, tvm.runtime.load_module, relax.VirtualMachine."""
+    import tvm
+    from tvm import relax
+
+    path = tvmforge.compile_model(two_io_model(), "x86", tmp_path / "two.tar")
+    with tarfile.open(path) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    lib = tvm.runtime.load_module(str(tmp_path / "x" / "model.so"))
+    vm = relax.VirtualMachine(lib, tvm.cpu())
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    k = np.array([1, 2, 3, 4], np.int64)
+    s, c = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(a), tvm.runtime.tensor(k))
+    np.testing.assert_array_equal(s.numpy(), a + a)
+    np.testing.assert_array_equal(c.numpy(), k.astype(np.float32) * 2)
+    ours = tvmforge.load(path)(a=a, b=a, k=k)
+    np.testing.assert_array_equal(ours["s"], s.numpy())
+
+
+def test_write_is_atomic(tmp_path):
+    dest = tmp_path / "m.tar"
+    dest.write_bytes(b"previous artifact")
+    with pytest.raises(FileNotFoundError):
+        artifact.write(dest, tmp_path / "missing.so", {"inputs": []})
+    assert dest.read_bytes() == b"previous artifact"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tar"]  # no temp file left
+
+
+def test_interrupted_export_leaves_nothing(built, tmp_path, monkeypatch):
+    def boom(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tarfile.TarFile, "add", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export(built, tmp_path / "m.tar")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rejects_other_tars(tmp_path):
+    other = tmp_path / "other.tar"
+    with tarfile.open(other, "w") as tar:
+        (tmp_path / "a.txt").write_text("x")
+        tar.add(tmp_path / "a.txt", arcname="a.txt")
+    assert not artifact.is_artifact(other)
+    with pytest.raises(tvmforge.InputError, match="not a tvmforge artifact"):
+        artifact.read_manifest(other)

@@ -1,0 +1,68 @@
+"""tvmforge.load(path)(**arrays): names, dtypes, shape checks, timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import conv_relu_model, two_io_model
+
+import tvmforge
+from tvmforge.frontend import TensorInfo
+from tvmforge.reference import compare, run_onnxruntime
+from tvmforge.runtime import check_inputs, random_inputs
+
+
+@pytest.fixture(scope="module")
+def conv_artifact(tmp_path_factory):
+    return tvmforge.compile_model(conv_relu_model(), "x86",
+                                  tmp_path_factory.mktemp("a") / "conv.tar")
+
+
+def test_call_returns_dict_by_onnx_output_name(conv_artifact):
+    model = tvmforge.load(conv_artifact)
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    out = model(x=x)
+    assert list(out) == ["y"] and out["y"].shape == (1, 5)
+    ref = run_onnxruntime(tvmforge.frontend.load(conv_relu_model()), {"x": x})
+    assert all(c.ok for c in compare(out, ref))
+
+
+def test_float64_input_is_cast_int_to_float_is_not(conv_artifact):
+    model = tvmforge.load(conv_artifact)
+    x = np.random.default_rng(0).random((1, 3, 16, 16))
+    np.testing.assert_allclose(model(x=x)["y"], model(x=x.astype(np.float32))["y"])
+    infos = [TensorInfo("k", (2,), "int64")]
+    with pytest.raises(tvmforge.InputError, match="dtype float32"):
+        check_inputs(infos, {"k": np.zeros(2, np.float32)})
+
+
+def test_time_returns_one_figure_per_repeat(conv_artifact):
+    model = tvmforge.load(conv_artifact, threads=1)
+    times = model.time(random_inputs(model.inputs), repeat=4)
+    assert len(times) == 4 and all(t > 0 for t in times)
+
+
+def test_random_inputs_follow_dtypes():
+    infos = [TensorInfo("f", (2, 2), "float16"), TensorInfo("i", (3,), "int32"),
+             TensorInfo("b", (1,), "bool")]
+    arrays = random_inputs(infos, seed=1)
+    assert arrays["f"].dtype == np.float16 and arrays["i"].dtype == np.int32
+    assert arrays["b"].dtype == bool
+    assert set(np.unique(arrays["i"])) <= {0, 1}
+
+
+def test_multiple_outputs_in_order(tmp_path):
+    model = tvmforge.load(tvmforge.compile_model(two_io_model(), "x86", tmp_path / "t.tar"))
+    out = model(a=np.ones((2, 3), np.float32), b=np.ones((2, 3), np.float32),
+                k=np.arange(4, dtype=np.int64))
+    assert list(out) == ["s", "c"]
+    np.testing.assert_array_equal(out["c"], np.arange(4) * 2.0)
+
+
+def test_artifact_for_a_cpu_this_host_lacks_is_refused(tmp_path, monkeypatch):
+    from tvmforge.targets import x86
+
+    path = tvmforge.compile_model(two_io_model(), "x86:avx512-vnni", tmp_path / "v.tar")
+    monkeypatch.setattr(x86, "host_cpu", lambda: ("haswell", frozenset({"avx2", "fma"})))
+    with pytest.raises(tvmforge.TvmforgeError, match="this CPU only has x86-avx2"):
+        tvmforge.load(path)
