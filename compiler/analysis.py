@@ -78,7 +78,9 @@ def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     g = proto.graph
     for vi in [*g.input, *g.value_info, *g.output]:
         dims = vi.type.tensor_type.shape.dim
-        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+        if vi.type.tensor_type.HasField("shape") and all(
+            d.HasField("dim_value") and d.dim_value > 0 for d in dims
+        ):
             shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
     for t in g.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)

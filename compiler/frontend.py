@@ -236,9 +236,9 @@ def _fmt_shape(shape: tuple[int | str, ...]) -> str:
 
 
 def _supported_ops() -> frozenset[str]:
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    from . import converters
 
-    return frozenset(_get_convert_map()) | _IMPORTER_BUILTINS
+    return converters.supported_ops() | _IMPORTER_BUILTINS
 
 
 def _iter_nodes(graph: onnx.GraphProto, prefix: str = ""):
@@ -294,16 +294,22 @@ def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
     """
     from tvm.relax.frontend.onnx import from_onnx
 
-    check_supported(model)
+    from . import converters
+    from .simplify import simplify
+
+    proto, report = simplify(model.proto, inputs)
+    log.info("%s: simplified: %s", model.path, report)
+    check_supported(OnnxModel(model.path, proto, model.sha256))
     shapes = {i.name: list(i.shape) for i in inputs}
     dtypes = {i.name: i.dtype for i in inputs}
     try:
-        mod = from_onnx(
-            model.proto,
-            shape_dict=shapes,
-            dtype_dict=dtypes,
-            keep_params_in_input=False,
-        )
+        with converters.installed():
+            mod = from_onnx(
+                proto,
+                shape_dict=shapes,
+                dtype_dict=dtypes,
+                keep_params_in_input=False,
+            )
     except Exception as err:
         raise CompileError(
             f"{model.path}: the ONNX importer failed: {_first_line(err)}",
