@@ -142,6 +142,13 @@ def report(model: OnnxModel, inputs: list[TensorInfo] | None = None) -> ModelRep
         else:
             flops_by_op[node.op_type] += f
     params = sum(int(np.prod(t.dims)) for t in model.proto.graph.initializer)
+    params += sum(  # weights stored in Constant nodes (common in exported Paddle models)
+        int(np.prod(a.t.dims))
+        for n in model.proto.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value" and len(a.t.dims) > 1
+    )
     return ModelReport(
         inputs=inputs,
         outputs=model.outputs,

