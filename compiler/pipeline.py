@@ -101,6 +101,25 @@ def schedule_passes(
     return applied + scheduler(target)
 
 
+def pre_schedule_passes(
+    target: tvm.target.Target, graph: Sequence[tvm.transform.Pass] = ()
+) -> list[tvm.transform.Pass]:
+    """Stages 1-2: everything before scheduling (what tuning extracts its tasks from)."""
+    return graph_passes(graph) + _backend(target).library_dispatch_passes(target) + legalize_passes()
+
+
+def to_kernels(
+    mod: tvm.ir.IRModule, target: tvm.target.Target, graph: Sequence[tvm.transform.Pass] = ()
+) -> tvm.ir.IRModule:
+    """The module as the schedule stage sees it: fused TIR kernels, none scheduled yet.
+
+    ``tvmforge tune`` extracts its tasks from this, so the kernels it tunes are exactly the
+    ones ``compile`` later looks up in the database.
+    """
+    with target:
+        return tvm.transform.Sequential(pre_schedule_passes(target, graph))(mod)
+
+
 @relax.register_pipeline("tvmforge")
 def tvmforge_pipeline(
     *,
@@ -125,9 +144,7 @@ def tvmforge_pipeline(
         backend = _backend(target)
         with target:
             seq = tvm.transform.Sequential(
-                graph_passes(graph)
-                + backend.library_dispatch_passes(target)
-                + legalize_passes()
+                pre_schedule_passes(target, graph)
                 + schedule_passes(target, databases)
                 + backend.dataflow_lower_passes(target)
                 + backend.finalize_passes(target)
