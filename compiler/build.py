@@ -39,6 +39,7 @@ class Built:
     outputs: list[TensorInfo]
     databases: list[Path]
     seconds: dict[str, float] = field(default_factory=dict)
+    frozen: dict[str, list[float]] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
         import tvm
@@ -53,6 +54,7 @@ class Built:
                 "producer": self.model.proto.producer_name,
             },
             "inputs": [i.to_json() for i in self.inputs],
+            "frozen_inputs": self.frozen,
             "outputs": [o.to_json() for o in self.outputs],
             "target": self.target.describe(),
             "passes": pass_list(self.target, self.databases),
@@ -98,6 +100,7 @@ def build_model(
     target: str | ResolvedTarget = "x86",
     *,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    frozen_inputs: dict[str, list[float]] | None = None,
     threads: int | None = None,
     tuning_logs: Sequence[Path] = (),
     use_shipped_logs: bool = True,
@@ -125,6 +128,7 @@ def build_model(
         except TargetSpecError as err:
             raise InputError(str(err)) from None
     onnx_model = model if isinstance(model, OnnxModel) else frontend.load(model)
+    onnx_model = frontend.freeze_inputs(onnx_model, dict(frozen_inputs or {}))
     inputs = frontend.resolve_inputs(onnx_model, dict(input_shapes or {}))
     seconds: dict[str, float] = {}
 
@@ -149,7 +153,9 @@ def build_model(
             hint="rerun with --verbose for the compiler's trace",
         ) from err
     seconds["build"] = time.perf_counter() - t0
-    return Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
+    built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
+    built.frozen = {k: list(v) for k, v in (frozen_inputs or {}).items()}
+    return built
 
 
 def export(built: Built, output: str | Path, progress: Progress | None = None) -> Path:

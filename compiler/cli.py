@@ -56,6 +56,29 @@ input_shape_option = click.option(
     type=Shape(),
     help="Fix an input's dynamic dims, e.g. data=1x3x224x224 (repeatable).",
 )
+class Freeze(click.ParamType):
+    """``NAME=VALUE[,VALUE...]``."""
+
+    name = "NAME=VALUE"
+
+    def convert(self, value: Any, param, ctx) -> tuple[str, list[float]]:
+        from .frontend import parse_freeze
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_freeze(value)
+        except InputError as err:
+            self.fail(err.line(), param, ctx)
+
+
+freeze_option = click.option(
+    "--freeze",
+    "frozen",
+    multiple=True,
+    type=Freeze(),
+    help="Compile an input in as a constant, e.g. --freeze sr=16000 (repeatable).",
+)
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="Runtime worker threads."
 )
@@ -91,6 +114,9 @@ def _reports_errors(func: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `tvmforge inspect m.onnx | head`: the reader left; fine
+            sys.stderr.close()
+            ctx.exit(0)
         except (click.exceptions.Exit, click.ClickException):
             raise
         except Exception as err:
@@ -133,6 +159,7 @@ def _default_output(model: str) -> Path:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Artifact to write [default: MODEL's name with .tar].")
 @input_shape_option
+@freeze_option
 @threads_option
 @tuning_log_option
 @click.option("--no-tuning-logs", is_flag=True,
@@ -149,6 +176,7 @@ def compile_cmd(
     target: str,
     output: Path | None,
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    frozen: tuple[tuple[str, list[float]], ...],
     threads: int | None,
     tuning_logs: tuple[Path, ...],
     no_tuning_logs: bool,
@@ -166,6 +194,7 @@ def compile_cmd(
         model,
         target,
         input_shapes=dict(input_shapes),
+        frozen_inputs=dict(frozen),
         threads=threads,
         tuning_logs=list(tuning_logs),
         use_shipped_logs=not no_tuning_logs,
@@ -381,6 +410,7 @@ def targets_cmd(as_json: bool) -> None:
 @click.argument("model")
 @target_option
 @input_shape_option
+@freeze_option
 @threads_option
 @tuning_log_option
 @click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
@@ -391,6 +421,7 @@ def bench_cmd(
     model: str,
     target: str,
     input_shapes: tuple,
+    frozen: tuple,
     threads: int | None,
     tuning_logs: tuple[Path, ...],
     repeat: int,
@@ -407,6 +438,7 @@ def bench_cmd(
         repeat=repeat,
         warmup=warmup,
         input_shapes=dict(input_shapes),
+        frozen_inputs=dict(frozen),
         tuning_logs=list(tuning_logs),
         progress=_progress(),
     )

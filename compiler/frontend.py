@@ -184,6 +184,66 @@ def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     return m["name"], dims
 
 
+def parse_freeze(spec: str) -> tuple[str, list[float]]:
+    """Parse ``NAME=VALUE`` or ``NAME=V1,V2,...`` (``--freeze``).
+
+    Raises
+    ------
+    InputError
+        When the text is not of that form.
+    """
+    name, sep, text = spec.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(
+            f"--freeze {spec!r} is not NAME=VALUE[,VALUE...]", hint="e.g. --freeze sr=16000"
+        ) from None
+    return name, values
+
+
+def freeze_inputs(model: OnnxModel, values: dict[str, list[float]]) -> OnnxModel:
+    """Turn inputs into constants of the given values (they leave the artifact's inputs).
+
+    A model that branches on an input (silero-vad's ``sr``: 8 or 16 kHz) compiles to one
+    static graph once that input is frozen: the pre-pass folds the condition and inlines the
+    branch taken.
+
+    Raises
+    ------
+    InputError
+        For a name that is not an input, or values that do not fit its shape.
+    """
+    if not values:
+        return model
+    infos = {i.name: i for i in model.inputs}
+    proto = onnx.ModelProto.FromString(model.proto.SerializeToString())
+    for name, vals in values.items():
+        info = infos.get(name)
+        if info is None:
+            raise InputError(
+                f"{model.path}: --freeze names {name!r}, which is not an input of the model",
+                hint=f"its inputs are: {', '.join(infos)}",
+            )
+        shape = tuple(d if isinstance(d, int) else -1 for d in info.shape)
+        n = int(np.prod([d for d in shape if d > 0])) if shape else 1
+        if -1 in shape and len(shape) == 1:
+            shape = (len(vals),)
+        elif -1 in shape or len(vals) != n:
+            raise InputError(
+                f"{model.path}: --freeze {name} gives {len(vals)} value(s) for an input of "
+                f"shape {_fmt_shape(info.shape)}"
+            )
+        array = np.array(vals, dtype=np.dtype(info.dtype)).reshape(shape)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+        kept = [v for v in proto.graph.input if v.name != name]
+        del proto.graph.input[:]
+        proto.graph.input.extend(kept)
+    return OnnxModel(model.path, proto, model.sha256)
+
+
 def resolve_inputs(model: OnnxModel, overrides: dict[str, tuple[int, ...]]) -> list[TensorInfo]:
     """The model's inputs with every dimension fixed.
 

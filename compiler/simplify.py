@@ -115,39 +115,25 @@ def _evaluate(node: onnx.NodeProto, consts: dict[str, np.ndarray], opsets) -> li
 
 
 def _inline_if(node: onnx.NodeProto, cond: bool, prefix: str) -> list[onnx.NodeProto]:
+    """The taken branch's nodes, then ``Identity`` from each branch output to the If's output.
+
+    Value names stay as they are: ONNX forbids a subgraph to reuse a name of its outer
+    scopes, so the branch's names cannot clash with the graph's.
+    """
     branch = next(
         a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch")
     )
-    # Names local to the branch get a prefix; outer-scope names stay as they are.
-    local = {t.name for t in branch.initializer}
-    for n in branch.node:
-        local.update(o for o in n.output if o)
-    rename = {name: f"{prefix}{name}" for name in local}
-    out_map = {}
-    for i, vo in enumerate(branch.output):
-        if i < len(node.output) and node.output[i]:
-            out_map[vo.name] = node.output[i]
     nodes = []
     for t in branch.initializer:
-        value = numpy_helper.to_array(t)
-        target = out_map.get(t.name, rename[t.name])
-        nodes.append(helper.make_node("Constant", [], [target],
-                                      value=numpy_helper.from_array(value, target)))
+        nodes.append(helper.make_node("Constant", [], [t.name], value=t))
     for n in branch.node:
         new = onnx.NodeProto()
         new.CopyFrom(n)
         new.name = f"{prefix}{n.name}" if n.name else ""
-        del new.input[:]
-        new.input.extend(rename.get(i, i) if i else "" for i in n.input)
-        del new.output[:]
-        new.output.extend(out_map.get(o, rename.get(o, o)) if o else "" for o in n.output)
         nodes.append(new)
-    # A branch output that is an outer-scope value (no node produces it): an Identity.
-    produced = {o for n in nodes for o in n.output}
-    for vo in branch.output:
-        target = out_map.get(vo.name)
-        if target and target not in produced:
-            nodes.append(helper.make_node("Identity", [rename.get(vo.name, vo.name)], [target]))
+    for vo, target in zip(branch.output, node.output, strict=False):
+        if target:
+            nodes.append(helper.make_node("Identity", [vo.name], [target], name=f"{prefix}{target}"))
     return nodes
 
 

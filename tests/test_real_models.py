@@ -88,3 +88,59 @@ def test_ppocr_model_matches_onnxruntime(name, tmp_path):
         assert ctc_decode(want, charset).replace(" ", "") == LINES[0].replace(" ", "")
     if name == "ppocr-cls":  # upright text: class 0 (0 degrees) wins in both
         assert got.argmax() == want.argmax() == 0
+
+
+SILERO = "silero-vad==6.2.3"
+
+
+def _silero_members() -> list[str]:
+    try:
+        return zoo.wheel_members(SILERO)
+    except RuntimeError as err:  # no package index: say so instead of passing silently
+        pytest.fail(f"cannot fetch {SILERO}: {err}")
+
+
+def _speech_like(n: int, seed: int) -> np.ndarray:
+    """16 kHz audio: a voiced harmonic series with a syllable envelope, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 16000.0
+    f0 = 110 + 40 * seed
+    voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 8))
+    env = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))
+    return (0.3 * env * voiced + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+@pytest.mark.parametrize("member", _silero_members(), ids=lambda m: m.rsplit("/", 1)[-1])
+def test_silero_vad_streams_like_onnxruntime(member, tmp_path):
+    """Every silero-vad model: 16 kHz, 512-sample chunks (576 with the 64-sample context the
+    sequence/openvino exports take), sr frozen to 16000, state carried across 3 chunks."""
+    import tvmforge
+
+    path = zoo.fetch_wheel_member(SILERO, member)
+    model = frontend.load(path)
+    names = {i.name: i for i in model.inputs}
+    frozen = {"sr": [16000.0]} if "sr" in names else {}
+    chunk = 576 if names["input"].shape[-1] == 576 or "sequence" in member else 512
+    shapes = {"input": (1, chunk)}
+    for state in ("state", "h", "c"):
+        if state in names:
+            info = names[state]
+            shapes[state] = tuple(1 if not isinstance(d, int) else d for d in info.shape)
+            if state == "state":
+                shapes[state] = (2, 1, 128)
+    shapes = {k: v for k, v in shapes.items() if any(not isinstance(d, int) for d in names[k].shape)}
+    out = tvmforge.compile_model(path, "x86", tmp_path / "vad.tar", input_shapes=shapes,
+                                 frozen_inputs=frozen)
+    compiled = tvmforge.load(out)
+    reference = frontend.freeze_inputs(model, frozen)
+    feed = {i.name: np.zeros([int(d) for d in i.shape], np.float32) for i in compiled.inputs}
+    for step in range(3):
+        feed["input"] = _speech_like(chunk, step)[None]
+        ours = compiled.run(feed)
+        ref = run_onnxruntime(reference, feed)
+        results = compare(ours, ref)
+        assert all(r.ok for r in results), (step, [r.line() for r in results])
+        # carry the recurrent state to the next chunk, as a streaming caller does
+        for src, dst in (("stateN", "state"), ("hn", "h"), ("cn", "c")):
+            if src in ref and dst in feed:
+                feed[dst] = ref[src].reshape(feed[dst].shape)
