@@ -108,9 +108,7 @@ _ACTIVATIONS: dict[str, _ActivationKind] = {
         False,
         0.0,
         0.0,
-        lambda x, a, b, t: relax.op.divide(
-            x, relax.op.add(_const(1.0, t), relax.op.abs(x))
-        ),
+        lambda x, a, b, t: relax.op.divide(x, relax.op.add(_const(1.0, t), relax.op.abs(x))),
     ),
     "softplus": _ActivationKind(
         False,
@@ -146,9 +144,7 @@ def _activations(
             raise NotImplementedError(f"{where}: activation {name!r} is not supported ({known})")
         alpha = next(alpha_iter, kind.alpha) if kind.uses_alpha else kind.alpha
         beta = next(beta_iter, kind.beta) if kind.uses_beta else kind.beta
-        out.append(
-            lambda x, k=kind, a=float(alpha), b=float(beta): k.build(x, a, b, dtype)
-        )
+        out.append(lambda x, k=kind, a=float(alpha), b=float(beta): k.build(x, a, b, dtype))
     return out
 
 
@@ -186,8 +182,8 @@ class _Recurrent(OnnxOpConverter):
 
     @classmethod
     def _convert(cls, bb: relax.BlockBuilder, inputs, attr: dict, params, layout: int):
-        name = attr.get("tvm_custom", {}).get("name") or "?"
-        where = f"{cls.op} node {name!r}"
+        name = attr.get("tvm_custom", {}).get("name")
+        where = f"{cls.op} node {name!r}" if name else f"{cls.op} node (unnamed)"
         x, w, r, b = inputs[0], inputs[1], inputs[2], inputs[3]
         dtype = str(x.ty.dtype)
         shape = _static_shape(x, where, "X")
@@ -235,8 +231,8 @@ class _Recurrent(OnnxOpConverter):
             if lbr:
                 rb_zr, rbh_all = _split(bb, rb, [2 * hidden], axis=1)
                 zeros = relax.const(np.zeros((nd, hidden), dtype), dtype)
-                rb = bb.emit(relax.op.concat([rb_zr, zeros], axis=1))
-            proj_bias = bb.emit(relax.op.reshape(relax.op.add(wb, rb), [nd * gh]))
+                rb = _concat(bb, [rb_zr, zeros], axis=1)
+            proj_bias = _reshape(bb, _add(bb, wb, rb), [nd * gh])
 
         # X·Wᵀ for every step and direction at once, then one [B, G*H] slice per (d, t).
         x2d = relax.op.reshape(x, [seq * batch, shape[2]])
@@ -302,11 +298,11 @@ class _Recurrent(OnnxOpConverter):
             if cls.op == "GRU" and not lbr:
                 r_zr, r_h = _split(bb, r_d, [2 * hidden], axis=0)
                 r_d = r_zr
-                rh_t = bb.emit(relax.op.permute_dims(r_h, [1, 0]))
+                rh_t = _transpose(bb, r_h, [1, 0])
             out.append(
                 _Direction(
                     reverse=direction == "reverse" or d == 1,
-                    r_t=bb.emit(relax.op.permute_dims(r_d, [1, 0])),
+                    r_t=_transpose(bb, r_d, [1, 0]),
                     h0=h0s[d],
                     acts=acts[d * per_dir : (d + 1) * per_dir],
                     rh_t=rh_t,
@@ -368,7 +364,8 @@ class GRU(_Recurrent):
             pre = relax.op.add(xh, relax.op.matmul(bb.emit(relax.op.multiply(r, h)), dr.rh_t))
         n = bb.emit(g(_clipped(pre, clip)))
         one_minus_z = relax.op.subtract(relax.const(1.0, dtype), z)
-        return bb.emit(relax.op.add(relax.op.multiply(one_minus_z, n), relax.op.multiply(z, h))), None
+        h = bb.emit(relax.op.add(relax.op.multiply(one_minus_z, n), relax.op.multiply(z, h)))
+        return h, None
 
 
 @register("LSTM")
@@ -386,7 +383,7 @@ class LSTM(_Recurrent):
         gates = bb.emit(relax.op.add(xp, relax.op.matmul(h, dr.r_t)))
         gi, go, gf, gc = _split(bb, gates, 4, axis=1)
         if dr.peep is not None:
-            pi, po, pf = dr.peep
+            pi, _, pf = dr.peep  # Po multiplies the new C, below
             gi = relax.op.add(gi, relax.op.multiply(pi, c))
             gf = relax.op.add(gf, relax.op.multiply(pf, c))
         i = bb.emit(f(_clipped(gi, clip)))
@@ -397,7 +394,7 @@ class LSTM(_Recurrent):
         cell = g(_clipped(gc, clip))
         c = bb.emit(relax.op.add(relax.op.multiply(forget, c), relax.op.multiply(i, cell)))
         if dr.peep is not None:
-            go = relax.op.add(go, relax.op.multiply(dr.peep[1], c))
+            go = relax.op.add(go, relax.op.multiply(dr.peep[1], c))  # Po ⊙ C (the new C)
         o = f(_clipped(go, clip))
         return bb.emit(relax.op.multiply(o, act_h(c))), c
 
@@ -435,10 +432,46 @@ def _check_sequence_lens(seq_lens, params, seq: int, where: str) -> None:
         )
 
 
+# Weights, biases and peepholes are usually constants: these helpers slice and shape them in
+# numpy at import time. FoldConstant would not (it leaves a split's tuple items alone), so each
+# direction's Rᵀ would otherwise be computed at run time.
+
+
+def _numpy(x: relax.Expr) -> np.ndarray | None:
+    return x.value.numpy() if isinstance(x, tvm.ir.GenericConst) else None
+
+
+def _reshape(bb, x: relax.Expr, shape: list[int]) -> relax.Expr:
+    if (a := _numpy(x)) is not None:
+        return relax.const(a.reshape(shape))
+    return bb.emit(relax.op.reshape(x, shape))
+
+
+def _transpose(bb, x: relax.Expr, axes: list[int]) -> relax.Expr:
+    if (a := _numpy(x)) is not None:
+        return relax.const(np.ascontiguousarray(a.transpose(axes)))
+    return bb.emit(relax.op.permute_dims(x, axes))
+
+
+def _add(bb, x: relax.Expr, y: relax.Expr) -> relax.Expr:
+    if (a := _numpy(x)) is not None and (b := _numpy(y)) is not None:
+        return relax.const(a + b)
+    return bb.emit(relax.op.add(x, y))
+
+
+def _concat(bb, xs: list[relax.Expr], axis: int) -> relax.Expr:
+    arrays = [_numpy(x) for x in xs]
+    if all(a is not None for a in arrays):
+        return relax.const(np.concatenate(arrays, axis=axis))
+    return bb.emit(relax.op.concat(xs, axis=axis))
+
+
 def _split(bb, x: relax.Expr, sections: int | list[int], axis: int) -> list[relax.Expr]:
     """``relax.op.split`` bound and unpacked into its parts (one part: ``x`` itself)."""
     if sections == 1:
         return [x]
+    if (a := _numpy(x)) is not None:
+        return [relax.const(np.ascontiguousarray(p)) for p in np.split(a, sections, axis=axis)]
     parts = bb.emit(relax.op.split(x, sections, axis=axis))
     count = sections if isinstance(sections, int) else len(sections) + 1
     return [bb.emit(relax.TupleGetItem(parts, i)) for i in range(count)]
@@ -446,7 +479,7 @@ def _split(bb, x: relax.Expr, sections: int | list[int], axis: int) -> list[rela
 
 def _per_direction(bb, x: relax.Expr, nd: int, shape: list[int]) -> list[relax.Expr]:
     """Split ``x`` on axis 0 into ``nd`` parts, each reshaped to ``shape``."""
-    return [bb.emit(relax.op.reshape(part, shape)) for part in _split(bb, x, nd, axis=0)]
+    return [_reshape(bb, part, shape) for part in _split(bb, x, nd, axis=0)]
 
 
 def _initial_states(bb, state, nd, batch, hidden, dtype, layout) -> list[relax.Expr]:
