@@ -10,7 +10,9 @@ and this pre-pass turns it into one:
 3. a node whose inputs are all constants is evaluated (``onnx.reference``) and replaced by its
    value; except quantization boundaries (``QuantizeLinear``/``DequantizeLinear``, which the
    int8 path must see), random ops, and nodes whose output would be very large;
-4. an ``If`` whose condition is constant is replaced by the nodes of the branch it takes;
+4. an ``If`` whose condition is constant is replaced by the nodes of the branch it takes, and
+   a ``Loop`` with a constant trip count whose condition passes through (a for-loop) is
+   unrolled (up to ``MAX_UNROLL`` iterations; scan outputs stacked on axis 0);
 5. nodes that no graph output depends on are dropped;
 
 repeated until nothing changes. It runs on a copy: the user's model (and its sha256) is untouched.
@@ -47,6 +49,7 @@ class SimplifyReport:
 
     folded_nodes: int = 0
     inlined_ifs: int = 0
+    unrolled_loops: int = 0
     removed_dead: int = 0
     rounds: int = 0
     notes: list[str] = field(default_factory=list)
@@ -134,6 +137,76 @@ def _inline_if(node: onnx.NodeProto, cond: bool, prefix: str) -> list[onnx.NodeP
     for vo, target in zip(branch.output, node.output, strict=False):
         if target:
             nodes.append(helper.make_node("Identity", [vo.name], [target], name=f"{prefix}{target}"))
+    return nodes
+
+
+MAX_UNROLL = 256  # iterations; beyond that the graph grows too much to be worth it
+
+
+def _passes_cond_through(body: onnx.GraphProto) -> bool:
+    """True when the body's condition output is its condition input (a for-loop)."""
+    cond_in, cond_out = body.input[1].name, body.output[0].name
+    if cond_out == cond_in:
+        return True
+    producer = next((n for n in body.node if cond_out in n.output), None)
+    return producer is not None and producer.op_type == "Identity" and producer.input[0] == cond_in
+
+
+def _unroll_loop(node: onnx.NodeProto, trip_count: int, prefix: str) -> list[onnx.NodeProto]:
+    """A for-loop (constant trip count, condition passed through) as straight-line nodes.
+
+    Body inputs are (iteration, cond, carried...); outputs (cond, carried..., scan...). Each
+    iteration's values get the prefix ``{prefix}{i}/``; scan outputs are stacked on a new axis 0.
+    """
+    body = next(a.g for a in node.attribute if a.name == "body")
+    n_carried = len(node.input) - 2
+    carried = list(node.input[2:])
+    local = {t.name for t in body.initializer} | {o for n in body.node for o in n.output if o}
+    scans: list[list[str]] = [[] for _ in range(len(body.output) - 1 - n_carried)]
+    nodes: list[onnx.NodeProto] = []
+    for i in range(trip_count):
+        tag = f"{prefix}{i}/"
+        rename = {name: tag + name for name in local}
+        it_name, cond_name = tag + body.input[0].name, tag + body.input[1].name
+        rename[body.input[0].name] = it_name
+        rename[body.input[1].name] = cond_name
+        nodes.append(helper.make_node("Constant", [], [it_name],
+                                      value=numpy_helper.from_array(np.array(i, np.int64))))
+        nodes.append(helper.make_node("Constant", [], [cond_name],
+                                      value=numpy_helper.from_array(np.array(True))))
+        for vi, outer in zip(body.input[2:], carried, strict=True):
+            rename[vi.name] = tag + vi.name
+            nodes.append(helper.make_node("Identity", [outer], [tag + vi.name]))
+        for t in body.initializer:
+            nodes.append(helper.make_node("Constant", [], [rename[t.name]],
+                                          value=numpy_helper.from_array(
+                                              numpy_helper.to_array(t), rename[t.name])))
+        for n in body.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(n)
+            new.name = f"{tag}{n.name}" if n.name else ""
+            del new.input[:]
+            new.input.extend(rename.get(x, x) if x else "" for x in n.input)
+            del new.output[:]
+            new.output.extend(rename.get(x, x) if x else "" for x in n.output)
+            nodes.append(new)
+        carried = [rename.get(o.name, o.name) for o in body.output[1 : 1 + n_carried]]
+        for k, o in enumerate(body.output[1 + n_carried :]):
+            scans[k].append(rename.get(o.name, o.name))
+    for outer, value in zip(node.output[:n_carried], carried, strict=False):
+        if outer:
+            nodes.append(helper.make_node("Identity", [value], [outer]))
+    axis0 = numpy_helper.from_array(np.array([0], np.int64))
+    for k, outer in enumerate(node.output[n_carried:]):
+        if not outer:
+            continue
+        parts = []
+        for j, name in enumerate(scans[k]):
+            axes = f"{prefix}scan{k}_{j}/axes"
+            nodes.append(helper.make_node("Constant", [], [axes], value=axis0))
+            nodes.append(helper.make_node("Unsqueeze", [name, axes], [f"{prefix}scan{k}_{j}"]))
+            parts.append(f"{prefix}scan{k}_{j}")
+        nodes.append(helper.make_node("Concat", parts, [outer], axis=0))
     return nodes
 
 
@@ -228,6 +301,19 @@ def _fold_node(node, consts, shapes, opsets, report, index):
             return None
         report.inlined_ifs += 1
         return _inline_if(node, bool(cond.reshape(())), f"{node.name or f'if{index}'}/")
+    if op == "Loop":
+        trip = consts.get(node.input[0]) if node.input and node.input[0] else None
+        cond = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        body = next(a.g for a in node.attribute if a.name == "body")
+        if (
+            trip is None
+            or int(trip) > MAX_UNROLL
+            or (node.input[1] and (cond is None or not bool(cond)))
+            or not _passes_cond_through(body)
+        ):
+            return None
+        report.unrolled_loops += 1
+        return _unroll_loop(node, int(trip), f"{node.name or f'loop{index}'}/")
     if op in ("Shape", "Size") and node.input[0] in shapes:
         report.folded_nodes += 1
         return {node.output[0]: _shape_value(node, shapes[node.input[0]])}
