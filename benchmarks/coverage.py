@@ -59,9 +59,11 @@ def real_rows() -> list[dict]:
                 outs = runtime.LocalVM(lib, "cpu").run([arrays[i.name] for i in built.inputs])
             ours = dict(zip([o.name for o in built.outputs], outs, strict=True))
             cmp = reference.compare(ours, reference.run_onnxruntime(built.model, arrays))
-            row.update(status="ok" if all(c.ok for c in cmp) else "MISMATCH",
-                       max_abs_err=max(c.max_abs for c in cmp),
-                       max_rel_err=max(c.max_rel for c in cmp))
+            row.update(
+                status="ok" if all(c.ok for c in cmp) else "MISMATCH",
+                max_abs_err=max(c.max_abs for c in cmp),
+                max_rel_err=max(c.max_rel for c in cmp),
+            )
         except Exception as err:
             row.update(status=f"failed: {str(err).splitlines()[0][:120]}")
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -85,8 +87,9 @@ def onnx_test_rows() -> list[dict]:
                 (float(np.nanmax(np.abs(o.astype(np.float64) - e))) if o.size else 0.0)
                 for o, e in zip(ours, expected, strict=False)
             )
-            rows.append({"model": case.id, "status": "ok" if ok else "MISMATCH",
-                         "max_abs_err": err})
+            rows.append(
+                {"model": case.id, "status": "ok" if ok else "MISMATCH", "max_abs_err": err}
+            )
         except Exception as e:
             rows.append({"model": case.id, "status": f"failed: {str(e).splitlines()[0][:120]}"})
     return rows
@@ -100,8 +103,7 @@ def markdown(real: list[dict], tests: list[dict], date: str) -> str:
         "|---|---:|---:|---|---:|---:|",
     ]
     for r in real:
-        err = (f"{r['max_abs_err']:.2g} | {r['max_rel_err']:.2g}" if "max_abs_err" in r
-               else " | ")
+        err = f"{r['max_abs_err']:.2g} | {r['max_rel_err']:.2g}" if "max_abs_err" in r else " | "
         lines.append(f"| {r['model']} | {r['ops']} | {r['nodes']} | {r['status']} | {err} |")
     passed = sum(r["status"] == "ok" for r in tests)
     lines += [

@@ -67,9 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     for spec in models:
         t0 = time.perf_counter()
         try:
-            res = bench(spec, args.target, threads=args.threads, repeat=args.repeat,
-                        use_shipped_logs=not args.no_tune,
-                        tuning_logs=[] if args.no_tune else args.tuning_log)
+            res = bench(
+                spec,
+                args.target,
+                threads=args.threads,
+                repeat=args.repeat,
+                use_shipped_logs=not args.no_tune,
+                tuning_logs=[] if args.no_tune else args.tuning_log,
+            )
             row = res.to_json()
         except Exception as err:  # a benchmark run reports failures, it does not stop
             row = {"model": spec, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
@@ -82,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "threads": args.threads,
         "repeat": args.repeat,
-        "tuning": "none (--no-tune)" if args.no_tune else "shipped logs + " + (
-            ", ".join(map(str, args.tuning_log)) or "no user logs"),
+        "tuning": "none (--no-tune)"
+        if args.no_tune
+        else "shipped logs + " + (", ".join(map(str, args.tuning_log)) or "no user logs"),
         "command": "python benchmarks/run.py " + " ".join(argv or sys.argv[1:]),
     }
     (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -132,8 +138,7 @@ def chart(rows: list[dict], path: Path, meta: dict) -> None:
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_ylabel("tvmforge / ONNX Runtime latency")
     ax.set_yscale("log")
-    ax.set_title(f"{meta['date']}, {meta['threads']} threads, tuning: {meta['tuning']}",
-                 fontsize=9)
+    ax.set_title(f"{meta['date']}, {meta['threads']} threads, tuning: {meta['tuning']}", fontsize=9)
     plt.xticks(rotation=30, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .build import build_model, compile_model  # noqa: E402
-from .errors import CompileError, InputError, TvmforgeError  # noqa: E402
-from .runtime import CompiledModel, load  # noqa: E402
+from .build import build_model, compile_model
+from .errors import CompileError, InputError, TvmforgeError
+from .runtime import CompiledModel, load
 
 __all__ = [
     "CompileError",

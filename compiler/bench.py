@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-
 from . import reference
 from .build import build_model, export
 from .runtime import load, random_inputs

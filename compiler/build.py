@@ -65,7 +65,7 @@ class Built:
 
 def pass_list(target: ResolvedTarget, databases: Sequence[Path]) -> list[dict[str, Any]]:
     """The passes applied, with their settings, as the manifest records them."""
-    schedules = "dlight-gpu" if target.device != "cpu" else "none (stock CPU lowering)"
+    schedules = "dlight-gpu" if target.device != "cpu" else "schedule_cpu_default"
     steps: list[dict[str, Any]] = [
         {"name": "DecomposeOpsForInference"},
         {"name": "FoldConstant"},

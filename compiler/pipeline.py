@@ -23,8 +23,6 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-
-
 __all__ = ["SCHEDULERS", "tvmforge_pipeline"]
 
 
@@ -105,7 +103,9 @@ def pre_schedule_passes(
     target: tvm.target.Target, graph: Sequence[tvm.transform.Pass] = ()
 ) -> list[tvm.transform.Pass]:
     """Stages 1-2: everything before scheduling (what tuning extracts its tasks from)."""
-    return graph_passes(graph) + _backend(target).library_dispatch_passes(target) + legalize_passes()
+    return (
+        graph_passes(graph) + _backend(target).library_dispatch_passes(target) + legalize_passes()
+    )
 
 
 def to_kernels(

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def _flatten(result: Any) -> list[np.ndarray]:
 class LocalVM:
     """The artifact's library on this process's Relax VM."""
 
-    _DEVICES = {"cpu": "cpu", "cuda": "cuda"}
+    _DEVICES: ClassVar[dict[str, str]] = {"cpu": "cpu", "cuda": "cuda"}
 
     def __init__(self, lib_path: Path, device: str) -> None:
         import tvm

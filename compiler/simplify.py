@@ -107,10 +107,15 @@ def _evaluate(node: onnx.NodeProto, consts: dict[str, np.ndarray], opsets) -> li
     g = helper.make_graph(
         [node],
         "fold",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(consts[n].dtype), None)
-         for n in dict.fromkeys(inputs)],
-        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-         for o in node.output if o],
+        [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(consts[n].dtype), None)
+            for n in dict.fromkeys(inputs)
+        ],
+        [
+            helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+            for o in node.output
+            if o
+        ],
     )
     m = helper.make_model(g, opset_imports=opsets, ir_version=9)
     feeds = {n: consts[n] for n in dict.fromkeys(inputs)}
@@ -136,7 +141,9 @@ def _inline_if(node: onnx.NodeProto, cond: bool, prefix: str) -> list[onnx.NodeP
         nodes.append(new)
     for vo, target in zip(branch.output, node.output, strict=False):
         if target:
-            nodes.append(helper.make_node("Identity", [vo.name], [target], name=f"{prefix}{target}"))
+            nodes.append(
+                helper.make_node("Identity", [vo.name], [target], name=f"{prefix}{target}")
+            )
     return nodes
 
 
@@ -170,17 +177,28 @@ def _unroll_loop(node: onnx.NodeProto, trip_count: int, prefix: str) -> list[onn
         it_name, cond_name = tag + body.input[0].name, tag + body.input[1].name
         rename[body.input[0].name] = it_name
         rename[body.input[1].name] = cond_name
-        nodes.append(helper.make_node("Constant", [], [it_name],
-                                      value=numpy_helper.from_array(np.array(i, np.int64))))
-        nodes.append(helper.make_node("Constant", [], [cond_name],
-                                      value=numpy_helper.from_array(np.array(True))))
+        nodes.append(
+            helper.make_node(
+                "Constant", [], [it_name], value=numpy_helper.from_array(np.array(i, np.int64))
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "Constant", [], [cond_name], value=numpy_helper.from_array(np.array(True))
+            )
+        )
         for vi, outer in zip(body.input[2:], carried, strict=True):
             rename[vi.name] = tag + vi.name
             nodes.append(helper.make_node("Identity", [outer], [tag + vi.name]))
         for t in body.initializer:
-            nodes.append(helper.make_node("Constant", [], [rename[t.name]],
-                                          value=numpy_helper.from_array(
-                                              numpy_helper.to_array(t), rename[t.name])))
+            nodes.append(
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [rename[t.name]],
+                    value=numpy_helper.from_array(numpy_helper.to_array(t), rename[t.name]),
+                )
+            )
         for n in body.node:
             new = onnx.NodeProto()
             new.CopyFrom(n)
@@ -317,8 +335,9 @@ def _fold_node(node, consts, shapes, opsets, report, index):
     if op in ("Shape", "Size") and node.input[0] in shapes:
         report.folded_nodes += 1
         return {node.output[0]: _shape_value(node, shapes[node.input[0]])}
-    if op in _KEEP or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                          for a in node.attribute):
+    if op in _KEEP or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
         return None
     if op == "Constant":
         try:

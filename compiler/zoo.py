@@ -102,9 +102,21 @@ def fetch_wheel(requirement: str) -> Path:
         return wheels[0]
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "-q", "-d", str(folder), requirement],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            str(folder),
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     wheels = sorted(folder.glob("*.whl"))
     if proc.returncode != 0 or not wheels:

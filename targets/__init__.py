@@ -62,7 +62,9 @@ def _resolve_json(spec: str, threads: int | None) -> ResolvedTarget:
     except json.JSONDecodeError as err:
         raise TargetSpecError(f"target is not valid JSON: {err}") from None
     if not isinstance(target, dict) or "kind" not in target:
-        raise TargetSpecError('a JSON target must be an object with a "kind", e.g. {"kind": "llvm"}')
+        raise TargetSpecError(
+            'a JSON target must be an object with a "kind", e.g. {"kind": "llvm"}'
+        )
     host = target.pop("host", None)
     try:
         tvm_target = tvm.target.Target(target, host=host) if host else tvm.target.Target(target)

@@ -80,9 +80,7 @@ def can_build() -> Capability:
         [CROSS_CC, "-print-file-name=crti.o"], capture_output=True, text=True, check=False
     ).stdout.strip()
     if not crti or not Path(crti).is_absolute() or not Path(crti).exists():
-        return Capability(
-            False, f"{CROSS_CC} cannot link (apt-get install libc6-dev-arm64-cross)"
-        )
+        return Capability(False, f"{CROSS_CC} cannot link (apt-get install libc6-dev-arm64-cross)")
     return Capability(True)
 
 

@@ -1,71 +1,14 @@
-"""Shared fixtures: small ONNX graphs built in the test, real zoo models, a CLI runner."""
+"""Shared fixtures: a folder to save models in, a CLI runner."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
 
 from tvmforge.cli import main
-
-# onnxruntime 1.31 reads ONNX IR <= 13; onnx 1.23 writes IR 14 by default.
-IR_VERSION = 9
-OPSET = 17
-
-
-def make_model(nodes, inputs, outputs, initializers=(), opset: int = OPSET) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
-    )
-
-
-def conv_relu_model(batch: int | str = 1, seed: int = 0) -> onnx.ModelProto:
-    """x[B,3,16,16] -> Conv(8, 3x3, pad 1) + bias -> Relu -> GlobalAveragePool -> Flatten -> Gemm."""
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b")
-    fc = numpy_helper.from_array(rng.normal(0, 0.3, (8, 5)).astype(np.float32), "fc")
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu1"),
-        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc"),
-    ]
-    return make_model(
-        nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])],
-        [w, b, fc],
-    )
-
-
-def two_io_model() -> onnx.ModelProto:
-    """Two inputs (float, int64) and two outputs: s = a + b, c = cast(k) * 2."""
-    nodes = [
-        helper.make_node("Add", ["a", "b"], ["s"], name="add"),
-        helper.make_node("Cast", ["k"], ["kf"], name="cast", to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["kf", "two"], ["c"], name="mul"),
-    ]
-    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
-    return make_model(
-        nodes,
-        [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3]),
-            helper.make_tensor_value_info("k", TensorProto.INT64, [4]),
-        ],
-        [
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3]),
-            helper.make_tensor_value_info("c", TensorProto.FLOAT, [4]),
-        ],
-        [two],
-    )
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import conv_relu_model
-
+from onnx_builders import conv_relu_model
 from tvmforge import frontend
 from tvmforge.analysis import report
 

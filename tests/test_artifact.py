@@ -7,9 +7,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import conv_relu_model, two_io_model
 
 import tvmforge
+from onnx_builders import conv_relu_model, two_io_model
 from tvmforge import artifact, build_model
 from tvmforge.build import export
 
@@ -30,9 +30,7 @@ def test_manifest_records_io_target_passes_source_versions(built, tmp_path):
     assert m["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}]
     assert m["outputs"] == [{"name": "y", "shape": [1, 5], "dtype": "float32"}]
     assert m["target"]["key"] == "x86" and m["target"]["device"] == "cpu"
-    assert m["model"]["sha256"] == hashlib.sha256(
-        conv_relu_model().SerializeToString()
-    ).hexdigest()
+    assert m["model"]["sha256"] == hashlib.sha256(conv_relu_model().SerializeToString()).hexdigest()
     assert m["versions"] == {"tvmforge": tvmforge.__version__, "tvm": tvm.__version__}
     assert [p["name"] for p in m["passes"]][:2] == ["DecomposeOpsForInference", "FoldConstant"]
 

@@ -8,13 +8,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import conv_relu_model, make_model, two_io_model
 from onnx import TensorProto, helper
+
+from onnx_builders import conv_relu_model, make_model, two_io_model
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.suffix in (".tar", ".part", ".unchecked")
-                  or ".part" in p.name or ".unchecked" in p.name)
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.suffix in (".tar", ".part", ".unchecked")
+        or ".part" in p.name
+        or ".unchecked" in p.name
+    )
 
 
 def _one_error_line(result) -> str:
@@ -88,18 +94,28 @@ def test_truncated_file(cli, tmp_model, tmp_path):
 
 def test_unsupported_ops_are_all_listed_with_node_names(cli, tmp_model, tmp_path):
     nodes = [
-        helper.make_node("ReverseSequence", ["x", "lens"], ["r"], name="encoder_reverse",
-                         batch_axis=1, time_axis=0),
+        helper.make_node(
+            "ReverseSequence",
+            ["x", "lens"],
+            ["r"],
+            name="encoder_reverse",
+            batch_axis=1,
+            time_axis=0,
+        ),
         helper.make_node("Det", ["m"], ["d"], name="jacobian_det"),
         helper.make_node("Relu", ["r"], ["y"], name="relu_ok"),
     ]
     lens = helper.make_tensor("lens", TensorProto.INT64, [2], [3, 1])
     model = make_model(
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 3]),
-         helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 3]),
-         helper.make_tensor_value_info("d", TensorProto.FLOAT, [])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 3]),
+            helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 3]),
+            helper.make_tensor_value_info("d", TensorProto.FLOAT, []),
+        ],
         [lens],
     )
     res = cli("compile", tmp_model(model), "-o", "m.tar")
@@ -174,8 +190,9 @@ def test_run_with_inputs_and_output_matches_onnxruntime(cli, tmp_path, two_io_ar
     assert res.exit_code == 0, res.output
     assert "latency over 3 runs" in res.stdout
     out = np.load(tmp_path / "out.npz")
-    sess = ort.InferenceSession(two_io_model().SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        two_io_model().SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     s_ref, c_ref = sess.run(["s", "c"], feed)
     np.testing.assert_allclose(out["s"], s_ref, rtol=1e-6)
     np.testing.assert_array_equal(out["c"], c_ref)
@@ -197,16 +214,25 @@ def test_run_inputs_missing_array(cli, tmp_path, two_io_artifact):
 
 
 def test_run_inputs_misshaped_array(cli, tmp_path, two_io_artifact):
-    np.savez(tmp_path / "in.npz", a=np.zeros((3, 2), np.float32),
-             b=np.zeros((2, 3), np.float32), k=np.zeros(4, np.int64))
+    np.savez(
+        tmp_path / "in.npz",
+        a=np.zeros((3, 2), np.float32),
+        b=np.zeros((2, 3), np.float32),
+        k=np.zeros(4, np.int64),
+    )
     res = cli("run", two_io_artifact, "--inputs", "in.npz")
     assert res.exit_code == 2
     assert "input 'a' has shape [3, 2], the model expects [2, 3]" in _one_error_line(res)
 
 
 def test_run_inputs_unknown_name(cli, tmp_path, two_io_artifact):
-    np.savez(tmp_path / "in.npz", a=np.zeros((2, 3), np.float32),
-             b=np.zeros((2, 3), np.float32), k=np.zeros(4, np.int64), z=np.zeros(1))
+    np.savez(
+        tmp_path / "in.npz",
+        a=np.zeros((2, 3), np.float32),
+        b=np.zeros((2, 3), np.float32),
+        k=np.zeros(4, np.int64),
+        z=np.zeros(1),
+    )
     res = cli("run", two_io_artifact, "--inputs", "in.npz")
     assert res.exit_code == 2
     assert "'z' is not an input" in _one_error_line(res)

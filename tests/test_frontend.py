@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import conv_relu_model, make_model
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_builders import conv_relu_model, make_model
 from tvmforge import CompileError, InputError
 from tvmforge.frontend import (
     check_supported,
@@ -20,8 +20,11 @@ from tvmforge.frontend import (
 
 @pytest.mark.parametrize(
     ("text", "name", "dims"),
-    [("x=1x3x224x224", "x", (1, 3, 224, 224)), ("gpu_0/data_0=1,3,8,8", "gpu_0/data_0", (1, 3, 8, 8)),
-     ("a=b=7", "a=b", (7,))],
+    [
+        ("x=1x3x224x224", "x", (1, 3, 224, 224)),
+        ("gpu_0/data_0=1,3,8,8", "gpu_0/data_0", (1, 3, 8, 8)),
+        ("a=b=7", "a=b", (7,)),
+    ],
 )
 def test_parse_input_shape(text, name, dims):
     assert parse_input_shape(text) == (name, dims)
@@ -53,16 +56,27 @@ def test_dynamic_dims_all_named(tmp_model):
 
 def test_unsupported_ops_inside_subgraphs_are_found():
     then_g = helper.make_graph(
-        [helper.make_node("Det", ["m"], ["d"], name="inner_det")], "then", [],
-        [helper.make_tensor_value_info("d", TensorProto.FLOAT, [])])
+        [helper.make_node("Det", ["m"], ["d"], name="inner_det")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, [])],
+    )
     else_g = helper.make_graph(
-        [helper.make_node("ReduceSum", ["m"], ["d2"], name="inner_sum", keepdims=0)], "else", [],
-        [helper.make_tensor_value_info("d2", TensorProto.FLOAT, [])])
+        [helper.make_node("ReduceSum", ["m"], ["d2"], name="inner_sum", keepdims=0)],
+        "else",
+        [],
+        [helper.make_tensor_value_info("d2", TensorProto.FLOAT, [])],
+    )
     model = make_model(
-        [helper.make_node("If", ["c"], ["out"], name="branch", then_branch=then_g,
-                          else_branch=else_g)],
-        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 3])],
+        [
+            helper.make_node(
+                "If", ["c"], ["out"], name="branch", then_branch=then_g, else_branch=else_g
+            )
+        ],
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 3]),
+        ],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [])],
     )
     loaded = load(model)
@@ -73,8 +87,11 @@ def test_unsupported_ops_inside_subgraphs_are_found():
 
 def test_foreign_domain_ops_are_unsupported():
     model = make_model(
-        [helper.make_node("ZipMap", ["x"], ["y"], name="zip", domain="ai.onnx.ml",
-                          classlabels_int64s=[0, 1])],
+        [
+            helper.make_node(
+                "ZipMap", ["x"], ["y"], name="zip", domain="ai.onnx.ml", classlabels_int64s=[0, 1]
+            )
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
     )
@@ -85,8 +102,14 @@ def test_foreign_domain_ops_are_unsupported():
 def test_external_data_is_loaded(tmp_path):
     model = conv_relu_model()
     ref = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}["w"]
-    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    onnx.save(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     loaded = load(tmp_path / "ext.onnx")
     w = {t.name: numpy_helper.to_array(t) for t in loaded.proto.graph.initializer}["w"]
     np.testing.assert_array_equal(w, ref)
@@ -97,5 +120,5 @@ def test_external_data_is_loaded(tmp_path):
 
 def test_zoo_names(tmp_path):
     assert load("zoo:squeezenet").path == "zoo:squeezenet"
-    with pytest.raises(InputError, match="known: .*resnet50"):
+    with pytest.raises(InputError, match=r"known: .*resnet50"):
         load("zoo:lenet")

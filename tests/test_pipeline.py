@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from tvmforge import pipeline  # noqa: F401  (registers the pipeline)
+from tvmforge import pipeline
 
 
 @I.ir_module

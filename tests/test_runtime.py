@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import conv_relu_model, two_io_model
 
 import tvmforge
+from onnx_builders import conv_relu_model, two_io_model
 from tvmforge.frontend import TensorInfo
 from tvmforge.reference import compare, run_onnxruntime
 from tvmforge.runtime import check_inputs, random_inputs
@@ -14,8 +14,9 @@ from tvmforge.runtime import check_inputs, random_inputs
 
 @pytest.fixture(scope="module")
 def conv_artifact(tmp_path_factory):
-    return tvmforge.compile_model(conv_relu_model(), "x86",
-                                  tmp_path_factory.mktemp("a") / "conv.tar")
+    return tvmforge.compile_model(
+        conv_relu_model(), "x86", tmp_path_factory.mktemp("a") / "conv.tar"
+    )
 
 
 def test_call_returns_dict_by_onnx_output_name(conv_artifact):
@@ -43,8 +44,11 @@ def test_time_returns_one_figure_per_repeat(conv_artifact):
 
 
 def test_random_inputs_follow_dtypes():
-    infos = [TensorInfo("f", (2, 2), "float16"), TensorInfo("i", (3,), "int32"),
-             TensorInfo("b", (1,), "bool")]
+    infos = [
+        TensorInfo("f", (2, 2), "float16"),
+        TensorInfo("i", (3,), "int32"),
+        TensorInfo("b", (1,), "bool"),
+    ]
     arrays = random_inputs(infos, seed=1)
     assert arrays["f"].dtype == np.float16 and arrays["i"].dtype == np.int32
     assert arrays["b"].dtype == bool
@@ -53,8 +57,9 @@ def test_random_inputs_follow_dtypes():
 
 def test_multiple_outputs_in_order(tmp_path):
     model = tvmforge.load(tvmforge.compile_model(two_io_model(), "x86", tmp_path / "t.tar"))
-    out = model(a=np.ones((2, 3), np.float32), b=np.ones((2, 3), np.float32),
-                k=np.arange(4, dtype=np.int64))
+    out = model(
+        a=np.ones((2, 3), np.float32), b=np.ones((2, 3), np.float32), k=np.arange(4, dtype=np.int64)
+    )
     assert list(out) == ["s", "c"]
     np.testing.assert_array_equal(out["c"], np.arange(4) * 2.0)
 

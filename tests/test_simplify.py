@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_builders import make_model
 from tvmforge import build_model
 from tvmforge.frontend import TensorInfo
 from tvmforge.runtime import LocalVM
@@ -79,23 +79,30 @@ def test_quantization_boundaries_are_not_folded():
 
 def _branchy(cond_value):
     then_g = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["t"], name="times2")], "then", [],
-        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])])
+        [helper.make_node("Mul", ["x", "two"], ["t"], name="times2")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])],
+    )
     else_g = helper.make_graph(
-        [helper.make_node("Neg", ["x"], ["e"], name="neg")], "else", [],
-        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])])
+        [helper.make_node("Neg", ["x"], ["e"], name="neg")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])],
+    )
     nodes = [
         helper.make_node("Equal", ["mode", "sixteen"], ["c"], name="is16k"),
-        helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_g,
-                         else_branch=else_g),
+        helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_g, else_branch=else_g),
     ]
     return make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
-        [numpy_helper.from_array(np.array(cond_value, np.int64), "mode"),
-         numpy_helper.from_array(np.array(16, np.int64), "sixteen"),
-         numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+        [
+            numpy_helper.from_array(np.array(cond_value, np.int64), "mode"),
+            numpy_helper.from_array(np.array(16, np.int64), "sixteen"),
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        ],
     )
 
 
@@ -123,22 +130,33 @@ def _for_loop_model(trips: int):
             helper.make_node("Identity", ["acc_out"], ["scan_out"]),
         ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
-         helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, [2])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, [2]),
+        ],
         [numpy_helper.from_array(np.array(0.5, np.float32), "half")],
     )
     return make_model(
-        [helper.make_node("Loop", ["M", "true", "x"], ["final", "history"], name="loop",
-                          body=body)],
+        [
+            helper.make_node(
+                "Loop", ["M", "true", "x"], ["final", "history"], name="loop", body=body
+            )
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("final", TensorProto.FLOAT, [2]),
-         helper.make_tensor_value_info("history", TensorProto.FLOAT, [trips, 2])],
-        [numpy_helper.from_array(np.array(trips, np.int64), "M"),
-         numpy_helper.from_array(np.array(True), "true")],
+        [
+            helper.make_tensor_value_info("final", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("history", TensorProto.FLOAT, [trips, 2]),
+        ],
+        [
+            numpy_helper.from_array(np.array(trips, np.int64), "M"),
+            numpy_helper.from_array(np.array(True), "true"),
+        ],
     )
 
 
@@ -158,7 +176,6 @@ def test_loop_with_runtime_trip_count_is_left_alone():
     model = _for_loop_model(4)
     del model.graph.initializer[0]
     model.graph.input.append(helper.make_tensor_value_info("M", TensorProto.INT64, []))
-    out, report = simplify(model, [TensorInfo("x", (2,), "float32"),
-                                   TensorInfo("M", (), "int64")])
+    out, report = simplify(model, [TensorInfo("x", (2,), "float32"), TensorInfo("M", (), "int64")])
     assert report.unrolled_loops == 0
     assert "Loop" in [n.op_type for n in out.graph.node]

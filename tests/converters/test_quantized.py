@@ -20,7 +20,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm
-import tvmforge
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -29,6 +28,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from tvm import relax
+
+import tvmforge
 from tvmforge import converters, frontend, zoo
 
 IR_VERSION = 9  # onnxruntime 1.31 reads IR <= 13

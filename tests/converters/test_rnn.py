@@ -15,8 +15,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm
-import tvmforge
 from onnx import TensorProto, helper, numpy_helper
+
+import tvmforge
 from tvmforge import frontend
 
 SEQ, BATCH, INPUT, HIDDEN = 5, 2, 3, 4

@@ -26,5 +26,3 @@ def aarch64_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if subprocess.run(cmd, capture_output=True, check=False).returncode != 0:
         pytest.skip(f"{CROSS_CC} cannot link: apt-get install libc6-dev-arm64-cross")
     return qemu.prepare(quiet=True)
-
-

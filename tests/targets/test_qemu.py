@@ -8,11 +8,11 @@ than native, so the models are tiny; each emulated run costs ~5 s, most of it im
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tvmforge.targets import qemu
 
 CROSS_CC = "aarch64-linux-gnu-gcc"

@@ -42,8 +42,10 @@ def test_isa_levels(features, level):
     assert x86.isa_level(frozenset(features)) == level
 
 
-@pytest.mark.parametrize("spec", ["x86:avx2", "arm", "arm:cortex-a76", "arm:neoverse-n1",
-                                  "cuda", "cuda:sm_75", "cuda:sm_90"])
+@pytest.mark.parametrize(
+    "spec",
+    ["x86:avx2", "arm", "arm:cortex-a76", "arm:neoverse-n1", "cuda", "cuda:sm_75", "cuda:sm_90"],
+)
 def test_presets_resolve_to_valid_tvm_targets(spec):
     t = resolve(spec)
     tvm_target = t.tvm_target()
@@ -78,8 +80,9 @@ def test_registry_has_the_three_families():
 
 
 def test_json_llvm_target_compiles_and_runs(tmp_path):
-    out = compile_model("zoo:squeezenet", '{"kind": "llvm", "mcpu": "haswell"}',
-                        tmp_path / "sq.tar")
+    out = compile_model(
+        "zoo:squeezenet", '{"kind": "llvm", "mcpu": "haswell"}', tmp_path / "sq.tar"
+    )
     model = tvmforge.load(out)
     x = random_inputs(model.inputs)
     ref = run_onnxruntime(tvmforge.frontend.load("zoo:squeezenet"), x)
@@ -88,8 +91,9 @@ def test_json_llvm_target_compiles_and_runs(tmp_path):
 
 def test_arm_squeezenet_runs_under_qemu_and_matches(aarch64_root, tmp_path, cli):
     assert arm.can_build(), arm.can_build().reason
-    res = cli("compile", "zoo:squeezenet", "--target", "arm:cortex-a72", "-o", "sq_arm.tar",
-              "--check")
+    res = cli(
+        "compile", "zoo:squeezenet", "--target", "arm:cortex-a72", "-o", "sq_arm.tar", "--check"
+    )
     assert res.exit_code == 0, res.output
     assert " ok" in res.stdout
     manifest = tvmforge.artifact.read_manifest(tmp_path / "sq_arm.tar")
@@ -137,4 +141,4 @@ def test_cuda_artifact_runs_and_matches(tmp_path):
     ref = run_onnxruntime(tvmforge.frontend.load("zoo:squeezenet"), x)
     results = compare(model(**x), ref, atol=1e-3, rtol=1e-3)
     assert all(r.ok for r in results), [r.line() for r in results]
-    assert np.isfinite(list(model(**x).values())[0]).all()
+    assert np.isfinite(next(iter(model(**x).values()))).all()

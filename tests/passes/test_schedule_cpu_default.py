@@ -1,0 +1,213 @@
+"""``schedule_cpu_default``: the default CPU schedules every kernel gets without tuning.
+
+Three kinds of test: the scheduled TIR has the expected shape (parallel outer loops, a
+vectorized inner loop, the reduction split off), the pass leaves already scheduled functions
+alone, and models built through the whole pipeline match ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import s_tir
+from tvm.script import ir as I
+from tvm.script import tirx as T
+
+from tvmforge.passes import PASSES
+from tvmforge.passes.schedule_cpu_default import CpuScheduleParams, schedule_cpu_default
+
+X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+RTOL = 1e-4
+LOGGER = "tvmforge.passes.schedule_cpu_default"
+
+
+@I.ir_module
+class Matmul:
+    @T.prim_func(private=True, s_tir=True)
+    def main(
+        A: T.Buffer((T.int64(64), T.int64(128)), "float32"),
+        B: T.Buffer((T.int64(128), T.int64(256)), "float32"),
+        C: T.Buffer((T.int64(64), T.int64(256)), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i, j, k in T.grid(T.int64(64), T.int64(256), T.int64(128)):
+            with T.sblock("matmul"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    C[vi, vj] = T.float32(0.0)
+                C[vi, vj] = C[vi, vj] + A[vi, vk] * B[vk, vj]
+
+
+def _schedule(mod: tvm.IRModule, target: dict = X86) -> tvm.IRModule:
+    tgt = tvm.target.Target(target)
+    with tgt:
+        return schedule_cpu_default()(mod)
+
+
+def _loop_kinds(func: tvm.tirx.PrimFunc, block: str) -> list[tvm.tirx.ForKind]:
+    sch = s_tir.Schedule(func)
+    return [sch.get(loop).kind for loop in sch.get_loops(sch.get_sblock(block))]
+
+
+def test_registered_by_name():
+    assert PASSES["schedule_cpu_default"] is schedule_cpu_default
+
+
+def test_matmul_gets_parallel_vectorized_register_tile():
+    after = _schedule(Matmul)["main"]
+    assert bool(after.attrs["tirx.is_scheduled"])
+    kinds = _loop_kinds(after, "matmul_update")
+    # [parallel fused outer tiles] [k] [unrolled rows] [vectorized columns]
+    assert kinds[0] == tvm.tirx.ForKind.PARALLEL
+    assert kinds[-1] == tvm.tirx.ForKind.VECTORIZED
+    assert kinds[-2] == tvm.tirx.ForKind.UNROLLED
+    init_kinds = _loop_kinds(after, "matmul_init")
+    assert init_kinds[-1] == tvm.tirx.ForKind.VECTORIZED
+    sch = s_tir.Schedule(after)
+    loops = sch.get_loops(sch.get_sblock("matmul_update"))
+    assert int(sch.get(loops[-1]).extent) in (16, 32)  # one or two AVX-512 registers of fp32
+
+
+def test_vector_width_follows_the_target():
+    neon = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+    assert CpuScheduleParams.from_target(tvm.target.Target(neon)).lanes == 4
+    assert CpuScheduleParams.from_target(tvm.target.Target(X86)).lanes == 16
+    after = _schedule(Matmul, neon)["main"]
+    sch = s_tir.Schedule(after)
+    loops = sch.get_loops(sch.get_sblock("matmul_update"))
+    assert int(sch.get(loops[-1]).extent) in (4, 8)
+
+
+def test_already_scheduled_function_is_left_alone():
+    marked = tvm.IRModule({"main": Matmul["main"].with_attr("tirx.is_scheduled", True)})
+    after = _schedule(marked)
+    tvm.ir.assert_structural_equal(after["main"], marked["main"])
+
+
+# --- numbers: whole pipeline vs ONNX Runtime ---------------------------------------------------
+
+
+def _model(nodes, inputs, outputs, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        inputs,
+        outputs,
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    return helper.make_model(
+        graph, ir_version=9, opset_imports=[helper.make_operatorsetid("", 17)]
+    )
+
+
+def _conv_model(cin: int, cout: int, k: int, stride: int, group: int, hw: int):
+    rng = np.random.default_rng(cin * 1000 + cout * 10 + k + stride + group)
+    w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    res = rng.standard_normal(1).astype(np.float32)
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "w", "b"], ["c"], pads=[k // 2] * 4, strides=[stride] * 2, group=group
+        ),
+        helper.make_node("Add", ["c", "r"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    hw_out = (hw + 2 * (k // 2) - k) // stride + 1
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, hw_out, hw_out])],
+        {"w": w, "b": b, "r": res},
+    )
+
+
+def _matmul_bias_relu():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((96, 80)).astype(np.float32)
+    b = rng.standard_normal(80).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 24, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24, 80])],
+        {"w": w, "b": b},
+    )
+
+
+def _pool_softmax():
+    """No contraction: pooling, a global reduction and elementwise ops (the generic schedule)."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Softmax", ["f"], ["y"], axis=1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 40, 23, 23])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
+        {},
+    )
+
+
+def _run_both(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+    from tvm import relax
+
+    from tvmforge import build_model
+
+    onnx.checker.check_model(model)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    built = build_model(model, "x86", threads=2)
+    vm = relax.VirtualMachine(built.executable, tvm.cpu())
+    ours = vm["main"](tvm.runtime.tensor(x, tvm.cpu()))
+    ours = ours.numpy() if hasattr(ours, "numpy") else ours[0].numpy()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x})
+    return ours, ref
+
+
+def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
+    assert ours.shape == ref.shape
+    err = float(np.max(np.abs(ours - ref)))
+    assert err <= RTOL * float(np.max(np.abs(ref))) + 1e-6, f"max abs error {err}"
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "stride", "group", "hw"),
+    [
+        pytest.param(32, 48, 1, 1, 1, 14, id="1x1"),
+        pytest.param(32, 48, 1, 1, 1, 12, id="1x1-whole-plane"),  # 12 * 12 = 9 * 16 lanes
+        pytest.param(16, 24, 3, 1, 1, 13, id="3x3"),
+        pytest.param(8, 32, 3, 2, 1, 17, id="3x3-stride2"),
+        pytest.param(24, 24, 3, 1, 24, 12, id="depthwise"),
+        pytest.param(16, 32, 3, 1, 4, 10, id="grouped"),
+        pytest.param(3, 16, 7, 2, 1, 31, id="7x7-stride2-odd"),
+    ],
+)
+def test_conv2d_matches_onnxruntime(cin, cout, k, stride, group, hw, caplog):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        ours, ref = _run_both(_conv_model(cin, cout, k, stride, group, hw))
+    _assert_close(ours, ref)
+    assert "failed" not in caplog.text  # the conv recipe applied, not the fallback
+
+
+def test_matmul_bias_relu_matches_onnxruntime(caplog):
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        ours, ref = _run_both(_matmul_bias_relu())
+    _assert_close(ours, ref)
+    assert "failed" not in caplog.text
+
+
+def test_generic_schedule_matches_onnxruntime():
+    _assert_close(*_run_both(_pool_softmax()))
