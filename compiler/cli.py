@@ -7,13 +7,14 @@ adds the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +163,11 @@ def _default_output(model: str) -> Path:
 @freeze_option
 @threads_option
 @tuning_log_option
-@click.option("--no-tuning-logs", is_flag=True,
-              help="Apply no tuning records at all (not even the shipped ones).")
+@click.option("--tune-trials", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Tune N trials first, into the first --tuning-log DIR (else the user cache "
+                   "~/.cache/tvmforge/tuning_logs), then compile applying the result.")
+@click.option("--no-tune", is_flag=True,
+              help="Apply no tuning records at all (not the shipped ones, not --tuning-log).")
 @click.option("--check", is_flag=True,
               help="Run once on random inputs and compare with ONNX Runtime; exit 1 past tolerance.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for --check [1e-4].")
@@ -179,7 +183,8 @@ def compile_cmd(
     frozen: tuple[tuple[str, list[float]], ...],
     threads: int | None,
     tuning_logs: tuple[Path, ...],
-    no_tuning_logs: bool,
+    tune_trials: int | None,
+    no_tune: bool,
     check: bool,
     atol: float | None,
     rtol: float | None,
@@ -190,14 +195,20 @@ def compile_cmd(
 
     output = output or _default_output(model)
     progress = _progress()
+    if tune_trials is not None:
+        if no_tune:
+            raise click.UsageError("--tune-trials and --no-tune contradict each other")
+        tuning_logs = _tune_first(
+            model, target, tune_trials, tuning_logs, input_shapes, frozen, threads
+        )
     built = build.build_model(
         model,
         target,
         input_shapes=dict(input_shapes),
         frozen_inputs=dict(frozen),
         threads=threads,
-        tuning_logs=list(tuning_logs),
-        use_shipped_logs=not no_tuning_logs,
+        tuning_logs=[] if no_tune else list(tuning_logs),
+        use_shipped_logs=not no_tune,
         progress=progress,
     )
     if not check:
@@ -236,6 +247,51 @@ def compile_cmd(
     _print_compiled(output, built)
 
 
+def _tune_first(
+    model: str,
+    target: str,
+    trials: int,
+    tuning_logs: tuple[Path, ...],
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    frozen: tuple[tuple[str, list[float]], ...],
+    threads: int | None,
+) -> tuple[Path, ...]:
+    """``compile --tune-trials``: tune into the first --tuning-log (or the user cache)."""
+    from . import tuning
+
+    work_dir = tuning_logs[0] if tuning_logs else tuning.user_cache()
+    with _reports_interrupted_tuning():
+        res = tuning.tune(
+            model,
+            target,
+            trials=trials,
+            work_dir=work_dir,
+            input_shapes=dict(input_shapes),
+            frozen_inputs=dict(frozen),
+            threads=threads,
+            echo=_tuning_echo,
+        )
+    _tuning_echo(f"tuned {len(res.tasks)} kernel(s) with {res.trials} trials in "
+                 f"{res.seconds / 60:.1f} min; {res.records_after} records in {res.database}")
+    return tuning_logs or (work_dir,)
+
+
+def _tuning_echo(msg: str) -> None:
+    click.echo(f"tvmforge: {msg}", err=True)
+
+
+@contextlib.contextmanager
+def _reports_interrupted_tuning() -> Iterator[None]:
+    """Ctrl-C while tuning: one line saying how many records were kept where; exit 130."""
+    from .tuning import TuningInterrupted
+
+    try:
+        yield
+    except TuningInterrupted as err:
+        click.echo(f"error: {err.line()}", err=True)
+        click.get_current_context().exit(130)
+
+
 def _print_compiled(path: Path, built) -> None:
     secs = built.seconds
     click.echo(
@@ -243,6 +299,72 @@ def _print_compiled(path: Path, built) -> None:
         f"{sum(secs.values()):.1f} s (import {secs.get('import', 0):.1f} s, "
         f"build {secs.get('build', 0):.1f} s, export {secs.get('export', 0):.1f} s)"
     )
+
+
+@main.command("tune", context_settings=CONTEXT)
+@click.argument("model")
+@target_option
+@click.option("--trials", type=click.IntRange(min=1), required=True, metavar="N",
+              help="Candidates to measure in all, spread so that every kernel gets some.")
+@click.option("--tuning-log", "tuning_log", type=click.Path(file_okay=False, path_type=Path),
+              default=None,
+              help="Folder to tune into, one database per target key; tuning again continues "
+                   "it [default: ~/.cache/tvmforge/tuning_logs].")
+@click.option("--cost-model", type=click.Choice(["xgb", "random", "mlp"]), default="xgb",
+              show_default=True, help="MetaSchedule's cost model (mlp needs PyTorch).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the search and the task scheduler.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None,
+              help="Write report.md and report.csv (per kernel) and tuning_curve.png here.")
+@click.option("--max-trials-per-task", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Cap per kernel [default: trials / kernels, rounded up to the batch].")
+@input_shape_option
+@freeze_option
+@threads_option
+@_reports_errors
+def tune_cmd(
+    model: str,
+    target: str,
+    trials: int,
+    tuning_log: Path | None,
+    cost_model: str,
+    seed: int,
+    report_dir: Path | None,
+    max_trials_per_task: int | None,
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    frozen: tuple[tuple[str, list[float]], ...],
+    threads: int | None,
+) -> None:
+    """Tune MODEL's kernels for a target with MetaSchedule; compile applies the records."""
+    from . import tuning
+
+    with _reports_interrupted_tuning():
+        res = tuning.tune(
+            model,
+            target,
+            trials=trials,
+            work_dir=tuning_log,
+            cost_model=cost_model,
+            seed=seed,
+            max_trials_per_task=max_trials_per_task,
+            report_dir=report_dir,
+            input_shapes=dict(input_shapes),
+            frozen_inputs=dict(frozen),
+            threads=threads,
+            echo=_tuning_echo,
+        )
+    click.echo(f"tuned {len(res.tasks)} kernel(s) for {res.target}: {res.trials} trials in "
+               f"{res.seconds / 60:.1f} min; {res.records_after} records in {res.database} "
+               f"({res.records_after - res.records_before} new)")
+    before, after = (res.curve[0][1] if res.curve else None), res.estimate_s()
+    if before is not None and after is not None:
+        click.echo(f"estimated kernel time (sum of weight x latency): {before * 1e3:.3f} ms "
+                   f"before this run, {after * 1e3:.3f} ms after")
+    if report_dir is not None:
+        click.echo(f"report: {report_dir / 'report.md'}, report.csv, tuning_curve.png")
+    work = tuning_log if tuning_log is not None else tuning.user_cache()
+    click.echo(f"apply with: tvmforge compile {model} --target {target} --tuning-log {work}")
 
 
 @main.command("run", context_settings=CONTEXT)

@@ -1,0 +1,288 @@
+"""Tuning: budgets, databases per target key, tune -> compile, Ctrl-C, continuing, the CLI.
+
+Every tune here is tiny (a few trials of a 4-kernel model): the file runs in about two minutes
+on 2 cores. The one tuned database is shared through a module fixture that also exercises the
+interrupted-then-continued path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import tvm
+import tvm_ffi
+from tvm.s_tir import meta_schedule as ms
+
+from onnx_builders import conv_relu_model
+from tvmforge import artifact, build, frontend, pipeline, reference, runtime, tuning
+from tvmforge.errors import InputError
+from tvmforge.targets import resolve
+from tvmforge.targets.base import ResolvedTarget
+
+CONV = "fused_conv2d_add_relu"
+
+
+def _kernels(target: ResolvedTarget) -> list[ms.ExtractedTask]:
+    model = frontend.load(conv_relu_model())
+    mod = frontend.to_relax(model, frontend.resolve_inputs(model, {}))
+    tvm_target = target.tvm_target()
+    return list(ms.relax_integration.extract_tasks(pipeline.to_kernels(mod, tvm_target),
+                                                   tvm_target))
+
+
+def _scheduled(target: ResolvedTarget, databases: list[Path]) -> tvm.ir.IRModule:
+    """The model's kernels after compile's schedule stage (records, then the defaults)."""
+    model = frontend.load(conv_relu_model())
+    mod = frontend.to_relax(model, frontend.resolve_inputs(model, {}))
+    tvm_target = target.tvm_target()
+    kernels = pipeline.to_kernels(mod, tvm_target)
+    with tvm_target:
+        return tvm.transform.Sequential(pipeline.schedule_passes(tvm_target, databases))(kernels)
+
+
+def _kernel(mod: tvm.ir.IRModule, name: str) -> tvm.tirx.PrimFunc:
+    return next(f for gv, f in mod.functions_items() if gv.name_hint == name)
+
+
+def _replay(trace, workload_mod: tvm.ir.IRModule) -> tvm.tirx.PrimFunc:
+    sch = tvm.s_tir.Schedule(workload_mod)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch.mod["main"]
+
+
+def _same(a: tvm.tirx.PrimFunc, b: tvm.tirx.PrimFunc) -> bool:
+    """Same loops and body; the name and the scheduled mark aside."""
+    def bare(f):
+        return f.without_attr("global_symbol").without_attr("tirx.is_scheduled")
+
+    return bool(tvm_ffi.structural_equal(bare(a), bare(b)))
+
+
+# --- budget ----------------------------------------------------------------------------------
+
+
+def test_budget_reaches_every_task_in_the_first_round():
+    b = tuning.plan_budget(64, 26)
+    assert (b.per_iter, b.per_task) == (2, 4)  # 26 x 2 = 52 <= 64: every task gets a batch
+    assert b.tasks_reached == 26
+    assert "below one search round" in b.notes()[0]
+    big = tuning.plan_budget(2000, 4)
+    assert (big.per_iter, big.per_task, big.population) == (64, 512, 512)
+    assert big.notes() == []
+
+
+def test_budget_below_one_trial_per_task_says_which_tasks_go_untuned():
+    b = tuning.plan_budget(10, 26)
+    assert b.per_iter == 1 and b.tasks_reached == 10
+    assert "16 task(s) get no trial" in b.notes()[0]
+
+
+def test_budget_respects_an_explicit_cap_rounded_up_to_the_batch():
+    b = tuning.plan_budget(100, 4, max_trials_per_task=10)
+    assert (b.per_iter, b.per_task) == (10, 10)
+    b = tuning.plan_budget(100, 2, max_trials_per_task=70)
+    assert (b.per_iter, b.per_task) == (50, 100)
+
+
+# --- databases per target key ------------------------------------------------------------------
+
+
+def _fake_database(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / tuning.WORKLOADS).write_text("")
+    (folder / tuning.RECORDS).write_text("")
+    return folder
+
+
+def test_records_of_a_feature_level_the_target_lacks_are_not_offered(tmp_path):
+    logs = tmp_path / "logs"
+    _fake_database(logs / "x86-avx512-vnni")
+    avx2 = resolve("x86:avx2")
+    assert tuning.databases_for(avx2, [logs]) == []
+    _fake_database(logs / "x86-avx2")
+    assert tuning.databases_for(avx2, [logs]) == [logs / "x86-avx2"]
+    # A folder that is a database itself is the user's explicit choice: applied as given.
+    assert tuning.databases_for(avx2, [logs / "x86-avx512-vnni"]) == [logs / "x86-avx512-vnni"]
+
+
+def test_tune_refuses_targets_it_cannot_measure_here():
+    with pytest.raises(InputError, match="tuning measures every candidate"):
+        tuning.tune(conv_relu_model(), "arm", trials=4)
+    with pytest.raises(InputError, match="unknown cost model"):
+        tuning.tune(conv_relu_model(), "x86", trials=4, cost_model="gbm")
+
+
+# --- tune, interrupt, continue, compile --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> dict:
+    """Tune the conv model: Ctrl-C after the first batch, then continue to the end."""
+    work = tmp_path_factory.mktemp("tune")
+    batches: list[tuning.BatchInfo] = []
+
+    def interrupt_after_first(batch: tuning.BatchInfo) -> None:
+        batches.append(batch)
+        raise KeyboardInterrupt
+
+    with pytest.raises(tuning.TuningInterrupted) as caught:
+        tuning.tune(conv_relu_model(), "x86", trials=8, work_dir=work,
+                    on_batch=interrupt_after_first, progress=False)
+    db = tuning.database_dir(work, resolve("x86"))
+    after_interrupt = tuning.count_records(db)
+    result = tuning.tune(conv_relu_model(), "x86", trials=8, work_dir=work, progress=False)
+    return {"work": work, "db": db, "interrupted": caught.value, "batches": batches,
+            "after_interrupt": after_interrupt, "result": result}
+
+
+def test_interrupted_tune_keeps_every_measured_record(tuned):
+    err, first = tuned["interrupted"], tuned["batches"][0]
+    assert isinstance(err, KeyboardInterrupt)
+    # Four default-schedule records (one per kernel, measured before the search) + batch one.
+    assert tuned["after_interrupt"] == 4 + first.measured == err.records == err.new_records
+    assert err.line() == f"interrupted; {err.records} records kept in {tuned['db']} " \
+        f"({err.records} from this run)"
+
+
+def test_tuning_again_continues_the_same_database(tuned):
+    res = tuned["result"]
+    assert res.database == tuned["db"]
+    assert res.records_before == tuned["after_interrupt"]
+    assert res.records_after == res.records_before + res.trials > res.records_before
+    # The search started from what the database held: its logs say how many it picked.
+    log = next((tuned["db"] / "logs").glob("*task_0_*.log")).read_text()
+    picked = [int(line.split("Picked top ")[1].split()[0])
+              for line in log.splitlines() if "Picked top" in line]
+    assert picked[-1] > picked[0] >= 1
+
+
+def test_the_default_schedule_is_a_record_so_tuning_never_slows_compile(tuned):
+    target = resolve("x86")
+    db = ms.database.JSONDatabase(work_dir=str(tuned["db"]))
+    defaults = _scheduled(target, [])
+    for task in _kernels(target):
+        mod = task.dispatched[0]
+        records = db.get_top_k(db.commit_workload(mod), 1000)
+        replays = [_replay(r.trace, mod) for r in records]
+        default = _kernel(defaults, task.task_name)
+        assert any(_same(f, default) for f in replays), task.task_name
+    # The report's baseline: every kernel's default schedule was measured.
+    assert all(t.best_s and t.default_s for t in tuned["result"].tasks)
+
+
+def test_compile_applies_the_tuned_database_and_still_matches_onnxruntime(tuned, tmp_path):
+    """Promote a searched (non-default) conv schedule to best; compile must use it."""
+    target = resolve("x86")
+    db_dir = tmp_path / target.tuning_key
+    shutil.copytree(tuned["db"], db_dir, ignore=shutil.ignore_patterns("logs"))
+    db = ms.database.JSONDatabase(work_dir=str(db_dir))
+    conv = next(t for t in _kernels(target) if t.task_name == CONV).dispatched[0]
+    default = _kernel(_scheduled(target, []), CONV)
+    searched = [r for r in db.get_top_k(db.commit_workload(conv), 1000)
+                if not _same(_replay(r.trace, conv), default)]
+    assert searched, "tuning measured no conv schedule other than the default"
+    pick = searched[-1]  # the slowest one: compile would never choose it on its own
+    db.commit_tuning_record(ms.database.TuningRecord(
+        pick.trace, pick.workload, run_secs=[1e-9], target=pick.target, args_info=pick.args_info))
+
+    assert tuning.databases_for(target, [tmp_path]) == [db_dir]
+    applied = _kernel(_scheduled(target, [db_dir]), CONV)
+    assert bool(applied.attrs["tirx.is_scheduled"])
+    assert _same(applied, _replay(pick.trace, conv))
+    assert not _same(applied, default)
+
+    built = build.build_model(conv_relu_model(), target, tuning_logs=[tmp_path])
+    assert built.databases[-1] == db_dir  # after any shipped database for the key
+    path = build.export(built, tmp_path / "tuned.tar")
+    compiled = runtime.load(path)
+    arrays = runtime.random_inputs(compiled.inputs, seed=1)
+    results = reference.compare(compiled.run(arrays),
+                                reference.run_onnxruntime(built.model, arrays))
+    assert all(r.ok for r in results), [r.line() for r in results]
+
+
+def test_records_tuned_for_another_feature_level_are_not_applied(tuned, tmp_path):
+    native = resolve("x86")
+    if native.tuning_key == "x86-avx2":
+        pytest.skip("this CPU's level is avx2, the level the records are filed under")
+    shutil.copytree(tuned["db"], tmp_path / "x86-avx2", ignore=shutil.ignore_patterns("logs"))
+    assert tuning.databases_for(resolve("x86:avx2"), [tmp_path]) == [tmp_path / "x86-avx2"]
+    assert tuning.databases_for(native, [tmp_path]) == []
+    built = build.build_model(conv_relu_model(), native, tuning_logs=[tmp_path])
+    assert not [d for d in built.databases if tmp_path in d.parents or d == tmp_path]
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_tune_writes_the_report_and_compile_applies_it(cli, tmp_model, tmp_path):
+    model = tmp_model(conv_relu_model())
+    res = cli("tune", model, "--target", "x86", "--trials", "4", "--tuning-log", "logs",
+              "--report", "rep", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    assert "tuning 4 task(s) with 4 trials" in res.stderr
+    assert "below one search round" in res.stderr
+    assert "apply with: tvmforge compile" in res.stdout
+    for name in ("report.csv", "report.md", "tuning_curve.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    assert (tmp_path / "rep" / "tuning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (tmp_path / "rep" / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("task,flops,weight,trials,errors,best_us,gflops")
+    assert {r.split(",")[0] for r in rows[1:]} == {CONV, "mean", "matmul", "reshape"}
+    assert f"| `{CONV}` | 114,688 | 1 |" in (tmp_path / "rep" / "report.md").read_text()
+
+    res = cli("compile", model, "--tuning-log", "logs", "-o", "m.tar", "--check")
+    assert res.exit_code == 0, res.output
+    manifest = artifact.read_manifest(tmp_path / "m.tar")
+    applied = next(p for p in manifest["passes"] if p["name"] == "MetaScheduleApplyDatabase")
+    assert applied["databases"] == [str(Path("logs") / resolve("x86").tuning_key)]
+
+    res = cli("compile", model, "--tuning-log", "logs", "--no-tune", "-o", "n.tar")
+    assert res.exit_code == 0, res.output
+    manifest = artifact.read_manifest(tmp_path / "n.tar")
+    applied = next(p for p in manifest["passes"] if p["name"] == "MetaScheduleApplyDatabase")
+    assert applied["databases"] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tune", "{model}", "--trials", "4", "--cost-model", "gbm"], "Invalid value for '--cost"),
+    (["tune", "{model}"], "Missing option '--trials'"),
+    (["tune", "{model}", "--trials", "0"], "Invalid value for '--trials'"),
+    (["compile", "{model}", "--tune-trials", "4", "--no-tune"], "contradict"),
+])
+def test_cli_usage_errors_exit_2(cli, tmp_model, args, message):
+    model = tmp_model(conv_relu_model())
+    res = cli(*[a.format(model=model) for a in args])
+    assert res.exit_code == 2
+    assert message in res.stderr
+
+
+def test_cli_mlp_without_torch_is_one_line(cli, tmp_model):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed: --cost-model mlp is usable here")
+    res = cli("tune", tmp_model(conv_relu_model()), "--trials", "4", "--cost-model", "mlp")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("error: --cost-model mlp needs PyTorch, which is not "
+                                  "installed; pip install torch, or use --cost-model xgb")
+
+
+def test_cli_ctrl_c_while_tuning_is_one_line_and_exit_130(cli, tmp_model, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise tuning.TuningInterrupted(Path("logs/x86-avx512-vnni"), 14, 6)
+
+    monkeypatch.setattr(tuning, "tune", interrupted)
+    model = tmp_model(conv_relu_model())
+    for args in (["tune", model, "--trials", "9"], ["compile", model, "--tune-trials", "9"]):
+        res = cli(*args)
+        assert res.exit_code == 130
+        assert res.stderr.strip() == (
+            "error: interrupted; 14 records kept in logs/x86-avx512-vnni (6 from this run)")
+
+
+def test_user_cache_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert tuning.user_cache() == tmp_path / "tvmforge" / "tuning_logs"
