@@ -111,15 +111,16 @@ def count_records(folder: Path) -> int:
 def databases_for(
     target: ResolvedTarget, user_logs: list[Path] | tuple[Path, ...] = ()
 ) -> list[Path]:
-    """Databases whose records apply to ``target``: shipped ones, then the user's.
+    """Databases whose records apply to ``target``: shipped ones, the user cache's (where
+    ``tvmforge tune`` writes by default), then the ``--tuning-log`` folders given.
 
     A user folder may be a database itself or hold one folder per tuning key.
     """
     found: list[Path] = []
     if target.tuning_key:
-        for root in shipped_roots():
+        for root in [*shipped_roots(), user_cache()]:
             db = root / target.tuning_key
-            if is_database(db):
+            if is_database(db) and db not in found:
                 found.append(db)
     for folder in user_logs:
         folder = Path(folder)

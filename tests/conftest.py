@@ -11,6 +11,15 @@ from click.testing import CliRunner
 from tvmforge.cli import main
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_tuning_cache(tmp_path_factory):
+    """Tuning records go to the user cache by default; tests get their own."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def tmp_model(tmp_path: Path):
     """Save a ModelProto to a file in the test's folder and return the path."""
