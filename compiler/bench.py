@@ -34,6 +34,7 @@ class BenchResult:
     max_abs_err: float
     max_rel_err: float
     outputs_match: bool
+    lossy: bool = False  # pruned/quantized: compared with the float model, differences expected
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +102,7 @@ def bench(
         max_abs_err=float(max((c.max_abs for c in cmp), default=0.0)),
         max_rel_err=float(max((c.max_rel for c in cmp), default=0.0)),
         outputs_match=all(c.ok for c in cmp),
+        lossy=bool(build_options.get("quantize")) or bool(build_options.get("prune")),
     )
 
 

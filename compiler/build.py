@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,25 @@ class Built:
     databases: list[Path]
     seconds: dict[str, float] = field(default_factory=dict)
     frozen: dict[str, list[float]] = field(default_factory=dict)
+    pruning: dict[str, Any] | None = None  # prune_channels' report, when pruning was asked for
+    quantization: dict[str, Any] | None = None  # quantize_int8's settings and report
 
     def manifest(self) -> dict[str, Any]:
         import tvm
 
         from . import __version__
 
+        passes = pass_list(self.target, self.databases)
+        if self.pruning is not None:
+            settings = {k: self.pruning[k] for k in ("ratio", "method", "align")}
+            passes.insert(2, {"name": "prune_channels", **settings,
+                              "calibrated": self.pruning["calibrated_layers"] > 0})
+        extra = {"pruning": self.pruning} if self.pruning is not None else {}
+        if self.quantization is not None:
+            q = self.quantization
+            passes.insert(2 + (self.pruning is not None),
+                          {"name": "quantize_int8", **q["settings"]})
+            extra["quantization"] = q["report"]
         return {
             "model": {
                 "source": self.model.path,
@@ -57,9 +70,10 @@ class Built:
             "frozen_inputs": self.frozen,
             "outputs": [o.to_json() for o in self.outputs],
             "target": self.target.describe(),
-            "passes": pass_list(self.target, self.databases),
+            "passes": passes,
             "versions": {"tvmforge": __version__, "tvm": tvm.__version__},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            **extra,
         }
 
 
@@ -105,8 +119,26 @@ def build_model(
     tuning_logs: Sequence[Path] = (),
     use_shipped_logs: bool = True,
     progress: Progress | None = None,
+    prune: float | None = None,
+    prune_method: str = "l1",
+    calibration: Mapping[str, Any] | str | Path | None = None,
+    quantize: str | None = None,
+    calibration_method: str = "minmax",
+    skip_layers: Sequence[str] = (),
 ) -> Built:
     """Import, optimize and build a model for a target, in memory.
+
+    ``prune`` (a fraction of the conv/dense FLOPs in ``[0, 1)``; ``0`` removes only constant
+    channels, exactly) runs ``prune_channels`` with ``prune_method`` (``l1``, ``l2``;
+    ``channel`` means ``l1``) and, given ``calibration`` (``{input: [N, *shape]}`` or an
+    ``.npz`` of that), refits the layers after removed channels; the report lands in
+    ``Built.pruning`` and the manifest.
+
+    ``quantize="int8"`` runs ``quantize_int8`` (after pruning) with activation ranges from
+    ``calibration`` (``.npz``, a folder of them, ``{input: [N, *shape]}``, or ``"random"``,
+    which must be asked for by name) by ``calibration_method`` (``minmax``, ``percentile``,
+    ``entropy``); layers named in ``skip_layers`` stay float. The settings and the per-layer
+    report land in ``Built.quantization`` and the manifest.
 
     Raises
     ------
@@ -144,8 +176,21 @@ def build_model(
     say(f"building for {target.spec()}")
     t0 = time.perf_counter()
     tvm_target = target.tvm_target()
+    pruner = None
+    if prune is not None:
+        pruner = _pruning_pass(onnx_model, inputs, prune, prune_method, calibration, threads)
+    quantizer = None
+    if quantize is not None:
+        from .calibration import quantize_pass
+
+        quantizer, q_settings = quantize_pass(
+            onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads
+        )
     try:
-        pipeline = tvmforge_pipeline(target=tvm_target, databases=databases)
+        pipeline = tvmforge_pipeline(
+            target=tvm_target, databases=databases,
+            graph=[p for p in (pruner, quantizer) if p is not None],
+        )
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     except Exception as err:
         raise CompileError(
@@ -155,7 +200,65 @@ def build_model(
     seconds["build"] = time.perf_counter() - t0
     built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
     built.frozen = {k: list(v) for k, v in (frozen_inputs or {}).items()}
+    if pruner is not None and pruner.report is not None:
+        built.pruning = pruner.report.to_json()
+        say(f"pruning: {pruner.report.summary()}")
+    if quantizer is not None and quantizer.report is not None:
+        built.quantization = {"settings": q_settings, "report": quantizer.report.to_json()}
+        say(f"quantization: {quantizer.report.summary()}")
     return built
+
+
+PRUNE_METHODS = {"l1": "l1", "l2": "l2", "channel": "l1"}
+
+
+def _pruning_pass(
+    model: OnnxModel,
+    inputs: list[TensorInfo],
+    ratio: float,
+    method: str,
+    calibration: Mapping[str, Any] | str | Path | None,
+    threads: int | None,
+):
+    """``prune_channels`` set up for this model: ONNX layer names, calibration, a fast runner."""
+    import numpy as np
+
+    from tvmforge.passes.prune_channels import ordinal_key, prune_channels
+
+    from .calibration import host_runner, load_samples, onnx_layer_names
+
+    if not 0.0 <= ratio < 1.0:
+        raise InputError(f"--prune {ratio}: the ratio is a fraction of FLOPs in [0, 1)")
+    if method not in PRUNE_METHODS:
+        raise InputError(f"--prune-method {method!r}: use one of {', '.join(PRUNE_METHODS)}")
+    arrays = None
+    if calibration is not None:
+        samples = load_samples(calibration, inputs)
+        arrays = [np.stack([s[i] for s in samples]) for i in range(len(inputs))]
+    names = onnx_layer_names(model.proto)
+    # BatchNorm folding changes conv weights: name layers by their place too
+    graph = model.proto.graph
+    weights = {t.name: t for t in graph.initializer}
+    ordinal = 0  # the how-many-th conv2d / matmul of the Relax graph this node becomes
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "Conv" and w is not None and len(w.dims) != 4:
+            continue  # conv1d / conv3d: not a conv2d
+        if w is not None:
+            shape = tuple(w.dims)
+            if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+                shape = shape[::-1]
+            names[ordinal_key(ordinal, shape)] = node.name or node.output[0]
+        ordinal += 1
+    return prune_channels(
+        ratio,
+        method=PRUNE_METHODS[method],
+        calibration=arrays,
+        runner=host_runner(threads),
+        layer_names=names,
+    )
 
 
 def export(built: Built, output: str | Path, progress: Progress | None = None) -> Path:

@@ -92,6 +92,51 @@ tuning_log_option = click.option(
 )
 
 
+def transform_options(func: Callable) -> Callable:
+    """``--quantize/--calibration/--calibration-method/--skip-layers/--prune/--prune-method``,
+    gathered into one ``transforms`` keyword: what ``build_model`` takes as is."""
+    options = [
+        click.option("--quantize", type=click.Choice(["int8"]), default=None,
+                     help="Post-training int8 quantization (needs --calibration)."),
+        click.option("--calibration", default=None, metavar="DATA|random",
+                     help=".npz keyed by input name with arrays [samples, *input_shape], or a "
+                          "folder of them; 'random' only if you accept unknown accuracy."),
+        click.option("--calibration-method", type=click.Choice(["minmax", "percentile",
+                                                                "entropy"]),
+                     default="minmax", show_default=True,
+                     help="How activation ranges are taken from the calibration data."),
+        click.option("--skip-layers", default="", metavar="NAME,...",
+                     help="ONNX node names to leave in float when quantizing."),
+        click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     metavar="RATIO",
+                     help="Remove RATIO of the conv/dense FLOPs as whole channels; 0 removes "
+                          "only all-zero channels (exact)."),
+        click.option("--prune-method", type=click.Choice(["l1", "l2", "channel"]),
+                     default="l1", show_default=True, help="Channel importance for --prune."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, quantize, calibration, calibration_method, skip_layers, prune,
+                prune_method, **kwargs):
+        if calibration not in (None, "random") and not Path(calibration).exists():
+            raise click.BadParameter(
+                f"{calibration}: no such file or folder (an .npz keyed by input name, a folder "
+                "of them, or 'random')", param_hint="--calibration")
+        kwargs["transforms"] = {
+            "quantize": quantize,
+            "calibration": calibration,
+            "calibration_method": calibration_method,
+            "skip_layers": tuple(n for n in skip_layers.split(",") if n),
+            "prune": prune,
+            "prune_method": prune_method,
+        }
+        return func(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def _progress() -> Callable[[str], None] | None:
     if not sys.stderr.isatty():
         return None
@@ -169,11 +214,13 @@ def _default_output(model: str) -> Path:
 @click.option("--no-tune", is_flag=True,
               help="Apply no tuning records at all (not the shipped ones, not --tuning-log).")
 @click.option("--check", is_flag=True,
-              help="Run once on random inputs and compare with ONNX Runtime; exit 1 past tolerance.")
+              help="Run once on random inputs and compare with ONNX Runtime; "
+                   "exit 1 past tolerance.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for --check [1e-4].")
 @click.option("--rtol", type=float, default=None,
               help="Tolerance relative to the largest reference value for --check [1e-3].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --check inputs.")
+@transform_options
 @_reports_errors
 def compile_cmd(
     model: str,
@@ -189,6 +236,7 @@ def compile_cmd(
     atol: float | None,
     rtol: float | None,
     seed: int,
+    transforms: dict[str, Any],
 ) -> None:
     """Compile MODEL (.onnx, or zoo:NAME) into a deployable artifact (.tar)."""
     from . import build, reference, runtime
@@ -198,6 +246,11 @@ def compile_cmd(
     if tune_trials is not None:
         if no_tune:
             raise click.UsageError("--tune-trials and --no-tune contradict each other")
+        if transforms["prune"] is not None or transforms["quantize"]:
+            raise click.UsageError(
+                "--tune-trials tunes the unpruned float kernels; with --prune/--quantize run "
+                "`tvmforge tune` on the same flags' model first, then compile with --tuning-log"
+            )
         tuning_logs = _tune_first(
             model, target, tune_trials, tuning_logs, input_shapes, frozen, threads
         )
@@ -210,6 +263,7 @@ def compile_cmd(
         tuning_logs=[] if no_tune else list(tuning_logs),
         use_shipped_logs=not no_tune,
         progress=progress,
+        **transforms,
     )
     if not check:
         path = build.export(built, output, progress)
@@ -239,7 +293,7 @@ def compile_cmd(
             raise CompileError(
                 f"{built.model.path}: --check failed: output(s) {bad} differ from ONNX Runtime "
                 "beyond tolerance; no artifact written",
-                hint="rerun with --verbose, or loosen --atol/--rtol if the model is ill-conditioned",
+                hint="rerun with --verbose, or loosen --atol/--rtol for an ill-conditioned model",
             )
         os.replace(staging, output)
     finally:
@@ -403,7 +457,8 @@ def run_cmd(
     for name, arr in outputs.items():
         flat = arr.reshape(-1)
         head = ", ".join(f"{v:.4g}" if arr.dtype.kind == "f" else str(v) for v in flat[:5])
-        click.echo(f"{name}: {arr.dtype}{list(arr.shape)} [{head}{', ...' if flat.size > 5 else ''}]")
+        more = ", ..." if flat.size > 5 else ""
+        click.echo(f"{name}: {arr.dtype}{list(arr.shape)} [{head}{more}]")
     if repeat > 1:
         import statistics
 
@@ -538,6 +593,7 @@ def targets_cmd(as_json: bool) -> None:
 @click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@transform_options
 @_reports_errors
 def bench_cmd(
     model: str,
@@ -549,6 +605,7 @@ def bench_cmd(
     repeat: int,
     warmup: int,
     as_json: bool,
+    transforms: dict[str, Any],
 ) -> None:
     """Time MODEL compiled by tvmforge against ONNX Runtime, same inputs and threads."""
     from .bench import bench
@@ -563,6 +620,7 @@ def bench_cmd(
         frozen_inputs=dict(frozen),
         tuning_logs=list(tuning_logs),
         progress=_progress(),
+        **transforms,
     )
     if as_json:
         click.echo(json.dumps(res.to_json(), indent=2))
@@ -572,8 +630,11 @@ def bench_cmd(
     click.echo(f"  tvmforge     {res.tvmforge_ms:10.3f} ms  (IQR {res.tvmforge_iqr_ms:.3f})")
     click.echo(f"  onnxruntime  {res.ort_ms:10.3f} ms  (IQR {res.ort_iqr_ms:.3f})")
     click.echo(f"  ratio tvmforge/onnxruntime: {res.ratio:.2f}x")
+    verdict = "match" if res.outputs_match else "MISMATCH"
+    if res.lossy:
+        verdict = "compared with the float model; pruning/quantization changes outputs by design"
     click.echo(f"  outputs: max abs err {res.max_abs_err:.3g}, max rel err {res.max_rel_err:.3g}, "
-               f"{'match' if res.outputs_match else 'MISMATCH'}")
+               f"{verdict}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,12 +11,26 @@ from collections.abc import Callable
 
 import tvm
 
+from .fold_constants_numpy import fold_constants_numpy
+from .fold_conv_bn import fold_conv_bn
+from .pack_conv_weights import pack_conv_weights
+from .prune_channels import prune_channels
+from .quantize_int8 import quantize_int8
 from .schedule_cpu_default import schedule_cpu_default
+from .simplify_power import simplify_power
+from .stack_sum_to_add import stack_sum_to_add
 
 PassFactory = Callable[..., tvm.transform.Pass]
 
 PASSES: dict[str, PassFactory] = {}
+PASSES["fold_constants_numpy"] = fold_constants_numpy
+PASSES["fold_conv_bn"] = fold_conv_bn
+PASSES["stack_sum_to_add"] = stack_sum_to_add
+PASSES["simplify_power"] = simplify_power
+PASSES["pack_conv_weights"] = pack_conv_weights
 PASSES["schedule_cpu_default"] = schedule_cpu_default
+PASSES["prune_channels"] = prune_channels
+PASSES["quantize_int8"] = quantize_int8
 
 
 def get_pass(name: str, **options) -> tvm.transform.Pass:

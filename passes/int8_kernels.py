@@ -1,0 +1,358 @@
+"""Int8 kernels for ``quantize_int8``: their TE definitions and their VNNI schedules.
+
+Layouts
+-------
+Activations are NHWC ``uint8`` (channels innermost), so the four input channels one VNNI lane
+multiplies are contiguous. Weights are int8, packed at compile time to
+``[OC/16, KH, KW, IC/4, 16, 4]`` (:func:`pack_weight_vnni`): the 16 x 4 block that one
+``vpdpbusd`` reads is 64 contiguous bytes. ``IC`` is padded to a multiple of 4 and ``OC`` to a
+multiple of 16 with zero weights; a dense layer ``[M, K] x [K, N]`` is the 1x1 convolution of
+the NHWC image ``[1, 1, M, K]``.
+
+The maths (one output channel ``o``, input zero point ``zx``, symmetric weights)::
+
+    acc[o]  = sum_k x_q[k] * w_q[o, k]                      (u8 x s8 -> i32, exact)
+    t[o]    = float32(acc[o] + bias[o]) * mult[o]           (bias: i32, zx * sum_k w_q folded in)
+            [+ float32(r - zr) * r_mult]                     (a fused residual, u8 or float)
+    t[o]    = clip(t[o], lower, upper)                       (a fused ReLU / Clip)
+    y[o]    = saturate_u8(round_half_even(t[o]) + zy)        (u8 output; float output: y = t)
+
+Padding inserts ``zx`` (a real zero), so the zero-point term ``zx * sum_k w_q`` is the same at
+every output position, borders included.
+
+Schedule (:func:`schedule_vnni`): the output tile ``ow_i x oc_b_i`` pixels x 16-channel blocks is
+held in ``local`` int32 accumulators (registers); the reduction ``kh, kw, ic/4`` runs outside the
+tile; the innermost ``16 x 4`` is tensorized with :data:`VNNI_INTRIN` (``vpdpbusd``); the
+epilogue is computed per tile, vectorized over 16 channels; outer tiles run in parallel.
+
+TVM's own ``dot_16x4_vnni`` intrinsic does not build with the LLVM in TVM 0.27 (the LLVM 22
+``vpdpbusd`` intrinsic takes ``<64 x i8>`` operands, TVM passes ``<16 x i32>``), and it wants
+the accumulator in ``global`` memory; :data:`VNNI_INTRIN` is the same description with the
+operand types LLVM wants and a ``local`` accumulator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "VNNI_INTRIN",
+    "ConvSpec",
+    "Epilogue",
+    "has_vnni",
+    "pack_weight_vnni",
+    "qconv2d_grouped_nhwc",
+    "qconv2d_nhwc",
+    "schedule_vnni",
+]
+
+VNNI_INTRIN = "tvmforge_dot_16x4_u8i8i32_vnni"
+KERNEL_ATTR = "tvmforge.int8_kernel"
+
+
+def _vnni_intrin(scope: str):
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_bytes,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    return desc, impl
+
+
+TensorIntrin.register(VNNI_INTRIN, *_vnni_intrin("local"), override=True)
+
+
+def has_vnni(target: tvm.target.Target) -> bool:
+    """Whether an ``llvm`` target has AVX-512 VNNI (``vpdpbusd`` on 512-bit registers)."""
+    if target.kind.name != "llvm":
+        return False
+    from tvm.target import codegen
+
+    with target:
+        features = set(codegen.llvm_get_cpu_features())
+    return {"avx512vnni", "avx512bw"} <= features
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+
+
+def pack_weight_vnni(w: np.ndarray) -> np.ndarray:
+    """``[OC, IC, KH, KW]`` int8 → ``[ceil(OC/16), KH, KW, ceil(IC/4), 16, 4]``, zero-padded."""
+    oc, ic, kh, kw = w.shape
+    ocp, icp = -(-oc // 16) * 16, -(-ic // 4) * 4
+    padded = np.zeros((ocp, icp, kh, kw), np.int8)
+    padded[:oc, :ic] = w
+    return np.ascontiguousarray(
+        padded.reshape(ocp // 16, 16, icp // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# TE definitions
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A 2-D convolution's geometry (NHWC data)."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
+        pt, pl, pb, pr = self.padding
+        return (
+            (h + pt + pb - (kh - 1) * dh - 1) // sh + 1,
+            (w + pl + pr - (kw - 1) * dw - 1) // sw + 1,
+        )
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What happens to the int32 accumulator (see the module docstring).
+
+    ``lower``/``upper`` bound ``t`` (``None``: unbounded); ``residual`` is ``None``, ``"uint8"``
+    (``float32(r - residual_zp) * residual_mult`` is added) or ``"float32"``
+    (``r * residual_mult`` is added).
+    """
+
+    out_dtype: str = "uint8"
+    zero_point: int = 0
+    lower: float | None = None
+    upper: float | None = None
+    residual: str | None = None
+    residual_zp: int = 0
+    residual_mult: float = 1.0
+
+
+def _padded_input(x: te.Tensor, spec: ConvSpec, channels: int, pad_value: int) -> te.Tensor:
+    """``x`` padded spatially with ``pad_value`` and channel-wise up to ``channels``."""
+    n, h, w, c = (int(d) for d in x.shape)
+    pt, pl, pb, pr = spec.padding
+    if not (pt or pl or pb or pr) and channels == c:
+        return x
+    fill = tirx.const(pad_value, x.dtype)
+
+    def value(b, i, j, k):
+        inside = tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl, k < c)
+        return tirx.if_then_else(
+            inside, x[b, tirx.min(tirx.max(i - pt, 0), h - 1),
+                      tirx.min(tirx.max(j - pl, 0), w - 1), tirx.min(k, c - 1)], fill)
+
+    return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
+
+
+def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int):
+    """The output tensor: ``acc_at(n, y, x, c)`` is the int32 accumulator of channel ``c``."""
+    f32 = "float32"
+
+    def value(b, i, j, c):
+        t = (acc_at(b, i, j, c) + bias[c]).astype(f32) * mult[c]
+        if epi.residual == "uint8":
+            r = residual[b, i, j, c].astype(f32) - tirx.const(float(epi.residual_zp), f32)
+            t = t + r * tirx.const(epi.residual_mult, f32)
+        elif epi.residual == "float32":
+            t = t + residual[b, i, j, c] * tirx.const(epi.residual_mult, f32)
+        if epi.lower is not None:
+            t = tirx.max(t, tirx.const(epi.lower, f32))
+        if epi.upper is not None:
+            t = tirx.min(t, tirx.const(epi.upper, f32))
+        if epi.out_dtype == f32:
+            return t
+        info = np.iinfo(np.dtype(epi.out_dtype))
+        q = tirx.round(t) + tirx.const(float(epi.zero_point), f32)
+        lo, hi = tirx.const(float(info.min), f32), tirx.const(float(info.max), f32)
+        q = tirx.min(tirx.max(q, lo), hi)
+        return q.astype(epi.out_dtype)
+
+    del channels
+    return te.compute(shape, value, name="out")
+
+
+def qconv2d_nhwc(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor,
+    mult: te.Tensor,
+    residual: te.Tensor | None = None,
+    *,
+    spec: ConvSpec,
+    epi: Epilogue,
+    x_zero_point: int,
+    out_channels: int,
+) -> te.Tensor:
+    """u8 NHWC ``x`` (any C) conv VNNI-packed s8 ``w`` (:func:`pack_weight_vnni`), groups 1.
+
+    ``bias`` and ``mult`` have ``OC`` padded to a multiple of 16; the result has
+    ``out_channels`` channels.
+    """
+    n, h, wd, _ = (int(d) for d in x.shape)
+    ob, kh, kw, cb = (int(d) for d in w.shape[:4])
+    oh, ow = spec.out_hw(h, wd)
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    data = _padded_input(x, spec, cb * 4, x_zero_point)
+    rkh = te.reduce_axis((0, kh), "kh")
+    rkw = te.reduce_axis((0, kw), "kw")
+    rcb = te.reduce_axis((0, cb), "icb")
+    rci = te.reduce_axis((0, 4), "ici")
+    acc = te.compute(
+        (n, oh, ow, ob, 16),
+        lambda b, i, j, o, oi: te.sum(
+            data[b, i * sh + rkh * dh, j * sw + rkw * dw, rcb * 4 + rci].astype("int32")
+            * w[o, rkh, rkw, rcb, oi, rci].astype("int32"),
+            axis=[rkh, rkw, rcb, rci],
+        ),
+        name="acc",
+    )
+    return _epilogue(
+        lambda b, i, j, c: acc[b, i, j, c // 16, c % 16],
+        bias, mult, residual, epi, (n, oh, ow, out_channels), out_channels,
+    )
+
+
+def qconv2d_grouped_nhwc(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor,
+    mult: te.Tensor,
+    residual: te.Tensor | None = None,
+    *,
+    spec: ConvSpec,
+    epi: Epilogue,
+    x_zero_point: int,
+    out_channels: int,
+) -> te.Tensor:
+    """u8 NHWC ``x`` conv s8 ``w`` laid out ``[KH, KW, IC/groups, OC]`` (grouped, depthwise).
+
+    Plain int32 arithmetic (no dot-product instruction): the reduction of a depthwise conv is
+    over ``KH x KW`` only, which VNNI's 4-wide channel sums do not fit.
+    """
+    n, h, wd, c = (int(d) for d in x.shape)
+    kh, kw, icg, oc = (int(d) for d in w.shape)
+    ocg = oc // spec.groups
+    oh, ow = spec.out_hw(h, wd)
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    data = _padded_input(x, spec, c, x_zero_point)
+    rkh = te.reduce_axis((0, kh), "kh")
+    rkw = te.reduce_axis((0, kw), "kw")
+    rc = te.reduce_axis((0, icg), "icg")
+    acc = te.compute(
+        (n, oh, ow, oc),
+        lambda b, i, j, o: te.sum(
+            data[b, i * sh + rkh * dh, j * sw + rkw * dw, (o // ocg) * icg + rc].astype("int32")
+            * w[rkh, rkw, rc, o].astype("int32"),
+            axis=[rkh, rkw, rc],
+        ),
+        name="acc",
+    )
+    return _epilogue(
+        lambda b, i, j, o: acc[b, i, j, o], bias, mult, residual, epi, (n, oh, ow, oc),
+        out_channels,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# VNNI schedule
+
+
+def _largest_divisor(n: int, bound: int) -> int:
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(bound, 1))
+
+
+def _tile(ow: int, ob: int) -> tuple[int, int]:
+    """Register tile: ``ow_i`` pixels x ``ob_i`` 16-channel blocks, at most 24 accumulators
+    (of AVX-512's 32 registers; the rest hold the weights and the broadcast input)."""
+    best = (1, 1)
+    for ow_i in sorted({_largest_divisor(ow, b) for b in (4, 6, 7, 8, 12, 14, 16)}):
+        ob_i = _largest_divisor(ob, min(4, 24 // ow_i))
+        score = (ow_i * ob_i, ow_i)
+        if score > (best[0] * best[1], best[0]) and ow_i * ob_i <= 24:
+            best = (ow_i, ob_i)
+    return best
+
+
+def schedule_vnni(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
+    """Schedule a :func:`qconv2d_nhwc` kernel with VNNI (see the module docstring).
+
+    Raises
+    ------
+    RuntimeError, ValueError
+        When the function is not such a kernel (a schedule step fails).
+    """
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    out = sch.get_sblock("out")
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    n, oh, ow, ob, oi, kh, kw, icb, _ici = sch.get_loops(acc)
+    ow_ext, ob_ext = (int(sch.get(lp).extent) for lp in (ow, ob))
+    ow_i, ob_i = _tile(ow_ext, ob_ext)
+    ow_o, ow_in = sch.split(ow, [None, ow_i])
+    ob_o, ob_in = sch.split(ob, [None, ob_i])
+    sch.reorder(n, oh, ow_o, ob_o, kh, kw, icb, ow_in, ob_in, oi, _ici)
+    sch.reverse_compute_at(out, ob_o, preserve_unit_loops=True)
+    sch.set_scope(acc, 0, "local")
+    outer = sch.fuse(n, oh, ow_o, ob_o)
+    if num_cores > 1:
+        sch.parallel(outer)
+    sch.unroll(ow_in)
+    sch.unroll(ob_in)
+    init = sch.decompose_reduction(acc, kh)
+    sch.tensorize(oi, VNNI_INTRIN)
+    sch.vectorize(sch.get_loops(init)[-1])
+    epi_loops = sch.get_loops(out)
+    channels = int(sch.get(epi_loops[-1]).extent)
+    if channels % 16 == 0:
+        _, c_in = sch.split(epi_loops[-1], [None, 16])
+        sch.vectorize(c_in)
+    if "pad" in names:
+        pad = sch.get_sblock("pad")
+        loops = sch.get_loops(pad)
+        fused = sch.fuse(*loops[:2])
+        if num_cores > 1:
+            sch.parallel(fused)
+        c_ext = int(sch.get(loops[-1]).extent)
+        if c_ext in (4, 8, 16, 32, 64):
+            sch.vectorize(loops[-1])
+    return sch.mod["main"]

@@ -1,0 +1,208 @@
+"""Pack constant conv2d weights so the CPU kernel reads one vector of output channels at a time.
+
+The layout
+----------
+A conv2d in NCHW with a constant OIHW weight ``W[F, C, KH, KW]`` becomes a ``call_tir`` to a
+TE convolution that reads the weight packed as ``Wp[F/B, C, KH, KW, B]``:
+
+    Wp[fo, c, ky, kx, fi] = W[fo * B + fi, c, ky, kx]        (B = fp32 lanes of the target)
+    out[n, f, y, x] = sum_{c, ky, kx} pad(in)[n, c, y*sh + ky*dh, x*sw + kx*dw]
+                                        * Wp[f // B, c, ky, kx, f % B]
+
+Activations stay NCHW, so nothing else in the graph changes. The packing is done here with
+numpy on the constant, once, at compile time. The conv block carries the annotation
+``tvmforge.packed_conv = B``; ``schedule_cpu_default`` recognises it and gives it the
+register tile of x86/ARM direct convolutions (oneDNN, TVM's ``conv2d_NCHWc``): ``B`` output
+channels in one vector register, several vectors of channels times several output columns
+as accumulators, the input value broadcast, the weights loaded as contiguous vectors.
+
+What it rewrites
+----------------
+``relax.nn.conv2d`` with data/out layout NCHW, kernel layout OIHW, one group, float32
+throughout, static shapes, a constant weight and ``F`` a multiple of ``B`` (or of ``B/2``, then
+packed in blocks of ``B/2``, half a register, when ``F > B``: SqueezeNet's 1000 classes).
+Other convs (depthwise, grouped, other dtypes or layouts) are left to ``LegalizeOps``.
+
+Where it sits
+-------------
+In the graph stage, after ``fold_conv_bn`` (which rewrites the weight it folds a BatchNorm
+into) and constant folding, before ``LegalizeOps``. It only applies when the current target
+is an ``llvm`` CPU target (``tvm.target.Target.current()`` or the one passed in); elsewhere it
+returns the module unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+from tvm.ir.expr import Constant
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PACKED_CONV_ATTR", "pack_conv_weights", "pack_oihw"]
+
+# Block annotation on the packed conv's reduction block: its value is the block size B.
+PACKED_CONV_ATTR = "tvmforge.packed_conv"
+
+
+def pack_oihw(weight: np.ndarray, block: int) -> np.ndarray:
+    """``W[F, C, KH, KW]`` -> ``Wp[F/block, C, KH, KW, block]``."""
+    f, c, kh, kw = weight.shape
+    return np.ascontiguousarray(
+        weight.reshape(f // block, block, c, kh, kw).transpose(0, 2, 3, 4, 1)
+    )
+
+
+def conv2d_nchw_packed(
+    data: te.Tensor,
+    weight: te.Tensor,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> te.Tensor:
+    """The TE definition: NCHW data, packed weight ``[F/B, C, KH, KW, B]``, NCHW output."""
+    n, c, h, w = (int(v) for v in data.shape)
+    fo, _c, kh, kw, block = (int(v) for v in weight.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    top, left, bottom, right = padding
+    if any(padding):
+        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    rc = te.reduce_axis((0, c), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, fo * block, oh, ow),
+        lambda b, f, y, x: te.sum(
+            data[b, rc, y * sh + ry * dh, x * sw + rx * dw]
+            * weight[f // block, rc, ry, rx, f % block],
+            axis=[rc, ry, rx],
+        ),
+        name="conv2d_nchw_packed",
+        attrs={PACKED_CONV_ATTR: block},
+    )
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    if not all(isinstance(v, tvm.tirx.IntImm) for v in ty.shape.values):
+        return None
+    return _ints(v.value for v in ty.shape.values)
+
+
+@relax.expr_functor.mutator
+class _Packer(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, block: int) -> None:
+        super().__init__(mod)
+        self.block = block
+        self.packed = 0
+
+    def _weight(self, expr: relax.Expr) -> np.ndarray | None:
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            expr = expr if bound is None else bound
+        if isinstance(expr, Constant) and hasattr(expr, "value"):
+            return expr.value.numpy()
+        return None
+
+    def why_not(self, call: relax.Call) -> str | None:
+        """``None`` when the conv can be packed, else the reason it is left alone."""
+        attrs = call.attrs
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
+        if layouts != ("NCHW", "OIHW", "NCHW"):
+            return f"layouts {layouts}"
+        if int(attrs.groups) != 1:
+            return f"{int(attrs.groups)} groups"
+        dtypes = {str(call.args[0].ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype)}
+        if dtypes != {"float32"}:
+            return f"dtypes {sorted(dtypes)}"
+        if _static_shape(call.args[0]) is None or _static_shape(call) is None:
+            return "symbolic shape"
+        weight = self._weight(call.args[1])
+        if weight is None:
+            return "the weight is not a constant"
+        if self.block_for(weight.shape[0]) is None:
+            return f"{weight.shape[0]} output channels, not a multiple of {self.block // 2}"
+        return None
+
+    def block_for(self, channels: int) -> int | None:
+        """The vector width when it divides the output channels; else half of it (an AVX2
+        register on AVX-512: SqueezeNet's 1000 classes) when that divides them and there
+        are at least a full vector's worth of channels."""
+        if channels % self.block == 0:
+            return self.block
+        half = self.block // 2
+        if half >= 4 and channels % half == 0 and channels > self.block:
+            return half
+        return None
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+            return call
+        reason = self.why_not(call)
+        if reason is not None:
+            log.debug("conv2d not packed: %s", reason)
+            return call
+        attrs = call.attrs
+        weight = self._weight(call.args[1])
+        packed = pack_oihw(weight, self.block_for(weight.shape[0]))
+        self.packed += 1
+        return self.builder_.call_te(
+            conv2d_nchw_packed,
+            call.args[0],
+            relax.const(packed, "float32"),
+            _ints(attrs.strides),
+            _ints(attrs.padding),
+            _ints(attrs.dilation),
+            primfunc_name_hint="conv2d_nchw_packed",
+        )
+
+
+def pack_conv_weights(block: int | None = None) -> tvm.transform.Pass:
+    """Rewrite eligible conv2d calls to read their constant weights packed for the CPU.
+
+    Parameters
+    ----------
+    block:
+        Output channels per vector (``B``). ``None``: the fp32 lanes of the current target,
+        and nothing is rewritten when there is no current target or it is not a CPU.
+
+    Returns
+    -------
+    tvm.transform.Pass
+        A Relax module pass (it adds one PrimFunc per packed conv shape).
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="PackConvWeights")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        size = block
+        if size is None:
+            target = tvm.target.Target.current(allow_none=True)
+            if target is None or target.kind.name != "llvm":
+                return mod
+            from .schedule_cpu_default import CpuScheduleParams
+
+            size = CpuScheduleParams.from_target(target).lanes
+        packer = _Packer(mod, size)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                new = packer.visit_expr(func)
+                packer.builder_.update_func(gvar, relax.analysis.remove_all_unused(new))
+        if not packer.packed:
+            return mod
+        log.debug("packed %d conv2d weights in blocks of %d", packer.packed, size)
+        return packer.builder_.get()
+
+    return _pass

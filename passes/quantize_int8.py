@@ -1,0 +1,1058 @@
+"""Post-training int8 quantization: conv2d and dense layers become int8 kernels.
+
+What it matches
+---------------
+A *site* is a ``relax.nn.conv2d`` (NCHW data, OIHW weight; groups 1, grouped or depthwise) or a
+``relax.matmul`` whose weight (second operand) is a constant: the constant is what makes it a
+layer. A conv whose weight is computed (a graph input, another tensor) is left alone, and so are
+layers named in ``skip_layers``. Each site swallows the single-use chain after it, in this order,
+into one kernel's epilogue:
+
+    site → [add per-channel constant (bias)] → [add another tensor (residual)] → [ReLU | Clip]
+
+(``Sum`` of two tensors, which the ONNX importer writes ``sum(stack(broadcast_to(a),
+broadcast_to(b)))``, is first rewritten to ``add(a, b)``.)
+
+The maths
+---------
+Weights: per output channel, symmetric int8: ``s_w[o] = max|W[o]| / 127``,
+``w_q = clip(round(W / s_w), -127, 127)``. Activations: per tensor, from a calibrated range
+``[lo, hi]`` (``lo <= 0 <= hi`` after widening): ``uint8`` asymmetric, ``s = (hi - lo) / 255``,
+``zp = round(-lo / s)``; or ``int8`` symmetric, ``s = max(|lo|, |hi|) / 127``, stored as
+``uint8`` with ``zp = 128`` (``q_u8 = q_s8 + 128``: the same arithmetic, and what VNNI's
+u8 x s8 products want). ``round`` is half-to-even throughout, ``quantize(x) =
+saturate(round(x / s) + zp)``, ``dequantize(q) = s * (q - zp)``.
+
+A kernel accumulates ``x_q · w_q`` exactly in int32 and requantizes once, in its epilogue::
+
+    bias_q[o] = round(b[o] / (s_x s_w[o])) - zp_x · Σ_k w_q[o, k]
+    y_q[o]    = saturate(round(act(float(acc[o] + bias_q[o]) · s_x s_w[o] / s_y
+                                   [+ (r_q - zp_r) · s_r / s_y])) + zp_y)
+
+(``act`` bounds the value by ReLU's ``0`` or Clip's ``[a/s_y, b/s_y]``.) Convolution padding
+inserts ``zp_x``, a real zero, so the zero-point term is exact at the borders too. A site whose
+tail feeds another site, a fused residual, a max-pool or a ReLU produces ``uint8`` (NHWC for
+convs); max-pool and ReLU run on the quantized values directly (both are monotonic; same scale
+and zero point). Everything else gets the dequantized float tensor, back in its original layout.
+
+Kernels (``int8_kernels``): NHWC ``uint8`` activations, weights packed ``[OC/16, KH, KW,
+IC/4, 16, 4]``; on a target with AVX-512 VNNI the kernel is scheduled here and tensorized with
+``vpdpbusd`` (marked ``tirx.is_scheduled``, opaque to fusion); elsewhere, and for grouped and
+depthwise convs, the plain int32 kernel is left to the default schedules.
+
+Calibration
+-----------
+Activation ranges come from ``calibrator(probe)``: ``probe`` is the module whose ``main`` returns
+the tensors to observe (a tuple, in the order of :attr:`QuantizeInt8.observed`), and the
+calibrator returns one ``(lo, hi)`` per tensor (``tvmforge.calibration`` runs it over data with
+the minmax, percentile or entropy method). ``ranges`` (by tensor) can be given instead.
+
+Where it sits
+-------------
+After ``DecomposeOpsForInference`` and constant folding (BatchNorm folded into the conv, weights
+are constants), after ``prune_channels``, before ``pack_conv_weights`` (it wants OIHW conv
+weights; the convs it leaves float get packed there) and ``LegalizeOps``; it needs the target
+(``tvm.target.Target.current()``) to choose VNNI. In tvmforge it is the last of the caller's
+``graph`` passes (``build_model(quantize="int8")`` puts it there). ``Sum`` canonicalization
+is a no-op after ``stack_sum_to_add``. The pass keeps what it did in ``.report``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import int8_kernels as K
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "QParams",
+    "QuantReport",
+    "QuantizeInt8",
+    "activation_params",
+    "dequantize_np",
+    "emit_dequantize",
+    "emit_quantize",
+    "quantize_int8",
+    "quantize_np",
+    "weight_params",
+]
+
+Range = tuple[float, float]
+Calibrator = Callable[[tvm.IRModule], Sequence[Range]]
+ACTIVATIONS = ("uint8", "int8")
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization parameters and their arithmetic
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor parameters of a ``uint8``-stored tensor: ``real = scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "zero_point": self.zero_point}
+
+
+def activation_params(lo: float, hi: float, activation: str = "uint8") -> QParams:
+    """Scale and zero point for a tensor whose values lie in ``[lo, hi]``.
+
+    ``uint8``: asymmetric over ``[min(lo, 0), max(hi, 0)]``. ``int8``: symmetric over
+    ``±max(|lo|, |hi|)`` with 127 levels a side, stored as ``uint8`` with zero point 128.
+    A degenerate range (all zeros) gets scale 1.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"range [{lo}, {hi}] is not finite")
+    if activation == "int8":
+        scale = float(np.float32(max(-lo, hi) / 127.0)) or 1.0
+        return QParams(scale, 128)
+    scale = float(np.float32((hi - lo) / 255.0)) or 1.0
+    zp = int(np.clip(np.round(-lo / scale), 0, 255))
+    return QParams(scale, zp)
+
+
+def weight_params(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 weights: ``(scale[w.shape[axis]], q)`` with
+    ``q = clip(round(w / scale), -127, 127)``; an all-zero channel gets scale 1."""
+    w = np.asarray(w, np.float32)
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w), axis=others) if others else np.abs(w)
+    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return scale, q
+
+
+def quantize_np(x: np.ndarray, p: QParams) -> np.ndarray:
+    """``saturate_u8(round_half_even(x / scale) + zero_point)``, in float32 like the kernels."""
+    t = np.round(np.asarray(x, np.float32) / np.float32(p.scale)) + np.float32(p.zero_point)
+    return np.clip(t, 0, 255).astype(np.uint8)
+
+
+def dequantize_np(q: np.ndarray, p: QParams) -> np.ndarray:
+    """``scale * (q - zero_point)`` in float32."""
+    return (np.asarray(q).astype(np.float32) - np.float32(p.zero_point)) * np.float32(p.scale)
+
+
+def emit_quantize(x: relax.Expr, p: QParams) -> relax.Expr:
+    """The Relax expression of :func:`quantize_np` (a float32 tensor → uint8)."""
+    t = relax.op.round(relax.op.divide(x, relax.const(p.scale, "float32")))
+    t = relax.op.add(t, relax.const(float(p.zero_point), "float32"))
+    return relax.op.astype(relax.op.clip(t, 0.0, 255.0), "uint8")
+
+
+def emit_dequantize(q: relax.Expr, p: QParams) -> relax.Expr:
+    """The Relax expression of :func:`dequantize_np` (uint8 → float32)."""
+    t = relax.op.subtract(relax.op.astype(q, "float32"),
+                          relax.const(float(p.zero_point), "float32"))
+    return relax.op.multiply(t, relax.const(p.scale, "float32"))
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    op: str
+    kernel: str  # "vnni", "int32" or "float" (skipped)
+    output: str  # "uint8" or "float32"
+    fused: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class QuantReport:
+    """What ``quantize_int8`` did, layer by layer."""
+
+    activation: str
+    vnni: bool = False
+    layers: list[LayerInfo] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # "where: why" for sites left alone
+    observed_tensors: int = 0
+    qdq_tensors: int = 0  # tensors whose parameters came from the model's own Q/DQ pairs
+    errors: dict[str, float] = field(default_factory=dict)  # per-layer error (sensitivity)
+
+    @property
+    def quantized(self) -> list[LayerInfo]:
+        return [layer for layer in self.layers if layer.kernel != "float"]
+
+    def summary(self) -> str:
+        vnni = sum(layer.kernel == "vnni" for layer in self.layers)
+        skipped = len(self.layers) - len(self.quantized)
+        qdq = f", {self.qdq_tensors} from Q/DQ" if self.qdq_tensors else ""
+        return (f"{len(self.quantized)} layer(s) int8 ({vnni} with VNNI), {skipped} left float; "
+                f"{self.observed_tensors} activation range(s) calibrated{qdq}")
+
+    def to_json(self) -> dict:
+        return {"activation": self.activation, "vnni": self.vnni,
+                "layers": [asdict(layer) for layer in self.layers], "refused": self.refused,
+                "observed_tensors": self.observed_tensors, "qdq_tensors": self.qdq_tensors,
+                "errors": self.errors,
+                "summary": self.summary()}
+
+
+# --------------------------------------------------------------------------------------------
+# Graph analysis
+
+
+def _op(value: relax.Expr, name: str) -> bool:
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and \
+        value.op.name == name
+
+
+def _const(expr: relax.Expr) -> np.ndarray | None:
+    if isinstance(expr, tvm.ir.GenericConst):
+        return expr.value.numpy()
+    return None
+
+
+def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    sinfo = expr.ty
+    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in sinfo.shape.values)
+    except (TypeError, AttributeError):
+        return None
+
+
+def _dtype(expr: relax.Expr) -> str | None:
+    sinfo = expr.ty
+    return str(sinfo.dtype.dtype) if isinstance(sinfo, relax.TensorType) else None
+
+
+def _canonicalize(func: relax.Function) -> relax.Function:
+    """``broadcast_to`` to the same shape → its input; ``sum(stack([a, b, ...]), axis=0)`` of
+    same-shaped tensors → ``add(add(a, b), ...)`` (ONNX ``Sum``)."""
+    alias: dict[relax.Var, relax.Expr] = {}
+    stacks: dict[relax.Var, list[relax.Expr]] = {}
+
+    def sub(expr):
+        if isinstance(expr, relax.Var):
+            return alias.get(expr, expr)
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([sub(f) for f in expr.fields])
+        return expr
+
+    bb = relax.BlockBuilder()
+    with bb.function("main", list(func.params), attrs=dict(func.attrs or {})):
+        for block in func.body.blocks:
+            dataflow = isinstance(block, relax.DataflowBlock)
+            ctx = bb.dataflow() if dataflow else _null()
+            with ctx:
+                for binding in block.bindings:
+                    var, value = binding.var, binding.value
+                    out = dataflow and not isinstance(var, relax.DataflowVar)
+                    emit = bb.emit_output if out else bb.emit
+                    if isinstance(binding, relax.MatchCast):
+                        alias[var] = bb.match_cast(sub(value), binding.ty)
+                        continue
+                    if (_op(value, "relax.broadcast_to") and not out
+                            and _shape(value.args[0]) == _shape(var)):
+                        alias[var] = sub(value.args[0])
+                        continue
+                    if _op(value, "relax.stack") and isinstance(value.args[0], relax.Tuple):
+                        stacks[var] = [sub(f) for f in value.args[0].fields]
+                    if (_op(value, "relax.sum") and isinstance(value.args[0], relax.Var)
+                            and value.args[0] in stacks and not value.attrs.keepdims
+                            and [int(a) for a in value.attrs.axis] == [0]
+                            and int(value.args[0].ty.ndim) > 1):
+                        parts = stacks[value.args[0]]
+                        if all(_shape(p) == _shape(var) for p in parts) and len(parts) >= 2:
+                            acc = parts[0]
+                            for i, p in enumerate(parts[1:]):
+                                expr = relax.op.add(acc, p)
+                                last = i == len(parts) - 2
+                                acc = (emit(expr, name_hint=var.name) if last
+                                       else bb.emit(expr))
+                            alias[var] = acc
+                            continue
+                    if isinstance(value, relax.Call):
+                        value = relax.Call(value.op, [sub(a) for a in value.args], value.attrs,
+                                           value.ty_args)
+                    else:
+                        value = sub(value)
+                    alias[var] = emit(value, name_hint=var.name)
+        bb.emit_func_output(sub(func.body.body))
+    return relax.analysis.remove_all_unused(bb.get()["main"])
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+
+@dataclass
+class _Site:
+    var: relax.Var  # the conv2d / matmul binding
+    kind: str  # "conv2d" or "dense"
+    name: str
+    x: relax.Expr
+    weight: np.ndarray  # OIHW for conv2d; [K, N] for dense
+    call: relax.Call
+    bias: np.ndarray | None = None  # [OC]
+    residual: relax.Expr | None = None
+    act: tuple[float | None, float | None] | None = None
+    members: list[relax.Var] = field(default_factory=list)
+    fused: list[str] = field(default_factory=list)
+
+    @property
+    def tail(self) -> relax.Var:
+        return self.members[-1]
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0] if self.kind == "conv2d" else self.weight.shape[1])
+
+
+class _Graph:
+    """Bindings, users, and the sites with their fused chains."""
+
+    def __init__(self, func: relax.Function):
+        self.func = func
+        self.defn: dict[relax.Var, relax.Expr] = {}
+        self.order: list[relax.Var] = []
+        self.users: dict[relax.Var, list[relax.Var | None]] = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.defn[binding.var] = binding.value
+                self.order.append(binding.var)
+                for v in _vars_in(binding.value):
+                    self.users.setdefault(v, []).append(binding.var)
+        for v in _vars_in(func.body.body):
+            self.users.setdefault(v, []).append(None)  # None: the function's result
+
+    def single_user(self, var: relax.Var) -> relax.Var | None:
+        users = self.users.get(var, [])
+        if len(users) != 1 or users[0] is None or not isinstance(var, relax.DataflowVar):
+            return None
+        return users[0]
+
+
+def _vars_in(expr) -> list[relax.Var]:
+    found: list[relax.Var] = []
+
+    def visit(e):
+        if isinstance(e, relax.Var):
+            found.append(e)
+        elif isinstance(e, relax.Tuple):
+            for f in e.fields:
+                visit(f)
+        elif isinstance(e, relax.TupleGetItem):
+            visit(e.tuple_value)
+        elif isinstance(e, relax.Call):
+            for a in e.args:
+                visit(a)
+
+    visit(expr)
+    return found
+
+
+def _site_of(var: relax.Var, value: relax.Expr) -> tuple[str, str] | tuple[None, str]:
+    """``(kind, "")`` when the binding is a quantizable layer, else ``(None, reason)``."""
+    if _op(value, "relax.nn.conv2d"):
+        a = value.attrs
+        if _const(value.args[1]) is None:
+            return None, "the weight is not a constant"
+        if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
+            return None, f"layout {a.data_layout}/{a.kernel_layout} (want NCHW/OIHW)"
+        if _dtype(value.args[0]) != "float32" or _shape(var) is None:
+            return None, "not a static-shape float32 conv"
+        return "conv2d", ""
+    if _op(value, "relax.matmul"):
+        w = _const(value.args[1])
+        if w is None:
+            return None, "the weight is not a constant"
+        if w.ndim != 2 or _dtype(value.args[0]) != "float32" or _shape(value.args[0]) is None:
+            return None, "not a float32 [.., K] x [K, N] matmul with static shapes"
+        return "dense", ""
+    return None, ""
+
+
+def _channel_vector(c: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """A constant that varies only along ``axis`` of ``out_shape`` as a vector, else None."""
+    if c.ndim > len(out_shape):
+        return None
+    full = (1,) * (len(out_shape) - c.ndim) + c.shape
+    for i, d in enumerate(full):
+        if d != 1 and i != axis % len(out_shape):
+            return None
+    try:
+        vec = np.broadcast_to(c.reshape(full), [
+            out_shape[i] if i == axis % len(out_shape) else 1 for i in range(len(out_shape))])
+    except ValueError:
+        return None
+    return vec.reshape(-1).astype(np.float32)
+
+
+def _activation_bounds(value: relax.Expr) -> tuple[float | None, float | None] | None:
+    if _op(value, "relax.nn.relu"):
+        return (0.0, None)
+    if _op(value, "relax.clip"):
+        def num(e):
+            v = getattr(e, "value", None)
+            return float(v.value if hasattr(v, "value") else v)
+        try:
+            return (num(value.args[1]), num(value.args[2]))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """``d = dequantize(q)``, ``q = quantize(x)`` with the same per-tensor scale and zero point
+    (a QDQ model's fake quantization of ``x``)."""
+
+    x: relax.Expr
+    q: relax.Var
+    d: relax.Var
+    params: QParams
+    dtype: str
+
+
+def _qdq_pairs(graph: _Graph) -> dict[relax.Var, _Pair]:
+    """QDQ pairs by their ``quantize`` and ``dequantize`` variables."""
+    pairs: dict[relax.Var, _Pair] = {}
+    for var in graph.order:
+        value = graph.defn[var]
+        if not _op(value, "relax.dequantize") or not isinstance(value.args[0], relax.Var):
+            continue
+        qvar = value.args[0]
+        qval = graph.defn.get(qvar)
+        if qval is None or not _op(qval, "relax.quantize"):
+            continue
+        consts = [_const(e) for e in (*value.args[1:3], *qval.args[1:3])]
+        if any(c is None or c.size != 1 for c in consts):
+            continue
+        ds, dz, qs, qz = (c.reshape(()).item() for c in consts)
+        dtype = _dtype(qvar)
+        if (ds, dz) != (qs, qz) or dtype not in ("uint8", "int8") or ds <= 0:
+            continue
+        zp = int(dz) + (128 if dtype == "int8" else 0)
+        pair = _Pair(qval.args[0], qvar, var, QParams(float(ds), zp), dtype)
+        pairs[qvar] = pairs[var] = pair
+    return pairs
+
+
+def _find_sites(graph: _Graph, names: Callable[[str, np.ndarray, int], str],
+                skip: set[str], report: QuantReport) -> list[_Site]:
+    sites: list[_Site] = []
+    claimed: set[relax.Var] = set()
+    index = 0  # layers seen, skipped ones included: names do not shift when one is skipped
+    for var in graph.order:
+        value = graph.defn[var]
+        kind, reason = _site_of(var, value)
+        if kind is None:
+            if reason:
+                report.refused.append(f"{var.name}: {reason}")
+                log.info("quantize_int8: %s left float: %s", var.name, reason)
+            continue
+        weight = _const(value.args[1]).astype(np.float32)
+        name = names(kind, _const(value.args[1]), index)
+        index += 1
+        site = _Site(var, kind, name, value.args[0], weight, value, members=[var])
+        if name in skip:
+            report.layers.append(LayerInfo(name, kind, "float", "float32",
+                                           reason="in skip_layers"))
+            continue
+        channel_axis = 1 if kind == "conv2d" else -1
+        cur = var
+        while True:
+            user = graph.single_user(cur)
+            if user is None:
+                break
+            nxt = graph.defn[user]
+            out_shape = _shape(user)
+            if _op(nxt, "relax.add") and site.residual is None and site.act is None:
+                a, b = nxt.args
+                other = b if a.same_as(cur) else a
+                c = _const(other)
+                if c is not None:
+                    vec = _channel_vector(c, out_shape, channel_axis) if out_shape else None
+                    if vec is None or site.bias is not None:
+                        break
+                    site.bias = vec
+                    site.fused.append("bias")
+                elif (not a.same_as(b) and _shape(other) == out_shape == _shape(cur)
+                      and _dtype(other) == "float32" and user not in claimed):
+                    site.residual = other
+                    site.fused.append("add")
+                    claimed.add(user)
+                else:
+                    break
+            elif site.act is None and _activation_bounds(nxt) is not None:
+                site.act = _activation_bounds(nxt)
+                site.fused.append("relu" if _op(nxt, "relax.nn.relu") else "clip")
+            else:
+                break
+            site.members.append(user)
+            cur = user
+        sites.append(site)
+    return sites
+
+
+# --------------------------------------------------------------------------------------------
+# Rewriting
+
+
+@dataclass
+class _QVal:
+    """A quantized tensor: ``expr`` is uint8 in ``layout`` ("NHWC" for a 4-D NCHW original,
+    "plain" otherwise) with per-tensor ``params``."""
+
+    expr: relax.Expr
+    layout: str
+    params: QParams
+
+
+_QUANT_FRIENDLY = ("relax.nn.max_pool2d", "relax.nn.relu")
+
+
+class _Rewriter:
+    def __init__(self, graph: _Graph, sites: list[_Site], params: Mapping[relax.Var, QParams],
+                 vnni: bool, report: QuantReport, pairs: Mapping[relax.Var, _Pair] | None = None):
+        self.graph, self.sites, self.params = graph, sites, params
+        self.pairs = dict(pairs or {})
+        self.vnni, self.report = vnni, report
+        self.site_of_tail = {s.tail: s for s in sites}
+        self.inner = {m for s in sites for m in s.members[:-1]}
+        self.inputs = {s.x for s in sites} | {s.residual for s in sites if s.residual is not None}
+        self.env: dict[relax.Var, relax.Expr | _QVal] = {}
+        self.float_cache: dict[relax.Var, relax.Expr] = {}
+        self.quant_cache: dict[tuple[relax.Var, str], _QVal] = {}
+        self.kernels: dict[tvm.ir.GlobalVar, str] = {}
+        self.bb: relax.BlockBuilder | None = None
+
+    # ---- representations ---------------------------------------------------------------
+
+    def quant_out(self, var: relax.Var) -> bool:
+        """Whether a consumer of ``var`` takes it quantized."""
+        for user in self.graph.users.get(var, []):
+            if user is None:
+                continue
+            if any(v.same_as(var) for v in self.inputs):
+                return True
+            value = self.graph.defn[user]
+            if any(_op(value, name) for name in _QUANT_FRIENDLY) and value.args[0].same_as(var):
+                return True
+            if user in self.pairs and self.pairs[user].q.same_as(user):
+                return True
+        return False
+
+    def fixed_params(self, var: relax.Var) -> QParams | None:
+        """Parameters a QDQ model gives ``var``: its own pair's, or those of the pair that
+        quantizes it (then ``var`` needs no calibration)."""
+        if var in self.pairs and self.pairs[var].d.same_as(var):
+            return self.pairs[var].params
+        for user in self.graph.users.get(var, []):
+            if user is not None and user in self.pairs and self.pairs[user].q.same_as(user) \
+                    and self.pairs[user].x.same_as(var):
+                return self.pairs[user].params
+        return None
+
+    def float_of(self, expr: relax.Expr) -> relax.Expr:
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([self.float_of(f) for f in expr.fields])
+        if not isinstance(expr, relax.Var):
+            return expr
+        val = self.env.get(expr, expr)
+        if not isinstance(val, _QVal):
+            return val
+        if expr not in self.float_cache:
+            f = self.bb.emit(emit_dequantize(val.expr, val.params))
+            if val.layout == "NHWC":
+                f = self.bb.emit(relax.op.permute_dims(f, [0, 3, 1, 2]))
+            self.float_cache[expr] = f
+        return self.float_cache[expr]
+
+    def quant_of(self, var: relax.Expr, layout: str) -> _QVal:
+        val = self.env.get(var, var) if isinstance(var, relax.Var) else var
+        if isinstance(val, _QVal) and val.layout == layout:
+            return val
+        key = (var, layout)
+        pair = self.pairs.get(var)
+        if (key not in self.quant_cache and pair is not None and pair.d.same_as(var)
+                and pair.dtype == "uint8" and not isinstance(self.env.get(pair.q), _QVal)):
+            q = self.env.get(pair.q, pair.q)
+            if layout == "NHWC":
+                q = self.bb.emit(relax.op.permute_dims(q, [0, 2, 3, 1]))
+            self.quant_cache[key] = _QVal(q, layout, pair.params)
+        if key not in self.quant_cache:
+            if isinstance(val, _QVal):
+                val = self.float_of(var)
+            p = self.params[var]
+            x = val
+            if layout == "NHWC":
+                x = self.bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            q = self.bb.emit(emit_quantize(x, p), name_hint="quantized")
+            self.quant_cache[key] = _QVal(q, layout, p)
+        return self.quant_cache[key]
+
+    def sub(self, expr):
+        if isinstance(expr, relax.Var):
+            return self.float_of(expr)
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([self.sub(f) for f in expr.fields])
+        if isinstance(expr, relax.TupleGetItem):
+            return relax.TupleGetItem(self.sub(expr.tuple_value), expr.index)
+        return expr
+
+    # ---- the walk ----------------------------------------------------------------------
+
+    def run(self, mod: tvm.IRModule) -> tuple[relax.Function, tvm.IRModule]:
+        func = self.graph.func
+        bb = self.bb = relax.BlockBuilder(mod)
+        name = "__tvmforge_quantized_main"
+        with bb.function(name, list(func.params), attrs=dict(func.attrs or {})):
+            for block in func.body.blocks:
+                dataflow = isinstance(block, relax.DataflowBlock)
+                with bb.dataflow() if dataflow else _null():
+                    for binding in block.bindings:
+                        self.binding(binding, dataflow)
+            bb.emit_func_output(self.sub(func.body.body))
+        out = bb.get()
+        gv = out.get_global_var(name)
+        new_main = out[gv]
+        del out[gv]
+        symbol = (func.attrs or {}).get("global_symbol")
+        new_main = (new_main.with_attr("global_symbol", symbol) if symbol is not None
+                    else new_main.without_attr("global_symbol"))
+        return new_main, out
+
+    def binding(self, binding, dataflow: bool) -> None:
+        bb = self.bb
+        var, value = binding.var, binding.value
+        is_output = dataflow and not isinstance(var, relax.DataflowVar)
+        if isinstance(binding, relax.MatchCast):
+            self.env[var] = bb.match_cast(self.sub(value), binding.ty)
+            return
+        if var in self.inner:
+            return
+        pair = self.pairs.get(var)
+        if pair is not None and isinstance(self.env.get(pair.x), _QVal) \
+                and self.env[pair.x].params == pair.params:
+            # QDQ of a tensor that is already quantized with these parameters: the same tensor
+            # (the kernel rounded and saturated exactly as the quantize would)
+            self.env[var] = self.env[pair.x]
+            if is_output and pair.d.same_as(var):
+                self.env[var] = bb.emit_output(self.float_of(var), name_hint=var.name)
+            return
+        if var in self.site_of_tail:
+            self.env[var] = self.emit_site(self.site_of_tail[var])
+        elif (_op(value, "relax.nn.max_pool2d") and isinstance(self.env.get(value.args[0]), _QVal)
+              and self.env[value.args[0]].layout == "NHWC" and value.attrs.layout == "NCHW"):
+            q = self.env[value.args[0]]
+            a = value.attrs
+            pooled = bb.emit(relax.op.nn.max_pool2d(
+                q.expr, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
+                a.count_include_pad, layout="NHWC"))
+            self.env[var] = _QVal(pooled, "NHWC", q.params)
+        elif _op(value, "relax.nn.relu") and isinstance(self.env.get(value.args[0]), _QVal):
+            q = self.env[value.args[0]]
+            zp = relax.const(np.uint8(q.params.zero_point), "uint8")
+            self.env[var] = _QVal(bb.emit(relax.op.maximum(q.expr, zp)), q.layout, q.params)
+        else:
+            if isinstance(value, relax.Call):
+                op = value.op if isinstance(value.op, tvm.ir.Op) else self.sub(value.op)
+                expr = relax.Call(op, [self.sub(a) for a in value.args], value.attrs,
+                                  value.ty_args)
+            else:
+                expr = self.sub(value)
+            self.env[var] = bb.emit_output(expr, name_hint=var.name) if is_output else \
+                bb.emit(expr, name_hint=var.name)
+            return
+        if is_output:
+            self.env[var] = bb.emit_output(self.float_of(var), name_hint=var.name)
+
+    # ---- one site ----------------------------------------------------------------------
+
+    def emit_site(self, site: _Site) -> relax.Expr | _QVal:
+        bb = self.bb
+        conv = site.kind == "conv2d"
+        layout = "NHWC" if conv else "plain"
+        xq = self.quant_of(site.x, layout)
+        px = xq.params
+        if conv:
+            w_oihw = site.weight
+        else:
+            w_oihw = site.weight.T[:, :, None, None]
+        oc = w_oihw.shape[0]
+        s_w, w_q = weight_params(w_oihw, axis=0)
+        groups = int(site.call.attrs.groups) if conv else 1
+        s_acc = (np.float32(px.scale) * s_w).astype(np.float32)
+        bias = site.bias if site.bias is not None else np.zeros(oc, np.float32)
+        wsum = w_q.reshape(oc, -1).astype(np.int64).sum(axis=1)
+        bias_q = np.round(bias.astype(np.float64) / s_acc.astype(np.float64)) - px.zero_point * wsum
+        bias_q = np.clip(bias_q, -(2**31), 2**31 - 1).astype(np.int32)
+        out_quant = self.quant_out(site.tail)
+        py = self.params[site.tail] if out_quant else None
+        out_scale = np.float32(py.scale) if py else np.float32(1.0)
+        mult = (s_acc / out_scale).astype(np.float32)
+        lower = upper = None
+        if site.act is not None:
+            lo, hi = site.act
+            lower = None if lo is None else float(np.float32(lo) / out_scale)
+            upper = None if hi is None else float(np.float32(hi) / out_scale)
+        res_arg, res_kind, res_zp, res_mult = None, None, 0, 1.0
+        if site.residual is not None:
+            rv = self.env.get(site.residual, site.residual)
+            if isinstance(rv, _QVal) and rv.layout == layout:
+                res_arg, res_kind = rv.expr, "uint8"
+                res_zp, res_mult = rv.params.zero_point, float(np.float32(rv.params.scale)
+                                                               / out_scale)
+            else:
+                r = self.float_of(site.residual)
+                if conv:
+                    r = bb.emit(relax.op.permute_dims(r, [0, 2, 3, 1]))
+                res_arg, res_kind, res_mult = r, "float32", float(np.float32(1.0) / out_scale)
+        epi = K.Epilogue(
+            out_dtype="uint8" if out_quant else "float32",
+            zero_point=py.zero_point if py else 0,
+            lower=lower, upper=upper,
+            residual=res_kind, residual_zp=res_zp, residual_mult=res_mult,
+        )
+        x_expr = xq.expr
+        x_shape = _shape(site.x)
+        if conv:
+            a = site.call.attrs
+            pad = [int(p) for p in a.padding]
+            spec = K.ConvSpec(
+                kernel=(int(w_oihw.shape[2]), int(w_oihw.shape[3])),
+                strides=tuple(int(s) for s in a.strides),
+                padding=tuple(pad),
+                dilation=tuple(int(d) for d in a.dilation),
+                groups=groups,
+            )
+        else:
+            spec = K.ConvSpec(kernel=(1, 1))
+            m = int(np.prod(x_shape[:-1]))
+            x_expr = bb.emit(relax.op.reshape(x_expr, [1, 1, m, x_shape[-1]]))
+            if res_arg is not None:
+                res_arg = bb.emit(relax.op.reshape(res_arg, [1, 1, m, oc]))
+        ocp = -(-oc // 16) * 16
+        if groups == 1:
+            kernel_fn, weight = K.qconv2d_nhwc, K.pack_weight_vnni(w_q)
+            vec = lambda v, dt: np.pad(v, (0, ocp - oc)).astype(dt)  # noqa: E731
+            kind = "vnni" if self.vnni else "int32"
+        else:
+            kernel_fn = K.qconv2d_grouped_nhwc
+            weight = np.ascontiguousarray(w_q.transpose(2, 3, 1, 0))  # KH, KW, ICg, OC
+            vec = lambda v, dt: v.astype(dt)  # noqa: E731
+            kind = "int32"
+        args = [x_expr, relax.const(weight, "int8"), relax.const(vec(bias_q, "int32"), "int32"),
+                relax.const(vec(mult, "float32"), "float32")]
+        if res_arg is not None:
+            args.append(res_arg)
+        te_fn = functools.partial(kernel_fn, spec=spec, epi=epi, x_zero_point=px.zero_point,
+                                  out_channels=oc)
+        call = bb.call_te(te_fn, *args, primfunc_name_hint=f"q{site.kind}_{kind}")
+        self.kernels[call.args[0]] = kind
+        out = bb.emit(call, name_hint=site.tail.name + "_q")
+        if not conv:
+            out = bb.emit(relax.op.reshape(out, [*x_shape[:-1], oc]))
+        self.report.layers.append(LayerInfo(site.name, site.kind, kind, epi.out_dtype,
+                                            fused=list(site.fused)))
+        if out_quant:
+            return _QVal(out, layout, py)
+        return bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2])) if conv else out
+
+
+def _expose(func: relax.Function, tensors: Sequence[relax.Var]) -> relax.Function:
+    """``func`` returning ``tensors`` (a tuple) instead of its own result."""
+    wanted = set(tensors)
+    vmap: dict[relax.Var, relax.Var] = {}
+
+    def sub(expr):
+        if isinstance(expr, relax.Var):
+            return vmap.get(expr, expr)
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([sub(f) for f in expr.fields])
+        if isinstance(expr, relax.TupleGetItem):
+            return relax.TupleGetItem(sub(expr.tuple_value), expr.index)
+        return expr
+
+    bb = relax.BlockBuilder()
+    with bb.function("main", list(func.params), attrs=dict(func.attrs or {})):
+        for block in func.body.blocks:
+            dataflow = isinstance(block, relax.DataflowBlock)
+            with bb.dataflow() if dataflow else _null():
+                for binding in block.bindings:
+                    var, value = binding.var, binding.value
+                    if isinstance(binding, relax.MatchCast):
+                        vmap[var] = bb.match_cast(sub(value), binding.ty)
+                        continue
+                    if isinstance(value, relax.Call):
+                        value = relax.Call(value.op, [sub(a) for a in value.args], value.attrs,
+                                           value.ty_args)
+                    else:
+                        value = sub(value)
+                    out = dataflow and (not isinstance(var, relax.DataflowVar) or var in wanted)
+                    vmap[var] = (bb.emit_output if out else bb.emit)(value, name_hint=var.name)
+        bb.emit_func_output(relax.Tuple([sub(v) for v in tensors]))
+    return bb.get()["main"]
+
+
+# --------------------------------------------------------------------------------------------
+# The pass
+
+
+def _error_probe(func: relax.Function, sites: list[_Site],
+                 params: Mapping[relax.Var, QParams]) -> relax.Function:
+    """``func`` returning, per site, ``(sum((y_q - y)^2), sum(y^2))`` (see ``_layer_errors``)."""
+    by_var = {s.var: s for s in sites}
+    vmap: dict[relax.Var, relax.Expr] = {}
+    outputs: list[relax.Expr] = []
+
+    def sub(expr):
+        if isinstance(expr, relax.Var):
+            return vmap.get(expr, expr)
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([sub(f) for f in expr.fields])
+        if isinstance(expr, relax.TupleGetItem):
+            return relax.TupleGetItem(sub(expr.tuple_value), expr.index)
+        return expr
+
+    bb = relax.BlockBuilder()
+    with bb.function("main", list(func.params), attrs=dict(func.attrs or {})):
+        with bb.dataflow():
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    var, value = binding.var, binding.value
+                    if isinstance(binding, relax.MatchCast):
+                        vmap[var] = bb.match_cast(sub(value), binding.ty)
+                        continue
+                    if isinstance(value, relax.Call):
+                        value = relax.Call(value.op, [sub(a) for a in value.args], value.attrs,
+                                           value.ty_args)
+                    else:
+                        value = sub(value)
+                    vmap[var] = bb.emit(value)
+                    site = by_var.get(var)
+                    if site is None or site.x not in params:
+                        continue
+                    p = params[site.x]
+                    x = sub(site.x)
+                    x_fq = bb.emit(emit_dequantize(bb.emit(emit_quantize(x, p)), p))
+                    axis = 0 if site.kind == "conv2d" else 1
+                    s_w, w_q = weight_params(site.weight, axis=axis)
+                    shape = [1] * site.weight.ndim
+                    shape[axis] = -1
+                    w_fq = relax.const((w_q.astype(np.float32) * s_w.reshape(shape))
+                                       .astype(np.float32))
+                    y_q = bb.emit(relax.Call(value.op, [x_fq, w_fq, *value.args[2:]],
+                                             value.attrs, value.ty_args))
+                    diff = bb.emit(relax.op.subtract(y_q, vmap[var]))
+                    outputs.append(bb.emit_output(relax.op.sum(relax.op.multiply(diff, diff))))
+                    outputs.append(bb.emit_output(
+                        relax.op.sum(relax.op.multiply(vmap[var], vmap[var]))))
+        bb.emit_func_output(relax.Tuple(outputs))
+    return bb.get()["main"]
+
+
+def _default_names(kind: str, _weight: np.ndarray, index: int) -> str:
+    return f"{kind}_{index}"
+
+
+@tvm.transform.module_pass(opt_level=0, name="QuantizeInt8")
+class QuantizeInt8:
+    """Post-training int8 quantization of ``main`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        calibrator: Calibrator | None = None,
+        ranges: Mapping[str, Range] | None = None,
+        skip_layers: Iterable[str] = (),
+        layer_names: Mapping[str, str] | None = None,
+        activation: str = "uint8",
+        vnni: bool | None = None,
+        sensitivity: float | None = None,
+    ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"not {activation!r}")
+        self.calibrator = calibrator
+        self.ranges = dict(ranges or {})
+        self.skip_layers = set(skip_layers)
+        self.layer_names = dict(layer_names or {})
+        self.activation = activation
+        self.vnni = vnni
+        self.sensitivity = sensitivity
+        self.report: QuantReport | None = None
+        self.observed: list[str] = []
+
+    def _name(self, kind: str, weight: np.ndarray, index: int) -> str:
+        if self.layer_names:
+            from .prune_channels import weight_key
+
+            name = self.layer_names.get(weight_key(weight))
+            if name:
+                return name
+        return _default_names(kind, weight, index)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        target = tvm.target.Target.current(allow_none=True)
+        vnni = self.vnni if self.vnni is not None else bool(target and K.has_vnni(target))
+        report = self.report = QuantReport(self.activation, vnni)
+        gv = next((g for g in mod.get_global_vars() if g.name_hint == "main"), None)
+        func = mod[gv] if gv is not None else None
+        if not isinstance(func, relax.Function):
+            return mod
+        func = _canonicalize(func)
+        graph = _Graph(func)
+        pairs = _qdq_pairs(graph)
+        skip = set(self.skip_layers)
+        sites, rewriter, observed, fixed = self._plan(graph, pairs, skip, report, vnni)
+        if not sites:
+            log.info("quantize_int8: no layer to quantize")
+            return mod
+        params = {**fixed, **self._params(mod, func, observed)}
+        if self.sensitivity is not None:
+            errors = self._layer_errors(mod, func, sites, params)
+            worst = {name for name, e in errors.items() if e > self.sensitivity}
+            if worst:
+                log.info("quantize_int8: left float by sensitivity > %g: %s", self.sensitivity,
+                         ", ".join(sorted(worst)))
+                report.layers.clear()
+                report.refused.clear()
+                sites, rewriter, observed, fixed = self._plan(graph, pairs, skip | worst,
+                                                              report, vnni)
+                for layer in report.layers:
+                    if layer.name in worst:
+                        layer.reason = f"sensitivity: relative error {errors[layer.name]:.3g}"
+            report.errors = {k: round(v, 5) for k, v in errors.items()}
+        rewriter.params = params
+        report.observed_tensors = len(observed)
+        report.qdq_tensors = len(fixed)
+        new_main, out = rewriter.run(mod)
+        out.update_func(out.get_global_var("main"), new_main)
+        if vnni:
+            cores = int(target.attrs.get("num-cores", 0) or 0) if target is not None else 1
+            for kvar, kind in rewriter.kernels.items():
+                if kind != "vnni":
+                    continue
+                scheduled = K.schedule_vnni(out[kvar], max(cores, 1))
+                out.update_func(kvar, scheduled.with_attr("tirx.is_scheduled", True)
+                                .with_attr("op_pattern", 8))  # kOpaque: fuse nothing into it
+        out = relax.transform.DeadCodeElimination(["main"])(out)
+        log.info("quantize_int8: %s", report.summary())
+        return out
+
+    def _plan(self, graph: _Graph, pairs, skip: set[str], report: QuantReport, vnni: bool):
+        """Sites, their rewriter, the tensors to calibrate and those a Q/DQ pair fixes."""
+        sites = _find_sites(graph, self._name, skip, report)
+        unknown = self.skip_layers - {layer.name for layer in report.layers} - {
+            s.name for s in sites}
+        if unknown:
+            log.warning("quantize_int8: skip_layers names no layer: %s", ", ".join(sorted(unknown)))
+        rewriter = _Rewriter(graph, sites, {}, vnni, report, pairs)
+        observed: list[relax.Var] = []
+        fixed: dict[relax.Var, QParams] = {}
+        for v in [*(s.x for s in sites), *(s.residual for s in sites if s.residual is not None),
+                  *(s.tail for s in sites if rewriter.quant_out(s.tail))]:
+            if not isinstance(v, relax.Var) or v in observed or v in fixed:
+                continue
+            p = rewriter.fixed_params(v)
+            if p is not None:
+                fixed[v] = p
+            else:
+                observed.append(v)
+        return sites, rewriter, observed, fixed
+
+    def _layer_errors(self, mod, func, sites: list[_Site], params) -> dict[str, float]:
+        """Each layer's own error on the calibration data: ``||y_q - y|| / ||y||`` where ``y``
+        is the float layer and ``y_q`` the layer with its input and weight quantized (the
+        float input it gets in the float model; errors of earlier layers are not included)."""
+        sums = getattr(self.calibrator, "sums", None)
+        if sums is None:
+            raise ValueError("sensitivity needs a calibrator with a sums() method "
+                             "(tvmforge.calibration.Calibrator)")
+        probe = tvm.IRModule({"main": _error_probe(func, sites, params)})
+        for name, f in mod.functions_items():
+            if name.name_hint != "main":
+                probe[name] = f
+        totals = list(sums(probe))
+        return {site.name: float(np.sqrt(totals[2 * i] / max(totals[2 * i + 1], 1e-30)))
+                for i, site in enumerate(sites)}
+
+    def _params(self, mod, func, observed: list[relax.Var]) -> dict[relax.Var, QParams]:
+        self.observed = [v.name for v in observed]
+        ranges: dict[relax.Var, Range] = {}
+        missing = []
+        for v in observed:
+            if v.name in self.ranges:
+                ranges[v] = self.ranges[v.name]
+            else:
+                missing.append(v)
+        if missing:
+            if self.calibrator is None:
+                raise ValueError(
+                    "quantize_int8 needs activation ranges: pass a calibrator (calibration "
+                    "data) or ranges for " + ", ".join(v.name for v in missing[:5]))
+            probe = tvm.IRModule({"main": _expose(func, missing)})
+            for name, f in mod.functions_items():
+                if name.name_hint != "main":
+                    probe[name] = f
+            got = list(self.calibrator(probe))
+            if len(got) != len(missing):
+                raise ValueError(f"calibrator returned {len(got)} ranges for {len(missing)} "
+                                 "tensors")
+            ranges.update(zip(missing, got, strict=True))
+        return {v: activation_params(*ranges[v], self.activation) for v in observed}
+
+
+def quantize_int8(
+    calibrator: Calibrator | None = None,
+    *,
+    ranges: Mapping[str, Range] | None = None,
+    skip_layers: Iterable[str] = (),
+    layer_names: Mapping[str, str] | None = None,
+    activation: str = "uint8",
+    vnni: bool | None = None,
+    sensitivity: float | None = None,
+) -> QuantizeInt8:
+    """Post-training int8 quantization as a module pass.
+
+    Parameters
+    ----------
+    calibrator:
+        ``calibrator(probe_module) -> [(lo, hi), ...]``, one range per tensor ``probe_module``'s
+        ``main`` returns (``tvmforge.calibration.Calibrator`` runs it over data).
+    ranges:
+        Known ranges by tensor (Relax variable) name; the calibrator is asked for the rest.
+    skip_layers:
+        Layer names left float (ONNX node names where ``layer_names`` gives them, else
+        ``conv2d_<i>`` / ``dense_<i>`` in graph order; ``.report`` lists them).
+    layer_names:
+        ``prune_channels.weight_key(weight) -> name``: names layers after their ONNX nodes.
+    activation:
+        ``uint8`` (asymmetric) or ``int8`` (symmetric) activations.
+    vnni:
+        Force the VNNI kernels on or off [default: when the current target has AVX-512 VNNI].
+    sensitivity:
+        Measure each layer's own relative error on the calibration data (``.report.errors``)
+        and leave float every layer whose error exceeds this (e.g. ``0.1``); needs a
+        calibrator with a ``sums`` method.
+    """
+    return QuantizeInt8(calibrator, ranges, skip_layers, layer_names, activation, vnni,
+                        sensitivity)

@@ -1,0 +1,272 @@
+"""``pack_conv_weights`` and the packed-conv schedule of ``schedule_cpu_default``.
+
+Three kinds of test: the conv becomes a ``call_tir`` of the packed TE definition with the
+weight packed as the module docstring says (and its schedule has the register tile), convs the
+pass must not touch are left alone (grouped, channel count off the vector width, weight not a
+constant, a GPU target), and convs of every kind of stride, padding and dilation match ONNX
+Runtime after the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax, s_tir, tirx
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from onnx_builders import make_model
+from tvmforge.passes import PASSES
+from tvmforge.passes.pack_conv_weights import (
+    PACKED_CONV_ATTR,
+    conv2d_nchw_packed,
+    pack_conv_weights,
+    pack_oihw,
+)
+from tvmforge.passes.schedule_cpu_default import (
+    CpuScheduleParams,
+    packed_conv_tile,
+    packed_pixel_tile,
+    schedule_prim_func,
+)
+
+RNG = np.random.default_rng(8)
+X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+LOGGER = "tvmforge.passes.schedule_cpu_default"
+
+
+def _bind(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModule:
+    tensors = {k: tvm.runtime.tensor(v) for k, v in params.items()}
+    return relax.transform.BindParams("main", tensors)(mod)
+
+
+@I.ir_module
+class Conv:
+    @R.function
+    def main(
+        x: R.Tensor((1, 8, 14, 14), "float32"), w: R.Tensor((32, 8, 3, 3), "float32")
+    ) -> R.Tensor((1, 32, 7, 7), "float32"):
+        with R.dataflow():
+            y = R.nn.conv2d(x, w, strides=[2, 2], padding=[1, 1, 1, 1])
+            R.output(y)
+        return y
+
+
+W = RNG.standard_normal((32, 8, 3, 3)).astype(np.float32)
+
+
+def test_registered_by_name():
+    assert PASSES["pack_conv_weights"] is pack_conv_weights
+
+
+def test_pack_oihw_layout():
+    packed = pack_oihw(W, 16)
+    assert packed.shape == (2, 8, 3, 3, 16)
+    fo, c, ky, kx, fi = 1, 5, 2, 0, 9
+    assert packed[fo, c, ky, kx, fi] == W[fo * 16 + fi, c, ky, kx]
+
+
+def test_conv_becomes_packed_call_tir():
+    after = pack_conv_weights(block=16)(_bind(Conv, {"w": W}))
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 14, 14), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(
+                bb.call_te(
+                    conv2d_nchw_packed,
+                    x,
+                    relax.const(pack_oihw(W, 16)),
+                    (2, 2),
+                    (1, 1, 1, 1),
+                    (1, 1),
+                    primfunc_name_hint="conv2d_nchw_packed",
+                )
+            )
+        bb.emit_func_output(out)
+    tvm.ir.assert_structural_equal(after, bb.get(), map_free_vars=True)
+
+
+def _packed_kernel() -> tirx.PrimFunc:
+    mod = pack_conv_weights(block=16)(_bind(Conv, {"w": W}))
+    return next(f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+
+
+def test_packed_conv_schedule_keeps_a_vector_of_channels_in_registers(caplog):
+    func = _packed_kernel()
+    params = CpuScheduleParams.from_target(tvm.target.Target(X86))
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        after = schedule_prim_func(func, params)
+    assert after is not None and "failed" not in caplog.text
+    sch = s_tir.Schedule(after)
+    update = sch.get_sblock("conv2d_nchw_packed_update")
+    assert sch.get(update).annotations[PACKED_CONV_ATTR] == 16
+    kinds = [sch.get(loop).kind for loop in sch.get_loops(update)]
+    extents = [int(sch.get(loop).extent) for loop in sch.get_loops(update)]
+    # [parallel tiles] [rc ry rx] [channel vectors, columns: unrolled] [16 channels: vector]
+    assert kinds[0] == tirx.ForKind.PARALLEL
+    assert kinds[-3:] == [tirx.ForKind.UNROLLED, tirx.ForKind.UNROLLED, tirx.ForKind.VECTORIZED]
+    assert extents[-1] == 16
+    assert extents[-3:-1] == list(packed_conv_tile(2, 7, 32, kernel_w=3, stride=2))
+    accumulator = sch.get(update).writes[0].source
+    assert accumulator.scope() == "local" and int(accumulator.shape[-1]) == 16
+
+
+@I.ir_module
+class Pointwise:
+    @R.function
+    def main(
+        x: R.Tensor((1, 16, 8, 8), "float32"), w: R.Tensor((32, 16, 1, 1), "float32")
+    ) -> R.Tensor((1, 32, 8, 8), "float32"):
+        with R.dataflow():
+            y = R.nn.conv2d(x, w)
+            R.output(y)
+        return y
+
+
+def test_pointwise_conv_gets_the_pixel_tile(caplog):
+    weight = RNG.standard_normal((32, 16, 1, 1)).astype(np.float32)
+    mod = pack_conv_weights(block=16)(_bind(Pointwise, {"w": weight}))
+    func = next(f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+    params = CpuScheduleParams.from_target(tvm.target.Target(X86))
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        after = schedule_prim_func(func, params)
+    assert after is not None and "failed" not in caplog.text
+    sch = s_tir.Schedule(after)
+    loops = sch.get_loops(sch.get_sblock("conv2d_nchw_packed_update"))
+    kinds = [sch.get(loop).kind for loop in loops]
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    # 8x8 = 4 vectors of pixels: 4 channels x 4 pixel vectors, the 16 pixels contiguous
+    assert kinds[-3:] == [tirx.ForKind.UNROLLED, tirx.ForKind.UNROLLED, tirx.ForKind.VECTORIZED]
+    assert extents[-3:] == [4, 4, 16]
+
+
+@pytest.mark.parametrize(
+    ("blocks", "width", "registers", "kernel", "tile"),
+    [
+        (4, 56, 32, (1, 1, 1), (4, 4)),  # 1x1: 16 accumulators, 8 loads per 16 FMAs
+        (4, 56, 32, (3, 1, 1), (2, 8)),  # 3x3: 10 broadcasts serve 3 taps of 8 columns
+        (4, 112, 32, (7, 2, 1), (2, 8)),  # ResNet's 7x7 stride-2 first conv
+        (32, 14, 32, (1, 1, 1), (2, 7)),
+        (1, 13, 32, (1, 1, 1), (1, 13)),  # prime width: one row of 13, not single columns
+        (4, 56, 16, (1, 1, 1), (2, 4)),  # AVX2 / 16 registers: at most 8 accumulators
+    ],
+)
+def test_register_tile(blocks, width, registers, kernel, tile):
+    assert packed_conv_tile(blocks, width, registers, *kernel) == tile
+
+
+@pytest.mark.parametrize(
+    ("plane_vectors", "tile"),
+    [(196, (4, 4)), (49, None), (784, (4, 4))],  # 56x56, 28x28 (2x7: channel tile), 112x112
+)
+def test_pixel_tile(plane_vectors, tile):
+    assert packed_pixel_tile(16, plane_vectors, 32) == tile
+
+
+# --- does not apply ----------------------------------------------------------------------------
+
+
+@I.ir_module
+class Grouped:
+    @R.function
+    def main(
+        x: R.Tensor((1, 32, 8, 8), "float32"), w: R.Tensor((32, 1, 3, 3), "float32")
+    ) -> R.Tensor((1, 32, 8, 8), "float32"):
+        with R.dataflow():
+            y = R.nn.conv2d(x, w, padding=[1, 1, 1, 1], groups=32)
+            R.output(y)
+        return y
+
+
+@I.ir_module
+class OddChannels:
+    @R.function
+    def main(
+        x: R.Tensor((1, 8, 8, 8), "float32"), w: R.Tensor((20, 8, 1, 1), "float32")
+    ) -> R.Tensor((1, 20, 8, 8), "float32"):
+        with R.dataflow():
+            y = R.nn.conv2d(x, w)
+            R.output(y)
+        return y
+
+
+def test_convs_it_cannot_pack_are_left_alone():
+    for mod in (
+        _bind(Grouped, {"w": RNG.standard_normal((32, 1, 3, 3)).astype(np.float32)}),
+        _bind(OddChannels, {"w": RNG.standard_normal((20, 8, 1, 1)).astype(np.float32)}),
+        Conv,  # the weight is an input, not a constant
+    ):
+        tvm.ir.assert_structural_equal(pack_conv_weights(block=16)(mod), mod)
+
+
+def test_only_cpu_targets_get_packed_weights():
+    mod = _bind(Conv, {"w": W})
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+    with cuda:
+        tvm.ir.assert_structural_equal(pack_conv_weights()(mod), mod)
+    tvm.ir.assert_structural_equal(pack_conv_weights()(mod), mod)  # no target at all
+    with tvm.target.Target(X86):
+        assert "conv2d_nchw_packed" in [
+            g.name_hint for g in pack_conv_weights()(mod).get_global_vars()
+        ]
+
+
+# --- numbers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "stride", "pads", "dilation", "hw"),
+    [
+        pytest.param(3, 64, 7, 2, [3, 3, 3, 3], 1, 40, id="7x7-stride2-first-conv"),
+        pytest.param(32, 32, 1, 1, [0, 0, 0, 0], 1, 7, id="1x1-width7"),
+        pytest.param(32, 64, 1, 1, [0, 0, 0, 0], 1, 12, id="1x1-pixel-tile"),  # 144 = 9 x 16
+        pytest.param(16, 48, 3, 1, [1, 1, 1, 1], 1, 13, id="3x3-prime-width"),
+        pytest.param(16, 32, 3, 2, [0, 1, 1, 0], 1, 15, id="3x3-stride2-asymmetric-pad"),
+        pytest.param(16, 24, 3, 1, [1, 1, 1, 1], 1, 9, id="3x3-half-vector-block"),  # 24 = 3x8
+        pytest.param(8, 16, 3, 1, [2, 2, 2, 2], 2, 11, id="3x3-dilation2"),
+        pytest.param(64, 32, 1, 2, [0, 0, 0, 0], 1, 14, id="1x1-stride2-downsample"),
+    ],
+)
+def test_matches_onnxruntime(cin, cout, k, stride, pads, dilation, hw, caplog):
+    import onnxruntime as ort
+
+    from tvmforge import build_model
+
+    rng = np.random.default_rng(cin + cout + k + hw)
+    weights = {
+        "w": rng.standard_normal((cout, cin, k, k)).astype(np.float32) * 0.2,
+        "b": rng.standard_normal(cout).astype(np.float32),
+    }
+    kernel = (k - 1) * dilation + 1
+    out = (hw + pads[0] + pads[2] - kernel) // stride + 1
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["x", "w", "b"],
+            ["c"],
+            strides=[stride] * 2,
+            pads=pads,
+            dilations=[dilation] * 2,
+        ),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, out, out])],
+        [numpy_helper.from_array(v, name) for name, v in weights.items()],
+    )
+    x = rng.standard_normal((1, cin, hw, hw)).astype(np.float32)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        built = build_model(model, "x86", threads=2)
+    assert "packed conv schedule failed" not in caplog.text
+    vm = relax.VirtualMachine(built.executable, tvm.cpu())
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x})
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))

@@ -1,0 +1,481 @@
+"""``quantize_int8``: int8 arithmetic, the rewrite, the int8 kernels, and accuracy.
+
+The arithmetic is checked against numpy (half-to-even rounding, saturation, zero points); the
+rewrite by the ops it leaves in ``main`` and the constants it hands the kernel; the kernels
+bit-exactly against an integer numpy reference; whole models against the float build, ONNX
+Runtime (a QDQ model) and the held-out digits split (int8 top-1 within 1 point of float).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax, te
+
+from onnx_builders import make_model
+from tvmforge.passes import PASSES
+from tvmforge.passes import int8_kernels as K
+from tvmforge.passes.quantize_int8 import (
+    QParams,
+    activation_params,
+    dequantize_np,
+    emit_dequantize,
+    emit_quantize,
+    quantize_int8,
+    quantize_np,
+    weight_params,
+)
+from tvmforge.targets import resolve
+
+HOST = resolve("x86", threads=2).tvm_target()
+HOST_VNNI = K.has_vnni(HOST)
+DIGITS = Path(__file__).resolve().parents[2] / "benchmarks" / "digits"
+
+
+def _vm(ex) -> relax.VirtualMachine:
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
+def _run(ex, *arrays: np.ndarray) -> np.ndarray:
+    return _vm(ex)["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]).numpy()
+
+
+def test_registered_by_name():
+    assert PASSES["quantize_int8"] is quantize_int8
+
+
+# ---- arithmetic ----------------------------------------------------------------------------
+
+
+def test_activation_params_uint8_asymmetric_and_int8_symmetric():
+    p = activation_params(-1.0, 3.0)
+    assert p.scale == pytest.approx(4.0 / 255.0)
+    assert p.zero_point == 64  # round(1 / (4 / 255)) = round(63.75)
+    assert activation_params(0.5, 2.0).zero_point == 0  # range widened to include 0
+    assert activation_params(-2.0, -0.5).zero_point == 255
+    assert activation_params(0.0, 0.0) == QParams(1.0, 0)
+    sym = activation_params(-1.0, 3.0, "int8")
+    assert sym.zero_point == 128 and sym.scale == pytest.approx(3.0 / 127.0)
+    with pytest.raises(ValueError, match="activation"):
+        activation_params(0, 1, "int4")
+
+
+def test_quantize_rounds_half_to_even_saturates_and_shifts_by_zero_point():
+    p = QParams(1.0, 10)
+    x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 300.0, -50.0], np.float32)
+    assert quantize_np(x, p).tolist() == [8, 8, 10, 10, 12, 12, 14, 255, 0]
+    assert dequantize_np(np.array([10, 0, 255], np.uint8), QParams(0.5, 10)).tolist() == [
+        0.0, -5.0, 122.5]
+
+
+def test_weight_params_per_channel_symmetric():
+    w = np.array([[0.5, -1.0], [2.0, 0.5], [0.0, 0.0]], np.float32)
+    scale, q = weight_params(w, axis=0)
+    assert scale.tolist() == pytest.approx([1.0 / 127, 2.0 / 127, 1.0])
+    assert q.tolist() == [[64, -127], [127, 32], [0, 0]]  # 63.5 -> 64, 31.75 -> 32
+    assert q.dtype == np.int8
+
+
+def test_relax_quantize_and_dequantize_match_numpy_bit_for_bit():
+    p = QParams(0.25, 10)
+    x = np.array([[-2.125, -1.875, 0.125, 0.375, 0.625, 1e6, -1e6, 63.0]], np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            q = bb.emit(emit_quantize(xv, p))
+            d = bb.emit_output(relax.Tuple([q, bb.emit(emit_dequantize(q, p))]))
+        bb.emit_func_output(d)
+    ex = tvm.compile(bb.get(), target=HOST)
+    q_out, d_out = _vm(ex)["main"](tvm.runtime.tensor(x, tvm.cpu()))
+    assert q_out.numpy().tolist() == quantize_np(x, p).tolist()
+    # ties -8.5 -7.5 0.5 1.5 2.5 round to even: -8 -8 0 2 2; then + 10, saturated to [0, 255]
+    assert q_out.numpy().tolist() == [[2, 2, 10, 12, 12, 255, 0, 255]]
+    np.testing.assert_array_equal(d_out.numpy(), dequantize_np(quantize_np(x, p), p))
+
+
+# ---- kernels -------------------------------------------------------------------------------
+
+
+def _conv_reference(x, w, spec: K.ConvSpec, pad_value: int) -> np.ndarray:
+    """Integer NHWC conv, groups 1: x [N,H,W,C] u8, w [O,C,KH,KW] i8 -> int64 [N,OH,OW,O]."""
+    pt, pl, pb, pr = spec.padding
+    xp = np.pad(x.astype(np.int64), ((0, 0), (pt, pb), (pl, pr), (0, 0)),
+                constant_values=pad_value)
+    oh, ow = spec.out_hw(x.shape[1], x.shape[2])
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    out = np.zeros((x.shape[0], oh, ow, w.shape[0]), np.int64)
+    for i in range(w.shape[2]):
+        for j in range(w.shape[3]):
+            patch = xp[:, i * dh:i * dh + sh * oh:sh, j * dw:j * dw + sw * ow:sw, :]
+            out += np.einsum("nhwc,oc->nhwo", patch, w[:, :, i, j].astype(np.int64))
+    return out
+
+
+def _build_kernel(fn, args: list[np.ndarray], vnni: bool):
+    placeholders = [te.placeholder(a.shape, str(a.dtype), name=f"a{i}")
+                    for i, a in enumerate(args)]
+    out = fn(*placeholders)
+    func = te.create_prim_func([*placeholders, out])
+    if vnni:
+        func = K.schedule_vnni(func, 2)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
+    dev = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, dev) for a in args]
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)), dev)
+    ex["main"](*tensors, result)
+    asm = ex.mod.inspect_source("asm") if vnni else ""
+    return result.numpy(), asm
+
+
+KERNEL_CASES = {
+    # name: (N, H, W, C, OC, k, stride, pad, residual, out_dtype)
+    "3x3-s1-relu-u8": (1, 9, 10, 16, 32, 3, 1, 1, None, "uint8"),
+    "7x7-s2-ic3-oc20": (1, 12, 12, 3, 20, 7, 2, 3, None, "uint8"),
+    "1x1-residual-float": (2, 4, 8, 8, 16, 1, 1, 0, "uint8", "float32"),
+}
+
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not HOST_VNNI, reason="this CPU has no AVX-512 VNNI"))], ids=["int32", "vnni"])
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+def test_qconv2d_kernel_matches_integer_reference(case, vnni):
+    n, h, w_, c, oc, k, s, p, residual, out_dtype = KERNEL_CASES[case]
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (n, h, w_, c)).astype(np.uint8)
+    w = rng.integers(-127, 128, (oc, c, k, k)).astype(np.int8)
+    ocp = -(-oc // 16) * 16
+    bias = rng.integers(-2000, 2000, ocp).astype(np.int32)
+    mult = (rng.random(ocp) * 2e-4).astype(np.float32)
+    spec = K.ConvSpec(kernel=(k, k), strides=(s, s), padding=(p, p, p, p))
+    oh, ow = spec.out_hw(h, w_)
+    r = rng.integers(0, 256, (n, oh, ow, oc)).astype(np.uint8)
+    epi = K.Epilogue(out_dtype=out_dtype, zero_point=3, lower=0.0,
+                     residual=residual, residual_zp=100, residual_mult=0.5)
+    args = [x, K.pack_weight_vnni(w), bias, mult] + ([r] if residual else [])
+    fn = functools.partial(K.qconv2d_nhwc, spec=spec, epi=epi, x_zero_point=5, out_channels=oc)
+    got, asm = _build_kernel(fn, args, vnni)
+
+    acc = _conv_reference(x, w, spec, pad_value=5) + bias[:oc]
+    t = acc.astype(np.float32) * mult[:oc]
+    if residual:
+        t = t + (r.astype(np.float32) - np.float32(100)) * np.float32(0.5)
+    t = np.maximum(t, np.float32(0))
+    if out_dtype == "float32":
+        np.testing.assert_allclose(got, t, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, np.clip(np.round(t) + 3, 0, 255).astype(np.uint8))
+    if vnni:
+        assert asm.count("vpdpbusd") > 0
+
+
+def test_grouped_kernel_depthwise_matches_integer_reference():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (1, 6, 7, 8)).astype(np.uint8)
+    w = rng.integers(-127, 128, (8, 1, 3, 3)).astype(np.int8)
+    spec = K.ConvSpec(kernel=(3, 3), padding=(1, 1, 1, 1), groups=8)
+    epi = K.Epilogue(out_dtype="float32")
+    fn = functools.partial(K.qconv2d_grouped_nhwc, spec=spec, epi=epi, x_zero_point=9,
+                           out_channels=8)
+    bias = np.zeros(8, np.int32)
+    mult = np.ones(8, np.float32)
+    got, _ = _build_kernel(fn, [x, np.ascontiguousarray(w.transpose(2, 3, 1, 0)), bias, mult],
+                           vnni=False)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=9)
+    ref = np.zeros((1, 6, 7, 8), np.int64)
+    for i in range(3):
+        for j in range(3):
+            ref += xp[:, i:i + 6, j:j + 7, :] * w[:, 0, i, j].astype(np.int64)
+    np.testing.assert_array_equal(got, ref.astype(np.float32))
+
+
+# ---- the rewrite ---------------------------------------------------------------------------
+
+
+def _conv_chain_module(weight_is_const: bool = True) -> tvm.IRModule:
+    """x -> conv(3->16, 3x3) + bias -> relu -> conv(16->8, 1x1) -> out."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, (1, 16, 1, 1)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (8, 16, 1, 1)).astype(np.float32)
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
+    params = [x]
+    if weight_is_const:
+        w1v = relax.const(w1)
+    else:
+        w1v = relax.Var("w1", relax.TensorType(w1.shape, "float32"))
+        params.append(w1v)
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        with bb.dataflow():
+            c1 = bb.emit(relax.op.nn.conv2d(x, w1v, padding=1), name_hint="c1")
+            a1 = bb.emit(relax.op.add(c1, relax.const(b1)), name_hint="a1")
+            r1 = bb.emit(relax.op.nn.relu(a1), name_hint="r1")
+            c2 = bb.emit(relax.op.nn.conv2d(r1, relax.const(w2)), name_hint="c2")
+            out = bb.emit_output(c2)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+RANGES = {"x": (0.0, 1.0), "r1": (0.0, 4.0), "c2": (-3.0, 5.0)}
+
+
+def _ops(func: relax.Function) -> list[str]:
+    """The ops ``main`` calls, in order (kernels by name, without the numbering of copies)."""
+    names = [_ops_one(b.value) for block in func.body.blocks for b in block.bindings]
+    return [n for n in names if n is not None]
+
+
+def test_rewrite_quantizes_the_input_once_and_keeps_uint8_between_convs():
+    before = _conv_chain_module()
+    qpass = quantize_int8(ranges=RANGES, vnni=False)
+    with HOST:
+        after = qpass(before)
+    assert _ops(after["main"]) == [
+        "relax.permute_dims",  # NCHW -> NHWC
+        "relax.divide", "relax.round", "relax.add", "relax.clip", "relax.astype",  # quantize x
+        "call_tir:qconv2d_int32",  # conv + bias + relu, uint8 out
+        "call_tir:qconv2d_int32",  # conv, float out
+        "relax.permute_dims",  # NHWC -> NCHW
+    ]
+    layers = qpass.report.layers
+    assert [(layer.name, layer.kernel, layer.output, layer.fused) for layer in layers] == [
+        ("conv2d_0", "int32", "uint8", ["bias", "relu"]),
+        ("conv2d_1", "int32", "float32", []),
+    ]
+    # the first kernel's constants: packed weights, int32 bias with the zero-point term
+    call = next(b.value for b in after["main"].body.blocks[0].bindings
+                if _ops_one(b.value) == "call_tir:qconv2d_int32")
+    weight, bias, mult = (a.value.numpy() for a in call.args[1].fields[1:4])
+    w1 = before["main"].body.blocks[0].bindings[0].value.args[1].value.numpy()
+    b1 = before["main"].body.blocks[0].bindings[1].value.args[1].value.numpy().reshape(-1)
+    s_w, w_q = weight_params(w1)
+    px, py = activation_params(*RANGES["x"]), activation_params(*RANGES["r1"])
+    np.testing.assert_array_equal(weight, K.pack_weight_vnni(w_q))
+    s_acc = np.float32(px.scale) * s_w
+    expected_bias = np.round(b1 / s_acc) - px.zero_point * w_q.reshape(16, -1).sum(1)
+    np.testing.assert_array_equal(bias[:16], expected_bias.astype(np.int32))
+    np.testing.assert_allclose(mult[:16], s_acc / np.float32(py.scale), rtol=1e-6)
+
+
+def _ops_one(value) -> str | None:
+    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+        if value.op.name == "relax.call_tir":
+            name = re.match(r"q(conv2d|dense)_(vnni|int32)", value.args[0].name_hint)
+            return f"call_tir:{name.group(0) if name else value.args[0].name_hint}"
+        return value.op.name
+    return None
+
+
+def test_does_not_apply_to_a_conv_whose_weight_is_not_a_constant():
+    before = _conv_chain_module(weight_is_const=False)
+    qpass = quantize_int8(ranges=RANGES, vnni=False)
+    with HOST:
+        after = qpass(before)
+    ops = _ops(after["main"])
+    assert "relax.nn.conv2d" in ops  # the first conv is left float
+    assert any("the weight is not a constant" in r for r in qpass.report.refused)
+    assert [layer.name for layer in qpass.report.quantized] == ["conv2d_0"]  # only the second
+
+
+def test_does_nothing_without_a_layer_to_quantize():
+    x = relax.Var("x", relax.TensorType((2, 3), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.relu(x))
+        bb.emit_func_output(out)
+    before = bb.get()
+    with HOST:
+        after = quantize_int8()(before)
+    tvm.ir.assert_structural_equal(after, before)
+
+
+def test_skip_layers_leaves_the_named_layer_float():
+    qpass = quantize_int8(ranges=RANGES, skip_layers=["conv2d_0"], vnni=False)
+    with HOST:
+        after = qpass(_conv_chain_module())
+    assert _ops(after["main"]).count("relax.nn.conv2d") == 1
+    assert [(layer.name, layer.kernel) for layer in qpass.report.layers] == [
+        ("conv2d_0", "float"), ("conv2d_1", "int32")]
+
+
+@pytest.mark.parametrize(("threshold", "left_float"), [(1.0, []), (1e-9, ["conv2d_0", "conv2d_1"])])
+def test_sensitivity_measures_each_layer_and_leaves_the_worst_float(threshold, left_float):
+    from tvmforge.calibration import Calibrator
+
+    rng = np.random.default_rng(0)
+    calibrator = Calibrator([[rng.random((1, 3, 8, 8)).astype(np.float32)] for _ in range(4)])
+    qpass = quantize_int8(calibrator, sensitivity=threshold, vnni=False)
+    with HOST:
+        qpass(_conv_chain_module())
+    errors = qpass.report.errors
+    assert set(errors) == {"conv2d_0", "conv2d_1"}
+    assert all(0.0 < e < 0.05 for e in errors.values())  # int8 layers: errors of ~1 %
+    assert sorted(layer.name for layer in qpass.report.layers if layer.kernel == "float") == \
+        left_float
+
+
+def test_refuses_without_ranges_or_calibrator():
+    with HOST, pytest.raises(ValueError, match="needs activation ranges"):
+        quantize_int8()(_conv_chain_module())
+
+
+# ---- whole models --------------------------------------------------------------------------
+
+
+def _resnet_like() -> onnx.ModelProto:
+    """conv-relu-maxpool, conv-relu-depthwise-conv + residual Sum, relu, GAP, Gemm."""
+    rng = np.random.default_rng(0)
+
+    def w(name, shape, s):
+        return numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), name)
+
+    inits = [w("w1", (16, 3, 3, 3), 0.3), w("b1", (16,), 0.1), w("w2", (16, 16, 3, 3), 0.1),
+             w("b2", (16,), 0.1), w("wd", (16, 1, 3, 3), 0.3), w("w3", (16, 16, 1, 1), 0.2),
+             w("b3", (16,), 0.1), w("fc", (10, 16), 0.3), w("fcb", (10,), 0.1)]
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"]),
+        node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        node("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        node("Relu", ["c2"], ["r2"]),
+        node("Conv", ["r2", "wd"], ["dw"], name="dwconv", pads=[1, 1, 1, 1], group=16),
+        node("Conv", ["dw", "w3", "b3"], ["c3"], name="conv3"),
+        node("Sum", ["c3", "p1"], ["s"]),
+        node("Relu", ["s"], ["r3"]),
+        node("GlobalAveragePool", ["r3"], ["g"]),
+        node("Flatten", ["g"], ["f"]),
+        node("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1),
+    ]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                            [1, 3, 16, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:avx2"])
+def test_small_cnn_int8_matches_float_build(target):
+    """On a VNNI host the x86 build uses VNNI kernels; AVX2 gets the int32 kernels, scheduled
+    by the default CPU schedules."""
+    from tvmforge.build import build_model
+
+    model = _resnet_like()
+    rng = np.random.default_rng(3)
+    calibration = {"x": rng.random((16, 1, 3, 16, 16)).astype(np.float32)}
+    f = build_model(model, target, threads=2)
+    q = build_model(model, target, threads=2, quantize="int8", calibration=calibration)
+    report = q.quantization["report"]
+    vnni = HOST_VNNI and target == "x86"
+    dense = "vnni" if vnni else "int32"
+    assert {layer["name"]: layer["kernel"] for layer in report["layers"]} == {
+        "conv1": dense, "conv2": dense, "dwconv": "int32", "conv3": dense, "fc": dense}
+    fused = {layer["name"]: layer["fused"] for layer in report["layers"]}
+    assert fused["conv3"] == ["bias", "add", "relu"]  # the residual Sum is in the epilogue
+    for seed in range(3):
+        x = np.random.default_rng(seed).random((1, 3, 16, 16)).astype(np.float32)
+        ref, got = _run(f.executable, x), _run(q.executable, x)
+        assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()
+    asm = q.executable.mod.imports[0].inspect_source("asm")
+    assert (asm.count("vpdpbusd") > 0) == vnni
+
+
+def test_qdq_model_compiles_to_the_int8_kernel_without_calibration():
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    wq = rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8)
+    wq[:, 0, 0, 0] = 127  # full range per channel: re-deriving the weight scale is exact
+    f32 = np.float32
+    inits = [numpy_helper.from_array(wq, "wq"),
+             numpy_helper.from_array((rng.random(8) * 0.01 + 0.001).astype(f32), "ws"),
+             numpy_helper.from_array(np.zeros(8, np.int8), "wz"),
+             numpy_helper.from_array(f32(0.01), "xs"), numpy_helper.from_array(np.uint8(128), "xz"),
+             numpy_helper.from_array(f32(0.02), "ys"), numpy_helper.from_array(np.uint8(0), "yz")]
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             node("Relu", ["c"], ["r"]),
+             node("QuantizeLinear", ["r", "ys", "yz"], ["rq"]),
+             node("DequantizeLinear", ["rq", "ys", "yz"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+                       inits)
+    from tvmforge import frontend
+    from tvmforge.pipeline import tvmforge_pipeline
+
+    m = frontend.load(model)
+    mod = frontend.to_relax(m, frontend.resolve_inputs(m, {}))
+    qpass = quantize_int8()  # no calibrator: every range comes from the model's Q/DQ pairs
+    ex = tvm.compile(mod, target=HOST, relax_pipeline=tvmforge_pipeline(target=HOST,
+                                                                         graph=[qpass]))
+    assert qpass.report.qdq_tensors == 2 and qpass.report.observed_tensors == 0
+    assert [layer.name for layer in qpass.report.quantized] == ["conv2d_0"]
+    x = rng.random((1, 3, 8, 8)).astype(f32) * 2 - 0.5
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # the same integers up to one unit of the output scale (0.02) where a tie rounds apart
+    assert np.abs(_run(ex, x) - ref).max() <= 0.02 * 1.001
+
+    from tvmforge.build import build_model
+
+    built = build_model(model, "x86", threads=2, quantize="int8")  # no data needed
+    assert built.quantization["report"]["qdq_tensors"] == 2
+    assert built.quantization["settings"]["calibration"] == "qdq"
+    np.testing.assert_array_equal(_run(built.executable, x), _run(ex, x))
+
+
+# ---- accuracy on the digits split ----------------------------------------------------------
+
+
+@functools.cache
+def _digits():
+    spec = importlib.util.spec_from_file_location("digits_train", DIGITS / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    return train, train.split()
+
+
+@functools.cache
+def _float_accuracy(name: str) -> float:
+    from tvmforge.build import build_model
+
+    return _accuracy(build_model(DIGITS / name, "x86", threads=2))
+
+
+def _accuracy(built) -> float:
+    _, data = _digits()
+    vm = _vm(built.executable)
+    shape = tuple(int(d) for d in built.inputs[0].shape)
+    hits = 0
+    for x, y in zip(data["x_test"], data["y_test"], strict=True):
+        out = vm["main"](tvm.runtime.tensor(x.reshape(shape), tvm.cpu())).numpy()
+        hits += int(np.argmax(out) == y)
+    return 100.0 * hits / len(data["y_test"])
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+@pytest.mark.parametrize("name", ["digits_mlp.onnx", "digits_cnn.onnx"])
+def test_digits_int8_top1_within_one_point_of_float(name, method):
+    from tvmforge.build import build_model
+
+    _, data = _digits()
+    shape = (1, 64) if "mlp" in name else (1, 1, 8, 8)
+    calibration = {"x": data["x_calib"].reshape(len(data["x_calib"]), *shape)}
+    q = build_model(DIGITS / name, "x86", threads=2, quantize="int8", calibration=calibration,
+                    calibration_method=method)
+    assert len(q.quantization["report"]["layers"]) >= 3
+    assert all(layer["kernel"] != "float" for layer in q.quantization["report"]["layers"])
+    float_acc = _float_accuracy(name)
+    assert float_acc > 95.0
+    assert _accuracy(q) >= float_acc - 1.0
