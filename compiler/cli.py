@@ -347,6 +347,14 @@ def _reports_interrupted_tuning() -> Iterator[None]:
 
 
 def _print_compiled(path: Path, built) -> None:
+    pruning = getattr(built, "pruning", None)
+    if pruning:
+        click.echo(
+            f"pruned: FLOPs {pruning['flops_before'] / 1e6:,.1f} M -> "
+            f"{pruning['flops_after'] / 1e6:,.1f} M, parameters "
+            f"{pruning['params_before'] / 1e6:.2f} M -> {pruning['params_after'] / 1e6:.2f} M "
+            "(per layer: tvmforge inspect OUT.tar --json)"
+        )
     secs = built.seconds
     click.echo(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {built.target.spec()} in "
