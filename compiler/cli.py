@@ -350,9 +350,8 @@ def _print_compiled(path: Path, built) -> None:
     pruning = getattr(built, "pruning", None)
     if pruning:
         click.echo(
-            f"pruned: FLOPs {pruning['flops_before'] / 1e6:,.1f} M -> "
-            f"{pruning['flops_after'] / 1e6:,.1f} M, parameters "
-            f"{pruning['params_before'] / 1e6:.2f} M -> {pruning['params_after'] / 1e6:.2f} M "
+            f"pruned: FLOPs {pruning['flops_before']:,} -> {pruning['flops_after']:,}, "
+            f"parameters {pruning['params_before']:,} -> {pruning['params_after']:,} "
             "(per layer: tvmforge inspect OUT.tar --json)"
         )
     secs = built.seconds
