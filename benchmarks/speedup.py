@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return best
 
     times_a, times_b, ratios = [], [], []
+    load_start = os.getloadavg()[0]
     for r in range(args.rounds):
         order = (0, 1) if r % 2 == 0 else (1, 0)
         got = {i: best_of(vms[i]) for i in order}
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(got[0] / got[1])
     q = statistics.quantiles(ratios, n=4)
     result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # start, end
         "model": args.model,
         "variant": variant,
         "threads": args.threads,

@@ -107,8 +107,12 @@ _STACK_REDUCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relax.min": lambda s: s.min(axis=0),
 }
 
-_POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
-          "relax.nn.adaptive_max_pool2d")
+_POOLS = (
+    "relax.nn.max_pool2d",
+    "relax.nn.avg_pool2d",
+    "relax.nn.adaptive_avg_pool2d",
+    "relax.nn.adaptive_max_pool2d",
+)
 _RESHAPES = ("relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.flatten")
 
 
@@ -192,6 +196,15 @@ class Layer:
         if self.kind == "depthwise":
             return 2 * n * ho * wo * kernel * out_kept
         return 2 * n * ho * wo * kernel * in_kept * out_kept
+
+    def params(self, out_kept: int, in_kept: int) -> int:
+        """Scalars of the weight with ``out_kept`` outputs and ``in_kept`` contracted inputs."""
+        if self.kind == "matmul":
+            return in_kept * out_kept
+        kernel = self.weight.shape[2] * self.weight.shape[3]
+        if self.kind == "depthwise":
+            return out_kept * kernel
+        return out_kept * in_kept * kernel
 
     def output_norms(self, order: int) -> np.ndarray:
         """L1 (``order=1``) or L2 norm of each output channel's weights."""
@@ -288,8 +301,9 @@ class ChannelGraph:
         for space, index in zip(chan.space[tracked], chan.index[tracked], strict=True):
             self._pinned[self.find(int(space))][index] = True
         self.refusals.append(Refusal(where, why))
-        log.info("prune_channels: keeping the %d channel(s) at %s: %s", int(tracked.sum()),
-                 where, why)
+        log.info(
+            "prune_channels: keeping the %d channel(s) at %s: %s", int(tracked.sum()), where, why
+        )
 
     # ---- the walk -----------------------------------------------------------------------
 
@@ -390,13 +404,26 @@ class ChannelGraph:
         if groups == 1:
             layer_id = len(self.layers)
             space = self._new_space(c_out, layer_id)
-            self._add_layer(Layer(var, "conv2d", weight, chan, x, space, in_shape, out_shape,
-                                  attrs, np.ones(c_out)))
+            self._add_layer(
+                Layer(
+                    var,
+                    "conv2d",
+                    weight,
+                    chan,
+                    x,
+                    space,
+                    in_shape,
+                    out_shape,
+                    attrs,
+                    np.ones(c_out),
+                )
+            )
             cval = np.where(zero, 0.0, np.nan)
             return Chan(1, np.full(c_out, space), np.arange(c_out), cval, producer=layer_id)
         if groups == c_in == c_out and weight.shape[1] == 1:
-            self._add_layer(Layer(var, "depthwise", weight, chan, x, None, in_shape, out_shape,
-                                  attrs))
+            self._add_layer(
+                Layer(var, "depthwise", weight, chan, x, None, in_shape, out_shape, attrs)
+            )
             if chan is None:
                 return Chan.fixed(1, c_out)
             unpadded = not any(int(p) for p in attrs.padding)
@@ -410,8 +437,12 @@ class ChannelGraph:
     def _matmul(self, var, call: relax.Call):
         x, w = call.args
         in_shape, out_shape = static_shape(x), static_shape(var)
-        if (not isinstance(w, tvm.ir.GenericConst) or in_shape is None or out_shape is None
-                or len(w.value.shape) != 2):
+        if (
+            not isinstance(w, tvm.ir.GenericConst)
+            or in_shape is None
+            or out_shape is None
+            or len(w.value.shape) != 2
+        ):
             return self._refuse(var, call, "matmul whose weight is not a 2-D constant")
         weight = w.value.numpy()
         chan = self._chan(x)
@@ -423,11 +454,13 @@ class ChannelGraph:
         n_out = weight.shape[1]
         layer_id = len(self.layers)
         space = self._new_space(n_out, layer_id)
-        self._add_layer(Layer(var, "matmul", weight, chan, x, space, in_shape, out_shape, None,
-                              np.ones(n_out)))
+        self._add_layer(
+            Layer(var, "matmul", weight, chan, x, space, in_shape, out_shape, None, np.ones(n_out))
+        )
         cval = np.where(~weight.any(axis=0), 0.0, np.nan)
-        return Chan(len(out_shape) - 1, np.full(n_out, space), np.arange(n_out), cval,
-                    producer=layer_id)
+        return Chan(
+            len(out_shape) - 1, np.full(n_out, space), np.arange(n_out), cval, producer=layer_id
+        )
 
     def _add_layer(self, layer: Layer) -> None:
         self.layer_of[layer.var] = len(self.layers)
@@ -496,7 +529,8 @@ class ChannelGraph:
             if call.op.name in ("relax.add", "relax.subtract") and first_is_tensor:
                 producer = chans[0].producer
             elif call.op.name == "relax.multiply" or (
-                    call.op.name == "relax.divide" and first_is_tensor):
+                call.op.name == "relax.divide" and first_is_tensor
+            ):
                 producer = chans[0].producer
                 if np.all(np.isfinite(factor)) and np.all(factor != 0):
                     layer = self.layers[producer]
@@ -531,10 +565,12 @@ class ChannelGraph:
             else:
                 bad |= at
         if bad.any():
-            self._pin(Chan(0, sa[bad], ia[bad], ia[bad]), where,
-                      "joins channels whose layouts differ")
-            self._pin(Chan(0, sb[bad], ib[bad], ib[bad]), where,
-                      "joins channels whose layouts differ")
+            self._pin(
+                Chan(0, sa[bad], ia[bad], ia[bad]), where, "joins channels whose layouts differ"
+            )
+            self._pin(
+                Chan(0, sb[bad], ib[bad], ib[bad]), where, "joins channels whose layouts differ"
+            )
         space = np.where(bad | (ra == FIXED), FIXED, sa)
         return space, ia
 
@@ -578,8 +614,9 @@ class ChannelGraph:
         fields = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
         if fields is None:
             return []
-        return [(c if isinstance(c := self._chan(f), Chan) else None, static_shape(f))
-                for f in fields]
+        return [
+            (c if isinstance(c := self._chan(f), Chan) else None, static_shape(f)) for f in fields
+        ]
 
     def _concat(self, var, call: relax.Call):
         operands = self._operands(var, call)
@@ -592,11 +629,17 @@ class ChannelGraph:
         tracked_axes = {c.axis for c, _ in operands if c is not None}
         if tracked_axes == {axis}:
             parts = [c if c is not None else Chan.fixed(axis, s[axis]) for c, s in operands]
-            return Chan(axis, np.concatenate([p.space for p in parts]),
-                        np.concatenate([p.index for p in parts]),
-                        np.concatenate([p.cval for p in parts]))
-        if len(tracked_axes) == 1 and axis not in tracked_axes and all(
-                c is not None for c, _ in operands):
+            return Chan(
+                axis,
+                np.concatenate([p.space for p in parts]),
+                np.concatenate([p.index for p in parts]),
+                np.concatenate([p.cval for p in parts]),
+            )
+        if (
+            len(tracked_axes) == 1
+            and axis not in tracked_axes
+            and all(c is not None for c, _ in operands)
+        ):
             out = self._join([c for c, _ in operands], f"{_name(var)} = concat")
             return out.moved(out.axis, cval=np.full(len(out), np.nan))
         return self._refuse(var, call, "concat mixing channel layouts")
@@ -612,8 +655,9 @@ class ChannelGraph:
         out = self._join([c for c, _ in operands], f"{_name(var)} = stack")
         axis = out.axis + 1 if stack_axis <= out.axis else out.axis
         stacked = np.stack([c.cval for c, _ in operands])
-        return out.moved(axis, cval=np.full(len(out), np.nan), stacked=stacked,
-                         stack_axis=stack_axis)
+        return out.moved(
+            axis, cval=np.full(len(out), np.nan), stacked=stacked, stack_axis=stack_axis
+        )
 
     def _reshape(self, var, call: relax.Call):
         chan = self._chan(call.args[0])
@@ -626,8 +670,12 @@ class ChannelGraph:
         if placed is None:
             return self._refuse(var, call, "reshape that splits or mixes the channel axis")
         axis, repeat = placed
-        out = Chan(axis, np.repeat(chan.space, repeat), np.repeat(chan.index, repeat),
-                   np.repeat(chan.cval, repeat))
+        out = Chan(
+            axis,
+            np.repeat(chan.space, repeat),
+            np.repeat(chan.index, repeat),
+            np.repeat(chan.cval, repeat),
+        )
         if call.op.name == "relax.reshape":
             self.shape_sites[var] = out
         return out
@@ -668,8 +716,11 @@ class ChannelGraph:
         if shape is None or int(call.attrs.axis) % len(shape) == chan.axis:
             return self._refuse(var, call, "split along the channel axis")
         sections = call.attrs.indices_or_sections
-        count = (int(sections) if not isinstance(sections, tvm.ir.Array | list | tuple)
-                 else len(sections) + 1)
+        count = (
+            int(sections)
+            if not isinstance(sections, tvm.ir.Array | list | tuple)
+            else len(sections) + 1
+        )
         return [chan.moved(chan.axis, cval=chan.cval) for _ in range(count)]
 
 
@@ -687,12 +738,15 @@ def _per_channel(const: np.ndarray, axis: int, length: int) -> np.ndarray:
 
 def _place_channel_axis(in_shape, axis: int, out_shape) -> tuple[int, int] | None:
     """Where a reshape puts channel axis ``axis``: (output axis, positions per channel)."""
-    pre, channels, post = math.prod(in_shape[:axis]), in_shape[axis], math.prod(
-        in_shape[axis + 1:])
+    pre, channels, post = (
+        math.prod(in_shape[:axis]),
+        in_shape[axis],
+        math.prod(in_shape[axis + 1 :]),
+    )
     for a in range(len(out_shape)):
         if math.prod(out_shape[:a]) != pre:
             continue
-        size, rest = out_shape[a], math.prod(out_shape[a + 1:])
+        size, rest = out_shape[a], math.prod(out_shape[a + 1 :])
         if size % channels == 0 and size // channels * rest == post and size > 0:
             return a, size // channels
     return None

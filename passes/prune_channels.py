@@ -38,10 +38,29 @@ the minimum widths allow; the report says how far). A group's importance is::
     I(i) = Σ_members ||W_m[i]||_p · |gamma_m,i / std_m,i|    (p = 1 for "l1", 2 for "l2")
 
 the norm of each producer's filter ``i`` with the BatchNorm scale that follows it folded in,
-divided by the mean importance of its space so layers of different fan-in compare. Groups are
+divided by the mean importance of its space so layers of different fan-in compare (for
+``"taylor"``, see below). Groups are
 removed lowest first, ``align`` channels at a time, so that every pruned layer keeps a multiple
-of ``align`` (the target's vector width, at least 8: unaligned channel counts measured slower
-than no pruning at all) and at least ``align`` channels; constant channels go first, for free.
+of ``align`` channels or exactly ``min_channels`` (on a CPU: ``align`` is two vector registers of
+channels, so the packed conv kernels get at least two channel vectors per register tile,
+``min_channels`` one; unaligned counts measured slower than no pruning at all, see
+``default_align``); constant channels go first, for free.
+
+*Taylor* (``method="taylor"``, needs calibration data): the importance of channel ``i`` is the
+change of a loss ``L`` were it removed, by a Taylor expansion in a gate ``m_i`` on the channel
+(``1`` kept, ``0`` removed). Without labels or a training loss there are no gradients to take,
+so ``L`` is the squared error of the channel's consumers' outputs against the unpruned model's,
+on the calibration data. ``L`` is quadratic in ``m``, and its first-order term
+``E[a_i · dL/da_i]`` (the |activation x gradient| of Molchanov et al.) is zero at the unpruned
+model, so the expansion is exact at second order::
+
+    I(i) = Σ_consumers c  E[a_i²] · Σ_o ||s_o W_c[o, i]||²
+
+(``a_i`` the channel's activations as the consumer reads them, ``s_o`` the BatchNorm scale after
+the consumer). For a 1x1 conv or a dense layer this is exactly ``E||Δy||²``; for a kxk conv it
+treats a channel's neighbouring pixels as uncorrelated (and ignores the zero padding). Unlike the
+weight norms it sees what the data does: a channel the activation keeps at zero costs nothing,
+whatever its filter. Per space, scores are again divided by their mean.
 
 *Calibration* (optional ``{input: [N, ...]}``): with activations of the unpruned model on the
 calibration inputs, each consumer's removed channels ``X_r`` are predicted from its kept ones
@@ -84,12 +103,15 @@ __all__ = [
     "PruneReport",
     "default_align",
     "default_runner",
+    "layer_table",
     "ordinal_key",
     "prune_channels",
+    "summary_line",
     "weight_key",
 ]
 
-METHODS = {"l1": 1, "l2": 2}
+# importance: norm order of the output filters, or "taylor" (calibration activations)
+METHODS: dict[str, int | None] = {"l1": 1, "l2": 2, "taylor": None}
 # A refit solves a (channels x channels) system per consumer; wider inputs are not refit.
 MAX_CALIBRATED_CHANNELS = 4096
 
@@ -99,24 +121,44 @@ Runner = Callable[[tvm.IRModule], Callable[[Sequence[np.ndarray]], list[np.ndarr
 
 @dataclass
 class LayerChange:
+    """One conv2d / depthwise conv / matmul: channels, weight parameters and FLOPs, (before,
+    after)."""
+
     name: str
     op: str
     channels: tuple[int, int]  # output channels before, after
     in_channels: tuple[int, int]
     flops: tuple[int, int]
+    params: tuple[int, int] = (0, 0)  # scalars of the layer's weight
+
+    @property
+    def changed(self) -> bool:
+        return self.channels[0] != self.channels[1] or self.in_channels[0] != self.in_channels[1]
 
 
 @dataclass
 class PruneReport:
-    """What ``prune_channels`` did: FLOPs (conv2d + matmul) and parameters before/after."""
+    """What ``prune_channels`` did: FLOPs (conv2d + matmul), parameters and weight bytes
+    before/after, in total and per layer.
+
+    ``layers`` holds every conv2d / matmul the analysis follows; ``other_params`` and
+    ``other_flops`` the rest, so that ``sum(layer params) + other_params == params`` and
+    ``sum(layer FLOPs) + other_flops == flops`` before and after: biases, BatchNorm constants
+    and the weights of layers the analysis does not follow (grouped convs) are ``other``.
+    """
 
     method: str
     ratio: float
     align: int
+    min_channels: int = 0
     flops_before: int = 0
     flops_after: int = 0
     params_before: int = 0
     params_after: int = 0
+    weight_bytes_before: int = 0  # bytes of all constants of ``main``
+    weight_bytes_after: int = 0
+    other_params: tuple[int, int] = (0, 0)
+    other_flops: tuple[int, int] = (0, 0)
     removed_channels: int = 0
     lossless_channels: int = 0  # removed channels that were constant (folded exactly)
     calibrated_layers: int = 0
@@ -130,18 +172,118 @@ class PruneReport:
     def to_json(self) -> dict:
         data = asdict(self)
         data["flops_removed"] = round(self.flops_removed, 4)
+        data["other_params"] = list(self.other_params)
+        data["other_flops"] = list(self.other_flops)
         data["layers"] = [
-            {**asdict(c), "channels": list(c.channels), "in_channels": list(c.in_channels),
-             "flops": list(c.flops)} for c in self.layers
+            {
+                **asdict(c),
+                "channels": list(c.channels),
+                "in_channels": list(c.in_channels),
+                "flops": list(c.flops),
+                "params": list(c.params),
+            }
+            for c in self.layers
         ]
         return data
 
     def summary(self) -> str:
-        changed = sum(c.channels[0] != c.channels[1] for c in self.layers)
-        return (f"removed {self.removed_channels} channel(s) ({self.lossless_channels} constant) "
-                f"in {changed} layer(s); conv/dense FLOPs {self.flops_before / 1e6:.1f}M -> "
-                f"{self.flops_after / 1e6:.1f}M (-{100 * self.flops_removed:.1f}%), parameters "
-                f"{self.params_before} -> {self.params_after}")
+        return summary_line(self.to_json())
+
+
+def _pct(before: int, after: int) -> str:
+    return f"{100 * (after - before) / before:+.1f}%" if before else "+0.0%"
+
+
+def summary_line(report: Mapping) -> str:
+    """One line for a build log from a report's JSON (``PruneReport.to_json``)."""
+    r = report
+    changed = sum(
+        c["channels"][0] != c["channels"][1] or c["in_channels"][0] != c["in_channels"][1]
+        for c in r["layers"]
+    )
+    return (
+        f"{changed} of {len(r['layers'])} layer(s) narrowed ({r['removed_channels']} channel(s) "
+        f"removed, {r['lossless_channels']} constant); FLOPs {r['flops_before'] / 1e9:.3f}G -> "
+        f"{r['flops_after'] / 1e9:.3f}G ({_pct(r['flops_before'], r['flops_after'])}), "
+        f"parameters {r['params_before'] / 1e6:.3f}M -> {r['params_after'] / 1e6:.3f}M "
+        f"({_pct(r['params_before'], r['params_after'])}), weights "
+        f"{r['weight_bytes_before'] / 1e6:.2f} MB -> {r['weight_bytes_after'] / 1e6:.2f} MB"
+    )
+
+
+def layer_table(report: Mapping, everything: bool = False) -> list[str]:
+    """The per-layer table of a report's JSON: the pruned layers (all with ``everything``),
+    then one row for the rest and the totals."""
+    rows = [("layer", "op", "out ch", "in ch", "params", "FLOPs")]
+
+    def pair(v, fmt=str) -> str:
+        return fmt(v[0]) if v[0] == v[1] else f"{fmt(v[0])} -> {fmt(v[1])}"
+
+    def mega(n: int) -> str:
+        for scale, unit, digits in ((1e9, "G", 3), (1e6, "M", 3), (1e4, "k", 1)):
+            if n >= scale:
+                return f"{n / (scale if unit != 'k' else 1e3):.{digits}f}{unit}"
+        return str(n)
+
+    shown = [
+        c
+        for c in report["layers"]
+        if everything
+        or c["channels"][0] != c["channels"][1]
+        or c["in_channels"][0] != c["in_channels"][1]
+    ]
+    for c in shown:
+        rows.append(
+            (
+                c["name"],
+                c["op"],
+                pair(c["channels"]),
+                pair(c["in_channels"]),
+                pair(c["params"], mega),
+                pair(c["flops"], mega),
+            )
+        )
+    hidden = len(report["layers"]) - len(shown)
+    if hidden:
+        rest = [c for c in report["layers"] if c not in shown]
+        rows.append(
+            (
+                f"({hidden} unchanged layer(s))",
+                "",
+                "",
+                "",
+                mega(sum(c["params"][0] for c in rest)),
+                mega(sum(c["flops"][0] for c in rest)),
+            )
+        )
+    rows.append(
+        (
+            "(biases, BatchNorm, other)",
+            "",
+            "",
+            "",
+            pair(report["other_params"], mega),
+            pair(report["other_flops"], mega),
+        )
+    )
+    rows.append(
+        (
+            "total",
+            "",
+            "",
+            "",
+            pair((report["params_before"], report["params_after"]), mega),
+            pair((report["flops_before"], report["flops_after"]), mega),
+        )
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            v.ljust(w) if i < 2 else v.rjust(w)
+            for i, (v, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    ]
 
 
 def weight_key(weight: np.ndarray) -> str:
@@ -157,21 +299,38 @@ def ordinal_key(index: int, shape: Sequence[int]) -> str:
     return f"#{index}:{'x'.join(str(int(d)) for d in shape)}"
 
 
-def default_align(target: tvm.target.Target | None) -> int:
-    """Channel multiple pruned layers keep: the CPU's fp32 vector lanes, and at least 8.
+def default_align(target: tvm.target.Target | None) -> tuple[int, int]:
+    """``(align, min_channels)``: pruned layers keep a multiple of ``align`` channels or
+    exactly ``min_channels``.
 
+    On a CPU, ``min_channels`` is the fp32 vector lanes (at least 8) and ``align`` twice that:
+    ``pack_conv_weights`` packs output channels in blocks of one vector and
+    ``schedule_cpu_default`` gives a packed conv a register tile of ``nf`` blocks, ``nf`` a
+    divisor of the block count of at most 4; ``pack_dense_weights`` uses panels of two
+    vectors. An odd block count (208 = 13 x 16) leaves ``nf = 1``: twice the loads per FMA.
     Measured on ResNet-50 pruned to 50 % of its FLOPs (AVX-512, 2 threads, tvmforge's default
-    schedules, interleaved runs): multiples of 16 ran 1.5-1.7x faster than unpruned, multiples
-    of 8 1.2-1.4x, unaligned counts 0.9-0.95x (slower than no pruning). GPUs get 16 (not
-    measured).
+    schedules with packed weights, interleaved runs, one process, 2026-11-22): multiples of 16
+    ran 1.67-1.71x faster than unpruned, multiples of 32 1.83x, of 64 1.92x (fewer, coarser
+    choices: 64-channel layers can no longer be pruned); earlier, without packed weights,
+    multiples of 8 ran 1.2-1.4x and unaligned counts 0.9-0.95x (slower than no pruning).
+    Without a target: 8 and 8; GPUs: 16 and 16 (not measured).
     """
     if target is None:
-        return 8
+        return 8, 8
     if target.kind.name in ("llvm", "c"):
         from .schedule_cpu_default import CpuScheduleParams
 
-        return max(8, CpuScheduleParams.from_target(target).lanes)
-    return 16
+        lanes = max(8, CpuScheduleParams.from_target(target).lanes)
+        return 2 * lanes, lanes
+    return 16, 16
+
+
+def _kept_counts(size: int, align: int, minimum: int) -> list[int]:
+    """The channel counts below ``size`` a pruned space may keep, widest first."""
+    counts = list(range(align * ((size - 1) // align), align - 1, -align))
+    if minimum < min(align, size):
+        counts.append(minimum)
+    return counts
 
 
 def default_runner(mod: tvm.IRModule) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
@@ -207,8 +366,17 @@ class _Space:
 class _Plan:
     """Which channels each space keeps; FLOPs of the layers under that choice."""
 
-    def __init__(self, graph: ChannelGraph, order: int, align: int, other_flops: int):
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        order: int | None,
+        align: int,
+        other_flops: int,
+        importance: Mapping[int, np.ndarray] | None = None,
+        min_channels: int | None = None,
+    ):
         self.graph = graph
+        self.importance = importance or {}
         self.roots = graph.roots()
         self.offset, total = {}, 0
         for r in self.roots:
@@ -217,7 +385,8 @@ class _Plan:
         self.keep = np.ones(total, bool)
         self.other_flops = other_flops
         self.constant = self._constant_channels()
-        self.spaces = [self._space(r, order, align) for r in self.roots]
+        minimum = align if min_channels is None else min_channels
+        self.spaces = [self._space(r, order, align, minimum) for r in self.roots]
         self._positions = [self._global(layer.inp) for layer in graph.layers]
 
     def _global(self, chan: Chan | None) -> np.ndarray | None:
@@ -227,8 +396,10 @@ class _Plan:
         roots = self.graph.roots_of(chan)
         out = np.full(len(chan), -1, np.int64)
         tracked = roots != FIXED
-        out[tracked] = [self.offset[int(r)] + int(i) for r, i in
-                        zip(roots[tracked], chan.index[tracked], strict=True)]
+        out[tracked] = [
+            self.offset[int(r)] + int(i)
+            for r, i in zip(roots[tracked], chan.index[tracked], strict=True)
+        ]
         return out
 
     def kept_positions(self, chan: Chan) -> np.ndarray:
@@ -246,14 +417,16 @@ class _Plan:
             ok[g[bad]] = False
         return ok
 
-    def _space(self, root: int, order: int, align: int) -> _Space:
+    def _space(self, root: int, order: int | None, align: int, minimum: int) -> _Space:
         graph = self.graph
         size, pinned = graph.size(root), graph.pinned(root)
         start = self.offset[root]
-        constant = self.constant[start:start + size] & ~pinned
-        importance = np.zeros(size)
-        for m in graph.members(root):
-            importance += graph.layers[m].output_norms(order)
+        constant = self.constant[start : start + size] & ~pinned
+        importance = self.importance.get(root)
+        if importance is None:  # norms (for "taylor": a space no calibrated consumer reads)
+            importance = np.zeros(size)
+            for m in graph.members(root):
+                importance += graph.layers[m].output_norms(order or 1)
         removable = ~pinned
         mean = importance[removable].mean() if removable.any() else 1.0
         score = importance / mean if mean > 0 else importance
@@ -262,23 +435,23 @@ class _Plan:
         free_idx = free_idx[np.argsort(score[free_idx], kind="stable")]
         rest = rest[np.argsort(score[rest], kind="stable")]
         order_idx = np.concatenate([free_idx, rest]).astype(np.int64)
-        # constant channels go for free, as far as the alignment of what is left allows
+        # constant channels go for free, as far as the alignment of what is left allows;
+        # layers too narrow to have an aligned count below their width lose only those
+        counts = _kept_counts(size, align, minimum)
         kept = size - len(free_idx)
-        if align > 1 and size > align:
-            kept = min(size, -(-kept // align) * align)
-        kept = max(kept, 1 if size <= align else align)
-        free = size - kept
+        if counts:
+            kept = min(c for c in [*counts, size] if c >= kept) if kept > counts[-1] else counts[-1]
+        free = size - max(kept, 1)
         levels: list[tuple[float, int]] = []
-        if size > align:
-            removed = free
-            while True:
-                k = size - removed
-                nxt = (k // align) * align if k % align else k - align
-                if nxt < align or size - nxt > len(order_idx):
-                    break
-                chunk = order_idx[removed:size - nxt]
-                levels.append((float(score[chunk].mean()), size - nxt))
-                removed = size - nxt
+        removed = free
+        for c in counts:
+            if size - c <= removed:
+                continue
+            if size - c > len(order_idx):
+                break
+            chunk = order_idx[removed : size - c]
+            levels.append((float(score[chunk].mean()), size - c))
+            removed = size - c
         return _Space(root, order_idx, free, levels)
 
     def apply(self, removed: Mapping[int, int]) -> None:
@@ -292,12 +465,15 @@ class _Plan:
         """(out, in) channels layer ``i`` keeps under the current choice."""
         layer = self.graph.layers[i]
         g = self._positions[i]
-        in_kept = layer.in_channels if g is None else int(
-            np.where(g < 0, True, self.keep[np.maximum(g, 0)]).sum())
+        in_kept = (
+            layer.in_channels
+            if g is None
+            else int(np.where(g < 0, True, self.keep[np.maximum(g, 0)]).sum())
+        )
         if layer.kind == "depthwise":
             return in_kept, in_kept
         start = self.offset[self.graph.find(layer.space)]
-        return int(self.keep[start:start + layer.out_channels].sum()), in_kept
+        return int(self.keep[start : start + layer.out_channels].sum()), in_kept
 
     def flops(self) -> int:
         total = self.other_flops
@@ -323,8 +499,11 @@ class _Plan:
         lo, hi = 0, len(chunks)
         self.apply(upto(hi))
         if self.flops() > target:
-            log.info("prune_channels: only %.1f%% of the FLOPs can go (asked for %.1f%%)",
-                     100 * (1 - self.flops() / total_flops), 100 * ratio)
+            log.info(
+                "prune_channels: only %.1f%% of the FLOPs can go (asked for %.1f%%)",
+                100 * (1 - self.flops() / total_flops),
+                100 * ratio,
+            )
             return
         while lo < hi:
             mid = (lo + hi) // 2
@@ -378,8 +557,10 @@ def _calibration_samples(func: relax.Function, calibration) -> list[list[np.ndar
         by_name = {p.name: p for p in params}
         missing = [p.name for p in params if p.name not in calibration]
         if missing:
-            raise ValueError(f"calibration data lacks input(s) {', '.join(missing)}; "
-                             f"it has {', '.join(map(str, calibration))}")
+            raise ValueError(
+                f"calibration data lacks input(s) {', '.join(missing)}; "
+                f"it has {', '.join(map(str, calibration))}"
+            )
         arrays = [np.asarray(calibration[p.name]) for p in by_name.values()]
     else:
         arrays = [np.asarray(a) for a in calibration]
@@ -393,12 +574,14 @@ def _calibration_samples(func: relax.Function, calibration) -> list[list[np.ndar
         if a.shape[1:] == shape:
             samples = [a[i] for i in range(a.shape[0])]
         elif shape and shape[0] == 1 and a.shape[1:] == shape[1:]:
-            samples = [a[i:i + 1] for i in range(a.shape[0])]
+            samples = [a[i : i + 1] for i in range(a.shape[0])]
         elif a.shape == shape:
             samples = [a]
         else:
-            raise ValueError(f"calibration array for {p.name} has shape {a.shape}; "
-                             f"expected [num_samples, {', '.join(map(str, shape))}]")
+            raise ValueError(
+                f"calibration array for {p.name} has shape {a.shape}; "
+                f"expected [num_samples, {', '.join(map(str, shape))}]"
+            )
         dtype = str(p.ty.dtype)
         per_input.append([np.ascontiguousarray(x, dtype=dtype) for x in samples])
     counts = {len(s) for s in per_input}
@@ -413,9 +596,13 @@ def _calibration_samples(func: relax.Function, calibration) -> list[list[np.ndar
 class _Rewriter:
     """Replays ``main`` binding by binding with the pruned constants."""
 
-    def __init__(self, graph: ChannelGraph, plan: _Plan | None,
-                 weights: Mapping[relax.Var, np.ndarray] | None = None,
-                 biases: Mapping[relax.Var, np.ndarray] | None = None):
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        plan: _Plan | None,
+        weights: Mapping[relax.Var, np.ndarray] | None = None,
+        biases: Mapping[relax.Var, np.ndarray] | None = None,
+    ):
         self.graph, self.plan = graph, plan
         self.weights, self.biases = weights or {}, biases or {}
         self.vmap: dict[relax.Var, relax.Var] = {}
@@ -437,8 +624,17 @@ class _Rewriter:
             if layer.kind == "depthwise":
                 a = call.attrs
                 return relax.op.nn.conv2d(
-                    args[0], relax.const(weight), a.strides, a.padding, a.dilation,
-                    weight.shape[0], a.data_layout, a.kernel_layout, a.out_layout, a.out_dtype)
+                    args[0],
+                    relax.const(weight),
+                    a.strides,
+                    a.padding,
+                    a.dilation,
+                    weight.shape[0],
+                    a.data_layout,
+                    a.kernel_layout,
+                    a.out_layout,
+                    a.out_dtype,
+                )
             args[1] = relax.const(weight)
         if self.plan is not None:
             for i, axis, chan in self.graph.const_sites.get(var, []):
@@ -464,8 +660,9 @@ class _Rewriter:
                         self._block(bb, block, dataflow, exposed)
                 else:
                     self._block(bb, block, dataflow, exposed)
-            body = (relax.Tuple([self.sub(v) for v in expose]) if expose
-                    else self.sub(func.body.body))
+            body = (
+                relax.Tuple([self.sub(v) for v in expose]) if expose else self.sub(func.body.body)
+            )
             bb.emit_func_output(body)
         return bb.get()["main"]
 
@@ -480,36 +677,50 @@ class _Rewriter:
             if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
                 expr = self._call(var, value)
             elif isinstance(value, relax.Call):
-                expr = relax.Call(self.sub(value.op), [self.sub(a) for a in value.args],
-                                  value.attrs, value.ty_args)
+                expr = relax.Call(
+                    self.sub(value.op),
+                    [self.sub(a) for a in value.args],
+                    value.attrs,
+                    value.ty_args,
+                )
             else:
                 expr = self.sub(value)
             bias = self.biases.get(var)
             if bias is not None:
-                expr = relax.op.add(bb.emit(expr, name_hint=var.name + "_pruned"),
-                                    relax.const(bias))
+                expr = relax.op.add(
+                    bb.emit(expr, name_hint=var.name + "_pruned"), relax.const(bias)
+                )
             emit = bb.emit_output if is_output else bb.emit
             self.vmap[var] = emit(expr, name_hint=var.name)
 
 
-def _constants(func: relax.Function) -> int:
-    """Number of scalars held in the function's constants."""
-    seen: dict[tvm.ir.GenericConst, int] = {}
+def _constants(func: relax.Function, skip_layer_weights: bool = False) -> tuple[int, int]:
+    """(scalars, bytes) held in the function's constants; ``skip_layer_weights``: leaving out
+    the constant weights of conv2d and matmul calls."""
+    seen: dict[tvm.ir.GenericConst, tuple[int, int]] = {}
 
     def visit(expr) -> None:
         if isinstance(expr, tvm.ir.GenericConst):
-            seen[expr] = math.prod(expr.value.shape)
+            shape = tuple(int(d) for d in expr.value.shape)
+            seen[expr] = (math.prod(shape), math.prod(shape) * expr.value.dtype.bits // 8)
         elif isinstance(expr, relax.Tuple):
             for f in expr.fields:
                 visit(f)
         elif isinstance(expr, relax.Call):
-            for a in expr.args:
+            args = list(expr.args)
+            if (
+                skip_layer_weights
+                and isinstance(expr.op, tvm.ir.Op)
+                and expr.op.name in ("relax.nn.conv2d", "relax.matmul")
+            ):
+                args = args[:1]
+            for a in args:
                 visit(a)
 
     for block in func.body.blocks:
         for binding in block.bindings:
             visit(binding.value)
-    return sum(seen.values())
+    return sum(n for n, _ in seen.values()), sum(b for _, b in seen.values())
 
 
 def _ordinals(func: relax.Function) -> dict[relax.Var, int]:
@@ -518,8 +729,11 @@ def _ordinals(func: relax.Function) -> dict[relax.Var, int]:
     for block in func.body.blocks:
         for binding in block.bindings:
             call = binding.value
-            if (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
-                    and call.op.name in ("relax.nn.conv2d", "relax.matmul")):
+            if (
+                isinstance(call, relax.Call)
+                and isinstance(call.op, tvm.ir.Op)
+                and call.op.name in ("relax.nn.conv2d", "relax.matmul")
+            ):
                 found[binding.var] = len(found)
     return found
 
@@ -561,14 +775,20 @@ class PruneChannels:
         align: int | None = None,
         runner: Runner | None = None,
         layer_names: Mapping[str, str] | None = None,
+        min_channels: int | None = None,
     ):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
         if method not in METHODS:
             raise ValueError(f"prune method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == "taylor" and calibration is None:
+            raise ValueError("prune method 'taylor' needs calibration data")
         if align is not None and align < 1:
             raise ValueError(f"align must be >= 1, got {align}")
+        if min_channels is not None and not 1 <= min_channels <= (align or min_channels):
+            raise ValueError(f"min_channels must be in [1, align], got {min_channels}")
         self.ratio, self.method, self.align = float(ratio), method, align
+        self.min_channels = min_channels
         self.calibration = calibration
         self.runner = runner or default_runner
         self.layer_names = dict(layer_names or {})
@@ -576,22 +796,41 @@ class PruneChannels:
         self._ordinals: dict[relax.Var, int] = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        align = self.align or default_align(tvm.target.Target.current(allow_none=True))
-        report = PruneReport(self.method, self.ratio, align)
+        if self.align is None:
+            align, minimum = default_align(tvm.target.Target.current(allow_none=True))
+            minimum = self.min_channels or minimum
+        else:
+            align, minimum = self.align, self.min_channels or self.align
+        report = PruneReport(self.method, self.ratio, align, minimum)
         self.report = report
         gv = next((g for g in mod.get_global_vars() if g.name_hint == "main"), None)
         func = mod[gv] if gv is not None else None
         if not isinstance(func, relax.Function):
             return mod
         report.flops_before = report.flops_after = model_flops(func)
-        report.params_before = report.params_after = _constants(func)
+        report.params_before, report.weight_bytes_before = _constants(func)
+        report.params_after, report.weight_bytes_after = (
+            report.params_before,
+            report.weight_bytes_before,
+        )
         graph = ChannelGraph(func)
         self._ordinals = _ordinals(func)
         report.kept = [f"{r.where}: {r.why}" for r in graph.refusals]
-        layer_flops = sum(layer.flops(layer.out_channels, layer.in_channels)
-                          for layer in graph.layers)
-        plan = _Plan(graph, METHODS[self.method], align,
-                     report.flops_before - layer_flops)
+        layer_flops = sum(
+            layer.flops(layer.out_channels, layer.in_channels) for layer in graph.layers
+        )
+        layer_params = sum(
+            layer.params(layer.out_channels, layer.in_channels) for layer in graph.layers
+        )
+        # constant weights of conv2d / matmul calls the analysis does not follow (grouped)
+        unfollowed = report.params_before - _constants(func, True)[0] - layer_params
+        other_flops = report.flops_before - layer_flops
+        report.other_params = (report.params_before - layer_params,) * 2
+        report.other_flops = (other_flops, other_flops)
+        importance = None
+        if self.method == "taylor":
+            importance = self._taylor(mod, func, graph)
+        plan = _Plan(graph, METHODS[self.method], align, other_flops, importance, minimum)
         plan.choose(self.ratio, report.flops_before)
         if plan.keep.all():
             log.info("prune_channels: nothing to remove")
@@ -603,7 +842,9 @@ class PruneChannels:
         out = mod.clone()
         out.update_func(gv, new_func)
         report.flops_after = model_flops(new_func)
-        report.params_after = _constants(new_func)
+        report.params_after, report.weight_bytes_after = _constants(new_func)
+        report.other_params = (report.other_params[0], _constants(new_func, True)[0] + unfollowed)
+        report.other_flops = (other_flops, plan.other_flops)
         report.removed_channels = int((~plan.keep).sum())
         report.lossless_channels = int((~plan.keep & plan.constant).sum())
         report.layers = self._changes(graph, plan)
@@ -614,19 +855,32 @@ class PruneChannels:
 
     def _name(self, layer: Layer) -> str:
         index = self._ordinals.get(layer.var, -1)
-        return (self.layer_names.get(weight_key(layer.weight))
-                or self.layer_names.get(ordinal_key(index, layer.weight.shape))
-                or f"{layer.kind} {layer.var.name} {list(layer.weight.shape)}")
+        return (
+            self.layer_names.get(weight_key(layer.weight))
+            or self.layer_names.get(ordinal_key(index, layer.weight.shape))
+            or f"{layer.kind} {layer.var.name} {list(layer.weight.shape)}"
+        )
 
     def _changes(self, graph: ChannelGraph, plan: _Plan) -> list[LayerChange]:
         changes = []
         for i, layer in enumerate(graph.layers):
             out_kept, in_kept = plan.layer_channels(i)
-            changes.append(LayerChange(
-                self._name(layer), layer.kind, (layer.out_channels, out_kept),
-                (layer.in_channels, in_kept),
-                (layer.flops(layer.out_channels, layer.in_channels),
-                 layer.flops(out_kept, in_kept))))
+            changes.append(
+                LayerChange(
+                    self._name(layer),
+                    layer.kind,
+                    (layer.out_channels, out_kept),
+                    (layer.in_channels, in_kept),
+                    (
+                        layer.flops(layer.out_channels, layer.in_channels),
+                        layer.flops(out_kept, in_kept),
+                    ),
+                    (
+                        layer.params(layer.out_channels, layer.in_channels),
+                        layer.params(out_kept, in_kept),
+                    ),
+                )
+            )
         return changes
 
     def _edit_layers(self, graph: ChannelGraph, plan: _Plan, stats, report: PruneReport):
@@ -636,7 +890,7 @@ class PruneChannels:
             w = layer.weight
             if layer.space is not None:
                 start = plan.offset[graph.find(layer.space)]
-                keep_out = plan.keep[start:start + layer.out_channels]
+                keep_out = plan.keep[start : start + layer.out_channels]
                 w = w[keep_out] if layer.kind == "conv2d" else w[:, keep_out]
             if layer.inp is None:
                 if w is not layer.weight:
@@ -685,8 +939,11 @@ class PruneChannels:
             if not isinstance(layer.in_var, relax.Var) or (runs > 1 and layer.kind != "matmul"):
                 continue
             if len(layer.inp) // runs > MAX_CALIBRATED_CHANNELS:
-                log.info("prune_channels: %s has too many input channels to refit; removed "
-                         "channels are dropped", self._name(layer))
+                log.info(
+                    "prune_channels: %s has too many input channels to refit; removed "
+                    "channels are dropped",
+                    self._name(layer),
+                )
                 continue
             wanted.setdefault(layer.in_var, []).append(layer)
         if not wanted:
@@ -697,8 +954,9 @@ class PruneChannels:
         run = None
         if probe_vars:
             probe = mod.clone()
-            probe.update_func(probe.get_global_var("main"),
-                              _Rewriter(graph, None).run(func, expose=probe_vars))
+            probe.update_func(
+                probe.get_global_var("main"), _Rewriter(graph, None).run(func, expose=probe_vars)
+            )
             run = self.runner(probe)
         # one set of moments per (tensor, positions per channel), shared by its consumers
         first: dict[tuple[relax.Var, int], Layer] = {}
@@ -711,15 +969,86 @@ class PruneChannels:
             values.update({p: a for p, a in zip(params, sample, strict=True) if p in wanted})
             for (var, s), layer in first.items():
                 shared[var, s].add(_channel_rows(values[var], layer, s))
-        moments = {layer.var: (_runs(layer.inp), shared[var, _runs(layer.inp)])
-                   for var, layers in wanted.items() for layer in layers}
-        log.info("prune_channels: calibrated %d layer(s) on %d sample(s)", len(moments),
-                 len(samples))
+        moments = {
+            layer.var: (_runs(layer.inp), shared[var, _runs(layer.inp)])
+            for var, layers in wanted.items()
+            for layer in layers
+        }
+        log.info(
+            "prune_channels: calibrated %d layer(s) on %d sample(s)", len(moments), len(samples)
+        )
         return moments
 
+    def _taylor(self, mod, func, graph: ChannelGraph) -> dict[int, np.ndarray]:
+        """Per space, each channel's "taylor" importance (see the module docstring): the
+        squared change of its consumers' outputs were it removed, on the calibration data."""
+        consumers: dict[relax.Var, list[Layer]] = {}
+        for layer in graph.layers:
+            if layer.inp is None or not isinstance(layer.in_var, relax.Var):
+                continue
+            if (graph.roots_of(layer.inp) != FIXED).any():
+                consumers.setdefault(layer.in_var, []).append(layer)
+        if not consumers:
+            return {}
+        samples = _calibration_samples(func, self.calibration)
+        params = list(func.params)
+        probe_vars = [v for v in consumers if v not in params]
+        run = None
+        if probe_vars:
+            probe = mod.clone()
+            probe.update_func(
+                probe.get_global_var("main"), _Rewriter(graph, None).run(func, expose=probe_vars)
+            )
+            run = self.runner(probe)
+        # E[a_p^2] per position p of each consumer's channel axis, averaged over the samples
+        energy = {var: np.zeros(len(layers[0].inp)) for var, layers in consumers.items()}
+        for sample in samples:
+            values = dict(zip(probe_vars, run(sample), strict=True)) if run else {}
+            values.update({p: a for p, a in zip(params, sample, strict=True) if p in consumers})
+            for var, layers in consumers.items():
+                x = np.moveaxis(values[var].astype(np.float64), layers[0].inp.axis, -1)
+                energy[var] += (x * x).reshape(-1, x.shape[-1]).mean(axis=0) / len(samples)
+        importance = {root: np.zeros(graph.size(root)) for root in graph.roots()}
+        seen: set[int] = set()
+        for var, layers in consumers.items():
+            for layer in layers:
+                contrib = energy[var] * _input_gains(layer)
+                roots = graph.roots_of(layer.inp)
+                for root in np.unique(roots[roots != FIXED]):
+                    at = roots == root
+                    np.add.at(importance[int(root)], layer.inp.index[at], contrib[at])
+                    seen.add(int(root))
+        log.info(
+            "prune_channels: taylor importance from %d consumer input(s) on %d sample(s)",
+            len(consumers),
+            len(samples),
+        )
+        return {root: v for root, v in importance.items() if root in seen}
 
-def _substitute(layer: Layer, w: np.ndarray, keep_in: np.ndarray, lossy: np.ndarray, s: int,
-                moments: _Moments, offsets: np.ndarray):
+
+def _input_gains(layer: Layer) -> np.ndarray:
+    """Per contracted input position ``i``: ``sum ||s_o W[o, i]||^2`` over outputs ``o`` (and
+    kernel taps), ``s`` the BatchNorm scale after the layer."""
+    w = layer.weight.astype(np.float64)
+    if layer.kind == "depthwise":
+        return (w * w).reshape(w.shape[0], -1).sum(axis=1)
+    scale = layer.scale if layer.scale is not None else 1.0
+    if layer.kind == "matmul":
+        ws = w * scale
+        return (ws * ws).sum(axis=1)
+    ws = w * np.reshape(scale, (-1, 1, 1, 1))
+    return (ws * ws).sum(axis=(0, 2, 3))
+
+
+def _substitute(
+    layer: Layer,
+    w: np.ndarray,
+    keep_in: np.ndarray,
+    lossy: np.ndarray,
+    s: int,
+    moments: _Moments,
+    offsets: np.ndarray,
+):
     """Predict removed channels from kept ones (least squares) and fold into ``w``."""
     mean, cov = moments.mean_cov()
     kept_c, lossy_c = keep_in[::s], lossy[::s]
@@ -756,12 +1085,12 @@ def _conv_offset(layer: Layer, w_removed: np.ndarray, values: np.ndarray) -> np.
     sh, sw = (int(v) for v in layer.attrs.strides)
     dh, dw = (int(v) for v in layer.attrs.dilation)
     mask = np.zeros((h + top + bottom, wd + left + right))
-    mask[top:top + h, left:left + wd] = 1.0
+    mask[top : top + h, left : left + wd] = 1.0
     out = np.zeros((kernel.shape[0], ho, wo))
     for i in range(kernel.shape[1]):
         for j in range(kernel.shape[2]):
             y0, x0 = i * dh, j * dw
-            window = mask[y0:y0 + (ho - 1) * sh + 1:sh, x0:x0 + (wo - 1) * sw + 1:sw]
+            window = mask[y0 : y0 + (ho - 1) * sh + 1 : sh, x0 : x0 + (wo - 1) * sw + 1 : sw]
             out += kernel[:, i, j][:, None, None] * window[None]
     dtype = layer.weight.dtype
     if np.all(out == out[:, :1, :1]):
@@ -777,6 +1106,7 @@ def prune_channels(
     align: int | None = None,
     runner: Runner | None = None,
     layer_names: Mapping[str, str] | None = None,
+    min_channels: int | None = None,
 ) -> tvm.transform.Pass:
     """Structured channel pruning of ``main``; the returned pass keeps its ``.report``.
 
@@ -787,15 +1117,17 @@ def prune_channels(
         channels that are constant (all-zero weights), without changing any output.
     method:
         Channel importance: ``"l1"`` or ``"l2"`` norm of the group's output filters
-        (BatchNorm scale folded in).
+        (BatchNorm scale folded in), or ``"taylor"``: the squared change of the consumers'
+        outputs were the channel removed, from ``calibration`` activations (required).
     calibration:
         Optional ``{input name: array [num_samples, *input_shape]}`` (or arrays in input
         order): the consumers of removed channels are refit by least squares on the unpruned
-        model's activations for these inputs.
-    align:
-        Pruned layers keep a multiple of ``align`` channels, and at least ``align``; layers of
-        ``align`` channels or fewer only lose constant channels. Default: ``default_align`` of
-        the current target (16 on AVX-512, 8 without a target).
+        model's activations for these inputs (and ``"taylor"`` scores channels on them).
+    align, min_channels:
+        Pruned layers keep a multiple of ``align`` channels or exactly ``min_channels`` (default:
+        ``align``); layers with no such count below their width only lose constant channels
+        (keeping at least one). Default: ``default_align`` of the current target (32 and 16
+        on AVX-512, 16 and 8 on AVX2, 8 and 8 without a target).
     runner:
         ``runner(mod)`` compiles a module and returns ``run(arrays) -> outputs``; used to get
         calibration activations. Defaults to TVM's stock pipeline on the host CPU.
@@ -804,4 +1136,4 @@ def prune_channels(
         earlier passes changed (BatchNorm folding), by ``ordinal_key(i, weight shape)`` of the
         ``i``-th conv2d/matmul of ``main``.
     """
-    return PruneChannels(ratio, method, calibration, align, runner, layer_names)
+    return PruneChannels(ratio, method, calibration, align, runner, layer_names, min_channels)
