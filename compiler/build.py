@@ -50,7 +50,7 @@ class Built:
 
         passes = pass_list(self.target, self.databases)
         if self.pruning is not None:
-            settings = {k: self.pruning[k] for k in ("ratio", "method", "align")}
+            settings = {k: self.pruning[k] for k in ("ratio", "method", "align", "min_channels")}
             passes.insert(2, {"name": "prune_channels", **settings,
                               "calibrated": self.pruning["calibrated_layers"] > 0})
         extra = {"pruning": self.pruning} if self.pruning is not None else {}
@@ -130,9 +130,10 @@ def build_model(
 
     ``prune`` (a fraction of the conv/dense FLOPs in ``[0, 1)``; ``0`` removes only constant
     channels, exactly) runs ``prune_channels`` with ``prune_method`` (``l1``, ``l2``;
-    ``channel`` means ``l1``) and, given ``calibration`` (``{input: [N, *shape]}`` or an
-    ``.npz`` of that), refits the layers after removed channels; the report lands in
-    ``Built.pruning`` and the manifest.
+    ``channel`` means ``l1``; ``taylor`` scores channels on ``calibration``) and, given
+    ``calibration`` (``{input: [N, *shape]}`` or an ``.npz`` of that), refits the layers after
+    removed channels; the report (FLOPs, parameters and weight bytes before/after, in total and
+    per layer; the library size after export) lands in ``Built.pruning`` and the manifest.
 
     ``quantize="int8"`` runs ``quantize_int8`` (after pruning) with activation ranges from
     ``calibration`` (``.npz``, a folder of them, ``{input: [N, *shape]}``, or ``"random"``,
@@ -161,7 +162,8 @@ def build_model(
             raise InputError(str(err)) from None
     onnx_model = model if isinstance(model, OnnxModel) else frontend.load(model)
     onnx_model = frontend.freeze_inputs(onnx_model, dict(frozen_inputs or {}))
-    inputs = frontend.resolve_inputs(onnx_model, dict(input_shapes or {}))
+    inputs = frontend.resolve_inputs(onnx_model, dict(input_shapes or {}), dynamic_batch=True)
+    _check_static_for(onnx_model, inputs, prune=prune, quantize=quantize)
     seconds: dict[str, float] = {}
 
     say("importing ONNX into Relax")
@@ -191,7 +193,10 @@ def build_model(
             target=tvm_target, databases=databases,
             graph=[p for p in (pruner, quantizer) if p is not None],
         )
-        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+        from tvmforge.passes.batch_outer import collect_declined
+
+        with collect_declined() as mixed:  # dynamic-batch kernels left unscheduled
+            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     except Exception as err:
         raise CompileError(
             f"{onnx_model.path}: building for {target.spec()} failed: {frontend._first_line(err)}",
@@ -200,6 +205,20 @@ def build_model(
     seconds["build"] = time.perf_counter() - t0
     built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
     built.frozen = {k: list(v) for k, v in (frozen_inputs or {}).items()}
+    dynamic = [i for i in inputs if not i.static]
+    if dynamic and mixed:
+        fixed = "x".join(str(d) if isinstance(d, int) else "1" for d in dynamic[0].shape)
+        log.warning(
+            "%s: the batch dimension of %s stays dynamic (any batch size runs); %d kernel(s) "
+            "mix samples across the batch (%s): the default schedules need a fixed batch for "
+            "those, and they can run many times slower than with one (--input-shape %s=%s)",
+            onnx_model.path,
+            ", ".join(repr(i.name) for i in dynamic),
+            len(mixed),
+            "; ".join(mixed[:3]) + ("; ..." if len(mixed) > 3 else ""),
+            dynamic[0].name,
+            fixed,
+        )
     if pruner is not None and pruner.report is not None:
         built.pruning = pruner.report.to_json()
         say(f"pruning: {pruner.report.summary()}")
@@ -209,7 +228,22 @@ def build_model(
     return built
 
 
-PRUNE_METHODS = {"l1": "l1", "l2": "l2", "channel": "l1"}
+def _check_static_for(model: OnnxModel, inputs: list[TensorInfo], **options: Any) -> None:
+    """Pruning and quantization measure the model at fixed shapes: no dynamic batch there."""
+    asked = [f"--{k}" for k, v in options.items() if v is not None]
+    dynamic = next((i for i in inputs if not i.static), None)
+    if not asked or dynamic is None:
+        return
+    fixed = "x".join(str(d) if isinstance(d, int) else "1" for d in dynamic.shape)
+    raise InputError(
+        f"{model.path}: {' and '.join(asked)} need(s) fixed input shapes, but input "
+        f"{dynamic.name!r} keeps a dynamic batch dimension "
+        f"[{', '.join(str(d) for d in dynamic.shape)}]",
+        hint=f"fix it with --input-shape {dynamic.name}={fixed}",
+    )
+
+
+PRUNE_METHODS = {"l1": "l1", "l2": "l2", "channel": "l1", "taylor": "taylor"}
 
 
 def _pruning_pass(
@@ -231,6 +265,11 @@ def _pruning_pass(
         raise InputError(f"--prune {ratio}: the ratio is a fraction of FLOPs in [0, 1)")
     if method not in PRUNE_METHODS:
         raise InputError(f"--prune-method {method!r}: use one of {', '.join(PRUNE_METHODS)}")
+    if PRUNE_METHODS[method] == "taylor" and calibration is None:
+        raise InputError(
+            "--prune-method taylor scores channels on calibration activations: pass "
+            "--calibration DATA"
+        )
     arrays = None
     if calibration is not None:
         samples = load_samples(calibration, inputs)
@@ -278,6 +317,13 @@ def export(built: Built, output: str | Path, progress: Progress | None = None) -
                 hint=f"check that {built.target.export_cc or 'the host C compiler'} works",
             ) from err
         built.seconds["export"] = time.perf_counter() - t0
+        if built.pruning is not None:
+            # the unpruned library is not built: estimate it as this one plus the weight
+            # bytes pruning removed (the constants are stored in the library as they are)
+            size = lib.stat().st_size
+            removed = built.pruning["weight_bytes_before"] - built.pruning["weight_bytes_after"]
+            built.pruning["library_bytes_after"] = size
+            built.pruning["library_bytes_before_estimate"] = size + removed
         return artifact.write(output, lib, built.manifest())
 
 

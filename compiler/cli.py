@@ -26,11 +26,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class Shape(click.ParamType):
-    """``NAME=1x3x224x224``."""
+    """``NAME=1x3x224x224``; ``NAME=Nx3x224x224`` for a dynamic batch."""
 
     name = "NAME=SHAPE"
 
-    def convert(self, value: Any, param, ctx) -> tuple[str, tuple[int, ...]]:
+    def convert(self, value: Any, param, ctx) -> tuple[str, tuple[int | str, ...]]:
         from .frontend import parse_input_shape
 
         if isinstance(value, tuple):
@@ -55,7 +55,9 @@ input_shape_option = click.option(
     "input_shapes",
     multiple=True,
     type=Shape(),
-    help="Fix an input's dynamic dims, e.g. data=1x3x224x224 (repeatable).",
+    help="Fix an input's dynamic dims, e.g. data=1x3x224x224 (repeatable). N as the first "
+    "dim keeps the batch dynamic (data=Nx3x224x224): one artifact for any batch size; "
+    "compile does that by default where the batch is the only dynamic dim.",
 )
 class Freeze(click.ParamType):
     """``NAME=VALUE[,VALUE...]``."""
@@ -111,8 +113,10 @@ def transform_options(func: Callable) -> Callable:
                      metavar="RATIO",
                      help="Remove RATIO of the conv/dense FLOPs as whole channels; 0 removes "
                           "only all-zero channels (exact)."),
-        click.option("--prune-method", type=click.Choice(["l1", "l2", "channel"]),
-                     default="l1", show_default=True, help="Channel importance for --prune."),
+        click.option("--prune-method", type=click.Choice(["l1", "l2", "channel", "taylor"]),
+                     default="l1", show_default=True,
+                     help="Channel importance for --prune: filter norm (l1, l2; channel = l1) "
+                          "or taylor (output error on --calibration data)."),
     ]
 
     @functools.wraps(func)
@@ -349,11 +353,28 @@ def _reports_interrupted_tuning() -> Iterator[None]:
 def _print_compiled(path: Path, built) -> None:
     pruning = getattr(built, "pruning", None)
     if pruning:
+        from tvmforge.passes.prune_channels import layer_table, summary_line
+
+        ctx = click.get_current_context(silent=True)
+        verbose = bool(ctx and (ctx.find_root().params or {}).get("verbose"))
         click.echo(
-            f"pruned: FLOPs {pruning['flops_before']:,} -> {pruning['flops_after']:,}, "
-            f"parameters {pruning['params_before']:,} -> {pruning['params_after']:,} "
-            "(per layer: tvmforge inspect OUT.tar --json)"
+            f"pruned ({pruning['method']}, ratio {pruning['ratio']:g}): {summary_line(pruning)}"
         )
+        if "library_bytes_after" in pruning:
+            tar = path.stat().st_size
+            grown = pruning["library_bytes_before_estimate"] - pruning["library_bytes_after"]
+            click.echo(
+                f"  artifact {(tar + grown) / 1e6:.1f} MB -> {tar / 1e6:.1f} MB (before: "
+                "estimated as this artifact plus the removed weight bytes)"
+            )
+        if verbose:
+            for line in layer_table(pruning):
+                click.echo(f"  {line}")
+        else:
+            click.echo(
+                "  per layer: tvmforge --verbose compile ..., or "
+                f"tvmforge inspect {path.name} --json"
+            )
     secs = built.seconds
     click.echo(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {built.target.spec()} in "
@@ -525,7 +546,7 @@ def inspect_cmd(path: str, input_shapes: tuple, as_json: bool) -> None:
     overrides = dict(input_shapes)
     inputs = model.inputs
     if overrides:
-        inputs = frontend.resolve_inputs(model, overrides)
+        inputs = frontend.resolve_inputs(model, overrides, dynamic_batch=True)
     rep = analysis.report(model, inputs)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))

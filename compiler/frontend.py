@@ -4,6 +4,11 @@ Every way a model can be unusable is found here and reported as one line naming 
 input or the node, and what to do: a missing or unparsable file, an ``--input-shape`` for an
 input that does not exist, a dynamic dimension left unfixed, and every unsupported operator
 (all of them at once, each with its node's name).
+
+A dynamic *batch* dimension (the leading dim of an input) may stay dynamic: it becomes a
+symbolic ``tirx.Var`` in Relax, named after its ONNX ``dim_param`` (``batch`` when it has
+none), and the artifact then runs with any batch size. ``compile`` keeps it so when the model
+leaves it open and no ``--input-shape`` fixes it; ``--input-shape x=Nx3x224x224`` asks for it.
 """
 
 from __future__ import annotations
@@ -163,11 +168,15 @@ def load(spec: str | Path | onnx.ModelProto) -> OnnxModel:
     return load_model(text)
 
 
-_SHAPE_RE = re.compile(r"^(?P<name>.+)=(?P<dims>\d+(?:[x,]\d+)*)$")
+# In ``--input-shape``, this dimension stays dynamic (a symbolic batch size); leading axis only.
+DYNAMIC = "N"
+_SHAPE_RE = re.compile(r"^(?P<name>.+)=(?P<dims>(?:\d+|N)(?:[x,](?:\d+|N))*)$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME=1x3x224x224`` (``,`` works as separator too).
+def parse_input_shape(spec: str) -> tuple[str, tuple[int | str, ...]]:
+    """Parse ``NAME=1x3x224x224`` (``,`` works as separator too); ``N`` as the first dim
+    (``NAME=Nx3x224x224``) keeps the batch dimension dynamic.
 
     Raises
     ------
@@ -178,10 +187,16 @@ def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     if not m:
         raise InputError(
             f"--input-shape {spec!r} is not NAME=DIMxDIMx...",
-            hint="e.g. --input-shape data=1x3x224x224",
+            hint="e.g. --input-shape data=1x3x224x224, or data=Nx3x224x224 for a dynamic batch",
         )
-    dims = tuple(int(x) for x in re.split(r"[x,]", m["dims"]))
+    dims = tuple(d if d == DYNAMIC else int(d) for d in re.split(r"[x,]", m["dims"]))
     return m["name"], dims
+
+
+def batch_symbol(dim: int | str) -> str:
+    """The name a dynamic leading dimension gets in Relax: its ONNX ``dim_param`` when that
+    is an identifier (inputs that share it share the size), else ``batch``."""
+    return dim if isinstance(dim, str) and _IDENTIFIER.match(dim) else "batch"
 
 
 def parse_freeze(spec: str) -> tuple[str, list[float]]:
@@ -244,14 +259,25 @@ def freeze_inputs(model: OnnxModel, values: dict[str, list[float]]) -> OnnxModel
     return OnnxModel(model.path, proto, model.sha256)
 
 
-def resolve_inputs(model: OnnxModel, overrides: dict[str, tuple[int, ...]]) -> list[TensorInfo]:
-    """The model's inputs with every dimension fixed.
+def resolve_inputs(
+    model: OnnxModel,
+    overrides: dict[str, tuple[int | str, ...]],
+    *,
+    dynamic_batch: bool = False,
+) -> list[TensorInfo]:
+    """The model's inputs with every dimension fixed, except a dynamic batch dimension.
+
+    A dimension stays dynamic (a name, see ``batch_symbol``) only as the leading dimension of
+    an input: where ``--input-shape`` says ``N`` there, or, with ``dynamic_batch``, where the
+    model leaves it dynamic and no override fixes it (inputs of rank 2 and more). Every other
+    dynamic dimension must be fixed.
 
     Raises
     ------
     InputError
-        For an override naming no input, of the wrong rank or contradicting a static dim,
-        and for a dynamic dimension that no override fixes.
+        For an override naming no input, of the wrong rank, contradicting a static dim or
+        asking for ``N`` where it cannot be (not the leading dim; not ``dynamic_batch``), and
+        for a dynamic dimension that no override fixes.
     """
     inputs = model.inputs
     names = [i.name for i in inputs]
@@ -264,33 +290,73 @@ def resolve_inputs(model: OnnxModel, overrides: dict[str, tuple[int, ...]]) -> l
     resolved = []
     for info in inputs:
         if info.name in overrides:
-            dims = overrides[info.name]
-            if info.shape and len(dims) != len(info.shape):
-                raise InputError(
-                    f"{model.path}: input {info.name!r} has rank {len(info.shape)} "
-                    f"{_fmt_shape(info.shape)}, but --input-shape gives {len(dims)} dims",
-                    hint=f"give {len(info.shape)} dims",
-                )
-            for axis, (want, have) in enumerate(zip(dims, info.shape, strict=False)):
-                if isinstance(have, int) and have != want:
-                    raise InputError(
-                        f"{model.path}: input {info.name!r} dimension {axis} is fixed to {have} "
-                        f"in the model; --input-shape asks for {want}",
-                        hint="only dynamic dimensions can be changed",
-                    )
-            resolved.append(TensorInfo(info.name, tuple(dims), info.dtype))
+            resolved.append(_override(model, info, overrides[info.name], dynamic_batch))
             continue
         dynamic = [(a, d) for a, d in enumerate(info.shape) if not isinstance(d, int)]
+        shape = info.shape
+        if dynamic_batch and len(shape) >= 2 and dynamic and dynamic[0][0] == 0:
+            shape = (batch_symbol(shape[0]), *shape[1:])
+            dynamic = dynamic[1:]
         if dynamic:
             axis, dim = dynamic[0]
-            example = "x".join(str(d) if isinstance(d, int) else "N" for d in info.shape)
             raise InputError(
                 f"{model.path}: input {info.name!r} has dynamic dimension {axis} ({dim!r}) "
                 f"in shape {_fmt_shape(info.shape)}",
-                hint=f"fix it with --input-shape {info.name}={example} (N = the size you need)",
+                hint=_fix_hint(info, dynamic_batch),
             )
-        resolved.append(info)
+        resolved.append(TensorInfo(info.name, shape, info.dtype))
     return resolved
+
+
+def _override(
+    model: OnnxModel, info: TensorInfo, dims: tuple[int | str, ...], dynamic_batch: bool
+) -> TensorInfo:
+    """``info`` with the shape ``--input-shape`` gives it, checked against the model's."""
+    text = "x".join(str(d) for d in dims)
+    if info.shape and len(dims) != len(info.shape):
+        raise InputError(
+            f"{model.path}: input {info.name!r} has rank {len(info.shape)} "
+            f"{_fmt_shape(info.shape)}, but --input-shape gives {len(dims)} dims",
+            hint=f"give {len(info.shape)} dims",
+        )
+    for axis, want in enumerate(dims):
+        have = info.shape[axis] if axis < len(info.shape) else None
+        if want == DYNAMIC and (axis != 0 or not dynamic_batch):
+            where = (
+                "here (tune and calibration need fixed sizes)"
+                if axis == 0
+                else (f"for dimension {axis}: only the leading (batch) dimension can stay dynamic")
+            )
+            raise InputError(
+                f"{model.path}: --input-shape {info.name}={text}: N (dynamic) is not allowed "
+                f"{where}",
+                hint="give a number",
+            )
+        if isinstance(have, int) and have != want:
+            raise InputError(
+                f"{model.path}: input {info.name!r} dimension {axis} is fixed to {have} "
+                f"in the model; --input-shape asks for {want}",
+                hint="only dynamic dimensions can be changed",
+            )
+    shape = tuple(
+        batch_symbol(info.shape[0] if info.shape else "") if d == DYNAMIC else d for d in dims
+    )
+    return TensorInfo(info.name, shape, info.dtype)
+
+
+def _fix_hint(info: TensorInfo, dynamic_batch: bool) -> str:
+    """How to fix ``info``'s dynamic dims with ``--input-shape``: ``<name>`` for each."""
+    dims = []
+    for axis, d in enumerate(info.shape):
+        if isinstance(d, int):
+            dims.append(str(d))
+        elif axis == 0 and dynamic_batch and len(info.shape) >= 2:
+            dims.append(DYNAMIC)
+        else:
+            dims.append(f"<{d if _IDENTIFIER.match(str(d)) else f'dim{axis}'}>")
+    example = "x".join(dims)
+    note = "; N keeps the batch dimension dynamic" if DYNAMIC in dims else ""
+    return f"fix it with --input-shape {info.name}={example} (a number for each <...>{note})"
 
 
 def _fmt_shape(shape: tuple[int | str, ...]) -> str:
@@ -339,11 +405,26 @@ def check_supported(model: OnnxModel) -> None:
     ops = sorted({op for _, op in bad})
     shown = ", ".join(f"{name} ({op})" for name, op in bad[:20])
     more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+    hint = "replace these ops when exporting, or run `tvmforge inspect` for the op list"
+    loops = [op for op in ops if op in _UNROLLED]
+    if loops:
+        hint = (
+            f"{' and '.join(_UNROLLED[op] for op in loops)}, so they can be unrolled; a trip "
+            "count known only at run time is not supported: " + hint
+        )
     raise CompileError(
         f"{model.path}: {len(bad)} node(s) use operators tvmforge cannot import "
         f"[{', '.join(ops)}]: {shown}{more}",
-        hint="replace these ops when exporting, or run `tvmforge inspect` for the op list",
+        hint=hint,
     )
+
+
+# Control flow that the pre-pass (``simplify``) unrolls, and what it needs for that.
+_UNROLLED = {
+    "Loop": "a Loop compiles when its trip count folds to a constant (at most 256) and its "
+    "condition only passes through",
+    "Scan": "a Scan compiles when its sequence length is static (at most 256)",
+}
 
 
 def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
@@ -362,7 +443,7 @@ def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
     proto, report = simplify(model.proto, inputs)
     log.info("%s: simplified: %s", model.path, report)
     check_supported(OnnxModel(model.path, proto, model.sha256))
-    shapes = {i.name: list(i.shape) for i in inputs}
+    shapes = relax_shapes(inputs)
     dtypes = {i.name: i.dtype for i in inputs}
     try:
         with converters.installed():
@@ -378,6 +459,21 @@ def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
             hint="rerun with --verbose for details, and report the model",
         ) from err
     return mod
+
+
+def relax_shapes(inputs: list[TensorInfo]) -> dict[str, list]:
+    """Input shapes for the importer: a dynamic dim becomes a ``tirx.Var`` (int64), one per
+    name, so inputs that share a batch name share its size."""
+    import tvm
+
+    symbols: dict[str, Any] = {}
+    shapes = {}
+    for info in inputs:
+        shapes[info.name] = [
+            d if isinstance(d, int) else symbols.setdefault(d, tvm.tirx.Var(d, "int64"))
+            for d in info.shape
+        ]
+    return shapes
 
 
 def _first_line(err: BaseException) -> str:

@@ -34,12 +34,18 @@ def set_threads(threads: int | None) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
 
 
-def random_inputs(infos: list[TensorInfo], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random arrays of the right shapes and dtypes (floats in [0, 1), ints in [0, 2))."""
+DEFAULT_BATCH = 1  # the size random inputs give a dynamic (batch) dimension
+
+
+def random_inputs(
+    infos: list[TensorInfo], seed: int = 0, batch: int = DEFAULT_BATCH
+) -> dict[str, np.ndarray]:
+    """Seeded random arrays of the right shapes and dtypes (floats in [0, 1), ints in [0, 2));
+    a dynamic dimension (a name in the shape) gets the size ``batch``."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for info in infos:
-        shape = tuple(int(d) for d in info.shape)
+        shape = tuple(int(d) if isinstance(d, int) else batch for d in info.shape)
         dtype = np.dtype(info.dtype)
         if dtype.kind == "f":
             arrays[info.name] = rng.random(shape).astype(dtype)
@@ -50,10 +56,17 @@ def random_inputs(infos: list[TensorInfo], seed: int = 0) -> dict[str, np.ndarra
     return arrays
 
 
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
 def check_inputs(
     infos: list[TensorInfo], arrays: Mapping[str, Any], source: str = "inputs"
 ) -> list[np.ndarray]:
     """The arrays in input order, checked against the model's inputs.
+
+    A dynamic dimension (a name in the input's shape, e.g. ``batch``) takes any size of at
+    least 1, the same in every input that names it.
 
     Raises
     ------
@@ -74,15 +87,30 @@ def check_inputs(
             hint=f"the model's inputs are {', '.join(names)}",
         )
     ordered = []
+    sizes: dict[str, tuple[int, str]] = {}  # dynamic dim -> (size, the input that set it)
     for info in infos:
         arr = np.asarray(arrays[info.name])
-        want = tuple(int(d) for d in info.shape)
-        if arr.shape != want:
+        fits = arr.ndim == len(info.shape) and all(
+            have == want if isinstance(want, int) else have >= 1
+            for have, want in zip(arr.shape, info.shape, strict=False)
+        )
+        if not fits:
+            dynamic = " (any size >= 1 for a named dimension)" if not info.static else ""
             raise InputError(
                 f"{source}: input {info.name!r} has shape {list(arr.shape)}, "
-                f"the model expects {list(want)}",
+                f"the model expects {_fmt(info.shape)}{dynamic}",
                 hint="reshape the array or recompile with --input-shape",
             )
+        for have, want in zip(arr.shape, info.shape, strict=True):
+            if isinstance(want, int):
+                continue
+            size, first = sizes.setdefault(want, (have, info.name))
+            if size != have:
+                raise InputError(
+                    f"{source}: input {info.name!r} has {want} = {have}, but input {first!r} "
+                    f"has {want} = {size}",
+                    hint=f"every input that has the dimension {want!r} needs the same size",
+                )
         if arr.dtype != np.dtype(info.dtype):
             if np.can_cast(arr.dtype, info.dtype, casting="same_kind"):
                 arr = arr.astype(info.dtype)

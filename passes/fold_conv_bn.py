@@ -57,15 +57,33 @@ def _op_name(expr: relax.Expr) -> str | None:
     return None
 
 
-def _static_shape(expr: relax.Expr) -> list[int] | None:
+def _static_shape(expr: relax.Expr) -> list[int | str] | None:
+    """The shape, static dims as ints and a symbolic dim (a dynamic batch) as its name."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None
-    out = []
+    out: list[int | str] = []
     for v in ty.shape.values:
-        if not isinstance(v, tvm.tirx.IntImm):
+        if isinstance(v, tvm.tirx.IntImm):
+            out.append(int(v.value))
+        elif isinstance(v, tvm.tirx.Var):
+            out.append(f"${v.name}")
+        else:
             return None
-        out.append(int(v.value))
+    return out
+
+
+def _broadcast(a: list[int | str], b: list[int | str]) -> list[int | str] | None:
+    """numpy's broadcast of two shapes whose symbolic dims are names; ``None`` if unknown."""
+    a, b = [1] * (len(b) - len(a)) + list(a), [1] * (len(a) - len(b)) + list(b)
+    out: list[int | str] = []
+    for x, y in zip(a, b, strict=True):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
     return out
 
 
@@ -167,6 +185,8 @@ def batch_norm_to_affine(f: _Folder, expr: relax.Expr) -> relax.Expr | None:
     params = [f.const(a) for a in bn.args[1:5]]
     shape = _static_shape(x)
     if shape is None or any(p is None for p in params) or not _is_float(x):
+        return None
+    if not isinstance(shape[int(bn.attrs.axis) % len(shape)], int):
         return None
     gamma, beta, mean, var = (p.astype(np.float64) for p in params)
     axis = int(bn.attrs.axis) % len(shape)
@@ -277,9 +297,8 @@ def _merge(f: _Folder, expr: relax.Expr, op: str, fn) -> relax.Expr | None:
         return None
     merged = fn(a, c)
     # the merged constant must not widen the result (it broadcasts against y as before)
-    if np.broadcast_shapes(tuple(_static_shape(y) or ()), merged.shape) != tuple(
-        _static_shape(expr) or ()
-    ):
+    y_shape, out_shape = _static_shape(y), _static_shape(expr)
+    if y_shape is None or _broadcast(y_shape, list(merged.shape)) != out_shape:
         return None
     rebuilt = relax.op.multiply if op == "relax.multiply" else relax.op.add
     return rebuilt(y, _const_expr(merged, str(a.dtype)))

@@ -29,13 +29,20 @@ from tvm import relax
 __all__ = ["stack_sum_to_add"]
 
 
-def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
+def _shape(expr: relax.Expr) -> tuple[int | str, ...] | None:
+    """The shape, static dims as ints and a symbolic dim (a dynamic batch) as its name."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None
-    if not all(isinstance(v, tvm.tirx.IntImm) for v in ty.shape.values):
-        return None
-    return tuple(int(v.value) for v in ty.shape.values)
+    out: list[int | str] = []
+    for v in ty.shape.values:
+        if isinstance(v, tvm.tirx.IntImm):
+            out.append(int(v.value))
+        elif isinstance(v, tvm.tirx.Var):
+            out.append(f"${v.name}")
+        else:
+            return None
+    return tuple(out)
 
 
 def _op_name(expr: relax.Expr) -> str | None:

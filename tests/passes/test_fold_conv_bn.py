@@ -328,3 +328,32 @@ def test_matches_onnxruntime(order, group, bias):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
+def test_dynamic_batch_folds_and_matches_onnxruntime_at_two_batch_sizes():
+    """A symbolic batch (``N``) does not stop the fold: the channel axis is what matters."""
+    import onnxruntime as ort
+
+    from tvmforge import build_model, frontend
+    from tvmforge.pipeline import graph_passes
+
+    model = _bn_model("conv-bn-relu", 1, True)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    loaded = frontend.load(model)
+    inputs = frontend.resolve_inputs(loaded, {}, dynamic_batch=True)
+    assert inputs[0].shape[0] == "N"
+    with tvm.target.Target({"kind": "llvm"}):
+        mod = tvm.transform.Sequential(graph_passes())(frontend.to_relax(loaded, inputs))
+    ops = _ops(mod)
+    assert "relax.nn.batch_norm" not in ops and "relax.multiply" not in ops, ops
+    assert ops.count("relax.nn.conv2d") == 1
+
+    built = build_model(model, "x86", threads=2)
+    vm = relax.VirtualMachine(built.executable, tvm.cpu())
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 8, 10, 10)).astype(np.float32)
+        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+        (ref,) = sess.run(None, {"x": x})
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))

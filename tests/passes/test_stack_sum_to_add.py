@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
+from tvm.script import tirx as T
 
 from onnx_builders import make_model
 from tvmforge.passes import PASSES
@@ -126,3 +127,33 @@ def test_residual_block_matches_onnxruntime():
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
+@I.ir_module
+class OnnxSumDynamicBatch:
+    """``Sum(a, b)`` with a symbolic batch ``n``."""
+
+    @R.function
+    def main(
+        a: R.Tensor(("n", 4, 8, 8), "float32"), b: R.Tensor(("n", 4, 8, 8), "float32")
+    ) -> R.Tensor(("n", 4, 8, 8), "float32"):
+        n = T.int64()
+        with R.dataflow():
+            ba = R.broadcast_to(a, R.shape([n, 4, 8, 8]))
+            bb = R.broadcast_to(b, R.shape([n, 4, 8, 8]))
+            s = R.stack((ba, bb), axis=0)
+            y = R.sum(s, axis=[0], keepdims=False)
+            R.output(y)
+        return y
+
+
+def test_dynamic_batch_sum_becomes_an_add():
+    after = stack_sum_to_add()(OnnxSumDynamicBatch)
+    ops = [
+        b.value.op.name
+        for block in after["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
+    ]
+    assert "relax.stack" not in ops and "relax.sum" not in ops, ops
+    assert ops.count("relax.add") == 1
