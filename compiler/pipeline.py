@@ -78,12 +78,20 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     the conv before it (``fold_conv_bn``) before ``DecomposeOpsForInference`` would spread it
     over four elementwise ops; ONNX ``Sum`` (``stack`` + ``sum``) becomes adds, which fuse
     into the conv before them (``stack_sum_to_add``); ``power`` by 0.75 (LRN) and other
-    simple exponents becomes vectorizable ``sqrt``/products (``simplify_power``).
-    ``pack_conv_weights`` (conv weights packed for the vector width) is registered but not in
-    this order yet (see the comment below).
+    simple exponents becomes vectorizable ``sqrt``/products (``simplify_power``); transposed
+    convs whose kernel equals their stride become a 1x1 conv and a depth-to-space instead of
+    a conv over a zero-dilated input (``conv_transpose_direct``). Last,
+    after the caller's passes (which may still rewrite conv weights), CPU targets get their
+    conv weights packed for the vector width (``pack_conv_weights``), their constant matmul
+    weights packed in column panels (``pack_dense_weights``) and polynomial ``exp``/``erf``/
+    ``tanh``/``softmax`` (``fast_math_cpu``); all three are no-ops on other targets.
     """
+    from tvmforge.passes.conv_transpose_direct import conv_transpose_direct
+    from tvmforge.passes.fast_math_cpu import fast_math_cpu
     from tvmforge.passes.fold_constants_numpy import fold_constants_numpy
     from tvmforge.passes.fold_conv_bn import fold_conv_bn
+    from tvmforge.passes.pack_conv_weights import pack_conv_weights
+    from tvmforge.passes.pack_dense_weights import pack_dense_weights
     from tvmforge.passes.simplify_power import simplify_power
     from tvmforge.passes.stack_sum_to_add import stack_sum_to_add
 
@@ -95,9 +103,11 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         relax.transform.CanonicalizeBindings(),
         fold_constants_numpy(),
         simplify_power(),
+        conv_transpose_direct(),
         *graph,
-        # pack_conv_weights() is not in the default order yet: on PP-OCRv4 det its packed
-        # kernels made the build take over 10 minutes (ResNet-50 and the light CNNs are fine).
+        pack_conv_weights(),
+        pack_dense_weights(),
+        fast_math_cpu(),
     ]
 
 

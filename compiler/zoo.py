@@ -8,6 +8,10 @@ values of the right kind (He-normal conv/dense weights; BatchNorm scale and vari
 and, by default, drops the final Softmax so outputs are logits that differ per class.
 
 On the command line, ``zoo:NAME`` (e.g. ``tvmforge compile zoo:resnet50``) names such a model.
+
+``zoo:bert-base`` is generated, not shipped: a BERT-base-like encoder (``bert_encoder``) built
+as an ONNX graph the way ``torch.onnx.export`` writes a Hugging Face ``BertModel``'s encoder,
+with seeded random weights.
 """
 
 from __future__ import annotations
@@ -50,8 +54,8 @@ def light_dir() -> Path:
 
 
 def names() -> list[str]:
-    """Every ``zoo:`` name: the light models, then the wheel models."""
-    return light_names() + sorted(WHEEL_MODELS)
+    """Every ``zoo:`` name: the light models, the generated models, then the wheel models."""
+    return light_names() + sorted(GENERATED_MODELS) + sorted(WHEEL_MODELS)
 
 
 def load(name: str) -> onnx.ModelProto:
@@ -64,6 +68,8 @@ def load(name: str) -> onnx.ModelProto:
     """
     if name in WHEEL_MODELS:
         return wheel_model(name)
+    if name in GENERATED_MODELS:
+        return GENERATED_MODELS[name]()
     return light_model(name)
 
 
@@ -287,3 +293,156 @@ def light_model(name: str, *, seed: int = 0, logits: bool = True) -> onnx.ModelP
         ir_version=max(model.ir_version, 7),
         producer_name="tvmforge.zoo",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Generated models
+
+
+def bert_encoder(
+    layers: int = 12,
+    hidden: int = 768,
+    heads: int = 12,
+    seq: int = 128,
+    ffn: int = 3072,
+    *,
+    seed: int = 0,
+    layernorm: str = "decomposed",
+) -> onnx.ModelProto:
+    """A BERT-style transformer encoder as ``torch.onnx.export`` writes one, random weights.
+
+    Input ``hidden_states`` ``[1, seq, hidden]`` float (the embeddings' output: the encoder
+    is the model's whole cost, the embedding lookup is a gather), output the last layer's
+    ``[1, seq, hidden]``. Per layer, in the op mix of an exported ``BertLayer``:
+
+    - Q, K, V and the attention output: ``MatMul`` by a ``[hidden, hidden]`` initializer (the
+      transposed ``nn.Linear`` weight) + ``Add`` of the bias;
+    - heads: ``Reshape`` to ``[1, seq, heads, d]``, ``Transpose`` to ``[1, heads, seq, d]``
+      (K to ``[1, heads, d, seq]``), ``MatMul`` Q K^T, ``Div`` by ``sqrt(d)``, ``Add`` of an
+      additive attention mask (``[1, 1, 1, seq]``: 0 or -10000, the last eighth masked),
+      ``Softmax``, ``MatMul`` by V, ``Transpose`` + ``Reshape`` back;
+    - residual ``Add`` and LayerNorm: ``layernorm="decomposed"`` writes it as the pre-opset-17
+      exports do (``ReduceMean``, ``Sub``, ``Pow`` 2, ``ReduceMean``, ``Add`` eps, ``Sqrt``,
+      ``Div``, ``Mul``, ``Add``), ``"fused"`` as one ``LayerNormalization``;
+    - FFN: ``MatMul`` ``[hidden, ffn]`` + ``Add``, exact GELU in PyTorch's Erf form
+      (``Div`` by sqrt 2, ``Erf``, ``Add`` 1, ``Mul`` x, ``Mul`` 0.5), ``MatMul`` ``[ffn,
+      hidden]`` + ``Add``, residual ``Add``, LayerNorm.
+
+    Weights are normal with std 0.02 (BERT's initializer range), LayerNorm scales near 1.
+    """
+    if hidden % heads:
+        raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
+    if layernorm not in ("decomposed", "fused"):
+        raise ValueError(f"layernorm must be 'decomposed' or 'fused', not {layernorm!r}")
+    d = hidden // heads
+    f32 = np.float32
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def const(name: str, value) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def linear(x: str, n_in: int, n_out: int, name: str) -> str:
+        w = const(f"{name}.weight", rng.normal(0.0, 0.02, (n_in, n_out)).astype(f32))
+        b = const(f"{name}.bias", rng.normal(0.0, 0.02, n_out).astype(f32))
+        return node("Add", [node("MatMul", [x, w], f"{name}/MatMul"), b], f"{name}/Add")
+
+    def layer_norm(x: str, name: str) -> str:
+        gamma = const(f"{name}.weight", rng.uniform(0.8, 1.2, hidden).astype(f32))
+        beta = const(f"{name}.bias", rng.normal(0.0, 0.02, hidden).astype(f32))
+        if layernorm == "fused":
+            return node(
+                "LayerNormalization", [x, gamma, beta], f"{name}/LN", axis=-1, epsilon=1e-12
+            )
+        mean = node("ReduceMean", [x], f"{name}/ReduceMean", axes=[-1])
+        diff = node("Sub", [x, mean], f"{name}/Sub")
+        sq = node("Pow", [diff, const(f"{name}/two", np.array(2.0, f32))], f"{name}/Pow")
+        var = node("ReduceMean", [sq], f"{name}/ReduceMean_1", axes=[-1])
+        std = node(
+            "Sqrt",
+            [node("Add", [var, const(f"{name}/eps", np.array(1e-12, f32))], f"{name}/Add")],
+            f"{name}/Sqrt",
+        )
+        normed = node("Div", [diff, std], f"{name}/Div")
+        return node("Add", [node("Mul", [normed, gamma], f"{name}/Mul"), beta], f"{name}/Add_1")
+
+    heads_shape = const("shape_heads", np.array([1, seq, heads, d], np.int64))
+    hidden_shape = const("shape_hidden", np.array([1, seq, hidden], np.int64))
+    scale = const("attention_scale", np.array(np.sqrt(d), f32))
+    mask = np.zeros((1, 1, 1, seq), f32)
+    mask[..., seq - max(seq // 8, 1) :] = -10000.0
+    mask_name = const("attention_mask", mask)
+    sqrt2 = const("gelu_sqrt2", np.array(np.sqrt(2.0), f32))
+    one = const("gelu_one", np.array(1.0, f32))
+    half = const("gelu_half", np.array(0.5, f32))
+
+    x = "hidden_states"
+    for i in range(layers):
+        p = f"encoder.layer.{i}"
+
+        def split_heads(t: str, perm: list[int], name: str) -> str:
+            r = node("Reshape", [t, heads_shape], f"{name}/Reshape")
+            return node("Transpose", [r], f"{name}/Transpose", perm=perm)
+
+        q = split_heads(
+            linear(x, hidden, hidden, f"{p}.attention.self.query"),
+            [0, 2, 1, 3],
+            f"{p}.attention.self.q",
+        )
+        k = split_heads(
+            linear(x, hidden, hidden, f"{p}.attention.self.key"),
+            [0, 2, 3, 1],
+            f"{p}.attention.self.k",
+        )
+        v = split_heads(
+            linear(x, hidden, hidden, f"{p}.attention.self.value"),
+            [0, 2, 1, 3],
+            f"{p}.attention.self.v",
+        )
+        scores = node("MatMul", [q, k], f"{p}.attention.self/MatMul")
+        scores = node("Div", [scores, scale], f"{p}.attention.self/Div")
+        scores = node("Add", [scores, mask_name], f"{p}.attention.self/Add")
+        probs = node("Softmax", [scores], f"{p}.attention.self/Softmax", axis=-1)
+        ctx = node("MatMul", [probs, v], f"{p}.attention.self/MatMul_1")
+        ctx = node("Transpose", [ctx], f"{p}.attention.self/Transpose_3", perm=[0, 2, 1, 3])
+        ctx = node("Reshape", [ctx, hidden_shape], f"{p}.attention.self/Reshape_3")
+        attn = linear(ctx, hidden, hidden, f"{p}.attention.output.dense")
+        attn = layer_norm(
+            node("Add", [attn, x], f"{p}.attention.output/Add"), f"{p}.attention.output.LayerNorm"
+        )
+        h = linear(attn, hidden, ffn, f"{p}.intermediate.dense")
+        erf = node(
+            "Erf", [node("Div", [h, sqrt2], f"{p}.intermediate/Div")], f"{p}.intermediate/Erf"
+        )
+        gelu = node(
+            "Mul", [h, node("Add", [erf, one], f"{p}.intermediate/Add")], f"{p}.intermediate/Mul"
+        )
+        gelu = node("Mul", [gelu, half], f"{p}.intermediate/Mul_1")
+        out = linear(gelu, ffn, hidden, f"{p}.output.dense")
+        x = layer_norm(node("Add", [out, attn], f"{p}.output/Add"), f"{p}.output.LayerNorm")
+
+    graph = helper.make_graph(
+        nodes,
+        "bert_encoder",
+        [helper.make_tensor_value_info("hidden_states", onnx.TensorProto.FLOAT, [1, seq, hidden])],
+        [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, seq, hidden])],
+        initializer=inits,
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_operatorsetid("", 17)],
+        ir_version=8,
+        producer_name="tvmforge.zoo",
+    )
+
+
+# Models built here, name -> builder (no arguments: the benchmark configuration).
+GENERATED_MODELS = {
+    "bert-base": bert_encoder,
+}

@@ -11,9 +11,12 @@ from collections.abc import Callable
 
 import tvm
 
+from .conv_transpose_direct import conv_transpose_direct
+from .fast_math_cpu import fast_math_cpu
 from .fold_constants_numpy import fold_constants_numpy
 from .fold_conv_bn import fold_conv_bn
 from .pack_conv_weights import pack_conv_weights
+from .pack_dense_weights import pack_dense_weights
 from .prune_channels import prune_channels
 from .quantize_int8 import quantize_int8
 from .schedule_cpu_default import schedule_cpu_default
@@ -28,6 +31,9 @@ PASSES["fold_conv_bn"] = fold_conv_bn
 PASSES["stack_sum_to_add"] = stack_sum_to_add
 PASSES["simplify_power"] = simplify_power
 PASSES["pack_conv_weights"] = pack_conv_weights
+PASSES["pack_dense_weights"] = pack_dense_weights
+PASSES["fast_math_cpu"] = fast_math_cpu
+PASSES["conv_transpose_direct"] = conv_transpose_direct
 PASSES["schedule_cpu_default"] = schedule_cpu_default
 PASSES["prune_channels"] = prune_channels
 PASSES["quantize_int8"] = quantize_int8

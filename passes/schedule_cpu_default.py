@@ -20,7 +20,10 @@ What it matches
 2. **Packed convolutions**: the conv blocks ``pack_conv_weights`` emits, annotated
    ``tvmforge.packed_conv = B`` (weights ``[F/B, C, KH, KW, B]``), get the direct-convolution
    recipe below instead of the contraction one.
-3. **Everything else** (elementwise/injective, pooling, plain reductions): the generic
+3. **Packed matmuls**: the matmul blocks ``pack_dense_weights`` emits, annotated
+   ``tvmforge.packed_dense = B`` (weights in column panels ``[N/B, K, B]``), get an ``8 x B``
+   register tile with the panel loop outermost (``_schedule_packed_dense``).
+4. **Everything else** (elementwise/injective, pooling, plain reductions): the generic
    schedule below.
 
 Contraction recipe
@@ -63,7 +66,8 @@ cache (weights up to 1 MiB: all channel blocks of one input tile in a row; large
 one channel block over the whole output). The fused epilogue runs on the tile, vectorized
 over channels (a strided store into NCHW).
 
-1x1 stride-1 convs whose plane is a whole number of vectors (56x56) use a pixel tile instead
+1x1 stride-1 convs whose plane is a whole number of vectors (56x56), or whose epilogue adds a
+residual (then vectors of 12-15 lanes: 14x14), use a pixel tile instead
 (``packed_pixel_tile``): ``r`` channels x ``vp`` vectors of the flattened plane, weights
 broadcast, input and epilogue contiguous. Measured on Emerald Rapids, one thread (GFLOP/s):
 3x3 convs 64-512 channels 120-165 (the contraction recipe: 20-55); 1x1 64->256 at 56x56
@@ -152,8 +156,9 @@ def _iter_kinds(sch: s_tir.Schedule, block: SBlockRV) -> str:
     """``S``/``R``/``O`` per block iterator, as dlight writes it."""
     kinds = []
     for iv in sch.get(block).iter_vars:
-        kinds.append({tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(
-            iv.iter_type, "O"))
+        kinds.append(
+            {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(iv.iter_type, "O")
+        )
     return "".join(kinds)
 
 
@@ -190,8 +195,17 @@ def _extents(sch: s_tir.Schedule, loops: list[LoopRV]) -> list[int]:
     return out
 
 
-_CHILD_FIELDS = ("a", "b", "value", "condition", "true_value", "false_value", "args",
-                 "indices", "source")
+_CHILD_FIELDS = (
+    "a",
+    "b",
+    "value",
+    "condition",
+    "true_value",
+    "false_value",
+    "args",
+    "indices",
+    "source",
+)
 
 
 def _contains(node, pred) -> bool:
@@ -409,19 +423,23 @@ def _main_contraction(sch: s_tir.Schedule) -> SBlockRV | None:
     return macs[0]
 
 
-def _row_axis(sch: s_tir.Schedule, block: SBlockRV, vec: int, spatial: list[int],
-              extents: list[int]) -> int | None:
+def _row_axis(
+    sch: s_tir.Schedule, block: SBlockRV, vec: int, spatial: list[int], extents: list[int]
+) -> int | None:
     """A spatial axis that the operand read along ``vec`` does not depend on (reuse axis)."""
     stmt = sch.get(block)
     vars_ = [iv.var for iv in stmt.iter_vars]
     out_buf = stmt.writes[0].source
     along_vec = [
-        r for r in stmt.reads
+        r
+        for r in stmt.reads
         if not r.source.same_as(out_buf) and any(_uses_var(x.min, vars_[vec]) for x in r.region)
     ]
     candidates = [
-        i for i in spatial
-        if i != vec and extents[i] > 1
+        i
+        for i in spatial
+        if i != vec
+        and extents[i] > 1
         and all(not any(_uses_var(x.min, vars_[i]) for x in r.region) for r in along_vec)
     ]
     if candidates:
@@ -431,7 +449,7 @@ def _row_axis(sch: s_tir.Schedule, block: SBlockRV, vec: int, spatial: list[int]
 
 
 def _flatten_plane(
-    sch: s_tir.Schedule, main: SBlockRV, epilogue: SBlockRV, lanes: int
+    sch: s_tir.Schedule, main: SBlockRV, epilogue: SBlockRV, lanes: int, force: bool = False
 ) -> None:
     """Merge the last two spatial axes into one when every buffer stores them as one plane.
 
@@ -453,7 +471,7 @@ def _flatten_plane(
         return
     a, b = spatial[-2], spatial[-1]
     ext_a, ext_b = int(ivs[a].dom.extent), int(ivs[b].dom.extent)
-    if ext_a == 1 or ext_b % lanes == 0 or (ext_a * ext_b) % lanes != 0:
+    if ext_a == 1 or (not force and (ext_b % lanes == 0 or (ext_a * ext_b) % lanes != 0)):
         return
     ana = Analyzer()
     for iv in ivs:
@@ -479,7 +497,7 @@ def _flatten_plane(
 
     def merge(n: int):
         def fmap(*vs):
-            return [*vs[:a], vs[a] * ext_b + vs[a + 1], *vs[a + 2:]]
+            return [*vs[:a], vs[a] * ext_b + vs[a + 1], *vs[a + 2 :]]
 
         return tirx.IndexMap.from_func(fmap, ndim=n)
 
@@ -512,9 +530,7 @@ def _single_epilogue(sch: s_tir.Schedule, main: SBlockRV) -> SBlockRV:
     return epilogue
 
 
-def _schedule_contraction(
-    sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams
-) -> None:
+def _schedule_contraction(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams) -> None:
     main_name = sch.get(main).name_hint
     _inline_injective(sch, keep={main_name})
     main = sch.get_sblock(main_name)
@@ -578,7 +594,7 @@ def _schedule_contraction(
         sch.unroll(inner[0])
     _parallelize(sch, outer, params)
     sch.decompose_reduction(main, red[0])
-    epi_loops = sch.get_loops(epilogue)[len(outer):]
+    epi_loops = sch.get_loops(epilogue)[len(outer) :]
     if epi_loops:
         sch.vectorize(epi_loops[-1])
 
@@ -674,9 +690,34 @@ def packed_pixel_tile(block: int, plane_vectors: int, registers: int) -> tuple[i
     return best[2], best[3]
 
 
-def _schedule_packed_conv(
-    sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams
-) -> None:
+def _pixel_vector(
+    sch: s_tir.Schedule, main: SBlockRV, epilogue: SBlockRV, plane: int, lanes: int
+) -> int | None:
+    """The vector length of the pixel tile over a ``plane``, or ``None`` for no pixel tile.
+
+    A whole register when the plane is a multiple of it. Otherwise (14x14 = 196 pixels) a
+    divisor of at least 3/4 of a register, and only when the epilogue reads a second tensor
+    of the output's size (a residual): the channel tile would gather it element by element
+    (measured on ResNet-50's 1x1 256->1024 at 14x14 with its residual: 76 GFLOP/s with the
+    channel tile; without a residual the channel tile wins, 131 against 109).
+    """
+    if plane % lanes == 0:
+        return lanes
+    vector = _largest_divisor_at_most(plane, lanes)
+    if vector * 4 < lanes * 3:
+        return None
+    out = sch.get(main).writes[0].source
+    size = math.prod(int(d) for d in out.shape)
+    for region in sch.get(epilogue).reads:
+        buf = region.source
+        if buf.same_as(out):
+            continue
+        if math.prod(int(d) for d in buf.shape) == size:
+            return vector
+    return None
+
+
+def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams) -> None:
     """Direct convolution, NCHW in and out, weights ``[F/B, C, KH, KW, B]``.
 
     Channel tile (the general case): ``nf`` vectors of ``B`` output channels x ``xi`` output
@@ -686,10 +727,14 @@ def _schedule_packed_conv(
     (bias, activation, residual) runs on the tile, vectorized over the channels, and writes
     NCHW with a stride: a scatter, whose cost only matters when the reduction is short.
 
-    Pixel tile (1x1 stride-1 convs whose plane is a whole number of vectors, e.g. 56x56):
-    ``r`` output channels x ``vp`` vectors of the flattened ``y * W + x`` plane; the weights
-    are broadcast (``r`` consecutive floats of the packed block) and the input and the
-    epilogue are contiguous vectors, so no scatter.
+    Pixel tile (1x1 stride-1 convs whose plane is a whole number of vectors, e.g. 56x56, or
+    of vectors of 12-15 lanes when the epilogue reads a residual, ``_pixel_vector``): ``r``
+    output channels x ``vp`` vectors of the flattened ``y * W + x`` plane; the weights are
+    broadcast (``r`` consecutive floats of the packed block) and the input and the epilogue
+    are contiguous vectors, so no scatter.
+
+    An epilogue that is not elementwise on the conv output (a squeeze-excitation gate
+    multiplied into the whole feature map) is declined: the contraction recipe takes it.
     """
     main_name = sch.get(main).name_hint
     block = _packed_block(sch, main)
@@ -700,22 +745,27 @@ def _schedule_packed_conv(
     epilogue = _single_epilogue(sch, main)
     n, f, y, x, rc, ry, rx = sch.get_loops(main)
     ext_f, ext_y, ext_x, ext_rc, ext_ry, ext_rx = _extents(sch, [f, y, x, rc, ry, rx])
+    if _extents(sch, sch.get_loops(epilogue)) != _extents(sch, [n, f, y, x]):
+        # e.g. a squeeze-excitation gate: a conv on a 1x1 pooled map whose epilogue multiplies
+        # it into the whole feature map. Computed at the tile, that epilogue would be the
+        # whole map per tile (and unrolled: minutes of LLVM on PP-OCRv4 det).
+        raise ValueError("the epilogue is not elementwise on the conv output")
     if ext_f % block:
         raise ValueError("output channels not a multiple of the packing block")
     weight_bytes = ext_f * ext_rc * ext_ry * ext_rx * 4
-    lanes = params.lanes
+    plane_vector = _pixel_vector(sch, main, epilogue, ext_y * ext_x, params.lanes)
     pixel = None
-    if ext_ry == ext_rx == 1 and (ext_y * ext_x) % lanes == 0 and ext_x % lanes:
-        pixel = packed_pixel_tile(block, ext_y * ext_x // lanes, params.vector_registers)
+    if ext_ry == ext_rx == 1 and plane_vector:
+        pixel = packed_pixel_tile(block, ext_y * ext_x // plane_vector, params.vector_registers)
     if pixel is not None:
-        _flatten_plane(sch, main, epilogue, lanes)
+        _flatten_plane(sch, main, epilogue, plane_vector, force=True)
         if len(sch.get_loops(main)) != 6:
             pixel = None  # not a plain [.., y, x] access (stride, padding): channel tile
     if pixel is not None:
         r, vp = pixel
         n, f, plane, rc, ry, rx = sch.get_loops(main)
         f_o, f_i = sch.split(f, factors=[None, r])
-        p_o, p_v, p_l = sch.split(plane, factors=[None, vp, lanes])
+        p_o, p_v, p_l = sch.split(plane, factors=[None, vp, plane_vector])
         outer = [n, p_o, f_o] if weight_bytes <= _WEIGHT_CACHE_BYTES else [n, f_o, p_o]
         sch.reorder(*outer, rc, ry, rx, f_i, p_v, p_l)
         sch.reverse_compute_at(epilogue, outer[-1], preserve_unit_loops=True)
@@ -741,9 +791,7 @@ def _schedule_packed_conv(
         sch.transform_layout(
             main,
             ("write", 0),
-            tirx.IndexMap.from_func(
-                lambda a, b, c, d: [a, b // block, c, d, b % block], ndim=4
-            ),
+            tirx.IndexMap.from_func(lambda a, b, c, d: [a, b // block, c, d, b % block], ndim=4),
         )
         sch.vectorize(f_v)
         sch.unroll(x_i)
@@ -755,7 +803,7 @@ def _schedule_packed_conv(
     epi_loops = sch.get_loops(epilogue)[1:]
     if pixel is not None:
         e_n, e_f, e_p = epi_loops
-        e_pv, e_pl = sch.split(e_p, factors=[None, lanes])
+        e_pv, e_pl = sch.split(e_p, factors=[None, plane_vector])
         sch.vectorize(e_pl)
         sch.unroll(e_pv)
         sch.unroll(e_f)
@@ -766,6 +814,66 @@ def _schedule_packed_conv(
         sch.vectorize(e_fi)
         sch.unroll(e_x)
         sch.unroll(e_fo)
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        if _is_root_level(sch, other, main):
+            try:
+                _schedule_block_generic(sch, other, params)
+            except _SCHEDULE_ERRORS as err:
+                log.debug("producer %s left serial: %s", sch.get(other).name_hint, err)
+
+
+# --------------------------------------------------------------------------------------------
+# Matmuls with packed weights (``pack_dense_weights``): panels of columns, panels outermost
+
+PACKED_DENSE_ATTR = "tvmforge.packed_dense"
+
+# Rows of the register tile at most: 8 rows x 2 vectors = 16 accumulators. Measured on
+# [128, 768] x [768, 3072], one thread: 8 x 32 148 GFLOP/s, 16 x 32 (32 accumulators, all
+# the registers) 60, 16 x 16 63, 4 x 64 69.
+_DENSE_TILE_ROWS = 8
+
+
+def _schedule_packed_dense(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams) -> None:
+    """Matmul ``x[.., M, K] x Wp[N/B, K, B]``: ``m_r`` rows x ``B`` columns in registers.
+
+    Loop order ``[panel] [batch] [row tile] (k) [m_r (unrolled)] [B (vectorized)]``: the panel
+    loop is outermost so one panel (``K * B`` floats, contiguous) stays in cache while every
+    row tile streams through it, and the parallel threads split the panels. Per ``k`` the
+    tile loads ``B / lanes`` weight vectors and broadcasts ``m_r`` inputs. The fused epilogue
+    (bias, GELU, residual) runs on the tile. Measured on BERT's ``[128, 768] x [768, 3072]``,
+    one thread: rows outermost (the contraction recipe's order) 59 GFLOP/s, panels outermost
+    148.
+    """
+    main_name = sch.get(main).name_hint
+    block = int(sch.get(main).annotations[PACKED_DENSE_ATTR])
+    _inline_injective(sch, keep={main_name})
+    main = sch.get_sblock(main_name)
+    kinds = _iter_kinds(sch, main)
+    if not _loops_match_iters(sch, main) or not kinds.endswith("SSR") or kinds.count("R") != 1:
+        raise ValueError(f"packed matmul loops are not [.., m, n, k] ({kinds})")
+    epilogue = _single_epilogue(sch, main)
+    *lead, m, n, k = sch.get_loops(main)
+    ext_m, ext_n = _extents(sch, [m, n])
+    if _extents(sch, sch.get_loops(epilogue)) != _extents(sch, [*lead, m, n]):
+        raise ValueError("the epilogue is not elementwise on the matmul output")
+    if ext_n % block:
+        raise ValueError("columns not a multiple of the panel width")
+    vregs = max(block // params.lanes, 1)
+    rows = _largest_divisor_at_most(ext_m, min(params.accumulators // vregs, _DENSE_TILE_ROWS))
+    n_o, n_i = sch.split(n, factors=[None, block])
+    m_o, m_i = sch.split(m, factors=[None, rows])
+    outer = [n_o, *lead, m_o]
+    sch.reorder(*outer, k, m_i, n_i)
+    sch.reverse_compute_at(epilogue, outer[-1], preserve_unit_loops=True)
+    sch.set_scope(main, 0, "local")
+    sch.vectorize(n_i)
+    if rows > 1:
+        sch.unroll(m_i)
+    _parallelize(sch, outer, params)
+    sch.decompose_reduction(main, k)
+    epi_loops = sch.get_loops(epilogue)[len(outer) :]
+    if epi_loops:
+        sch.vectorize(epi_loops[-1])
     for other in sch.get_child_blocks(sch.get_sblock("root")):
         if _is_root_level(sch, other, main):
             try:
@@ -799,8 +907,22 @@ def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.P
     params:
         The CPU's vector width and core count.
     """
+    from .batch_outer import has_symbolic_batch, schedule_batch_outer
+
+    if has_symbolic_batch(func):  # a dynamic batch: a loop over the batch-1 kernel, if separable
+        outer = schedule_batch_outer(func, params, schedule_prim_func)
+        if outer is not None:
+            return outer
     sch = s_tir.Schedule(func)
     main = _main_contraction(sch)
+    if main is not None and PACKED_DENSE_ATTR in sch.get(main).annotations:
+        try:
+            _schedule_packed_dense(sch, main, params)
+            return sch.mod["main"]
+        except _SCHEDULE_ERRORS as err:
+            log.debug("packed matmul schedule failed, using the contraction one: %s", err)
+            sch = s_tir.Schedule(func)
+            main = _main_contraction(sch)
     if main is not None and _packed_block(sch, main) is not None:
         try:
             _schedule_packed_conv(sch, main, params)

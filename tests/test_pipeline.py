@@ -44,3 +44,11 @@ def test_cuda_pipeline_schedules_every_kernel():
     mod = pipeline.tvmforge_pipeline(target=target)(AddRelu)
     funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert funcs and all("threadIdx" in f.script() for f in funcs)
+
+
+def test_cpu_graph_passes_end_with_packing_and_fast_math():
+    marker = relax.transform.CanonicalizeBindings()
+    names = [p.info.name for p in pipeline.graph_passes([marker])]
+    caller = len(names) - 1 - names[::-1].index(marker.info.name)
+    assert names[caller + 1 :] == ["PackConvWeights", "PackDenseWeights", "FastMathCpu"]
+    assert names.index("ConvTransposeDirect") < caller

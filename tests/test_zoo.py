@@ -62,3 +62,41 @@ def test_zoo_randomization_is_seeded():
     assert a.SerializeToString() != c.SerializeToString()
     assert not any(n.op_type == "ConstantOfShape" for n in a.graph.node)
     assert a.graph.node[-1].op_type != "Softmax"
+
+
+# --- zoo:bert-base, generated ------------------------------------------------------------------
+
+
+def test_bert_base_is_a_zoo_model_with_an_exported_bert_op_mix():
+    assert "bert-base" in zoo.names()
+    one = zoo.bert_encoder(layers=1)  # bert-base's shapes, one layer of its twelve
+    ops = [n.op_type for n in one.graph.node]
+    assert ops.count("MatMul") == 8  # Q, K, V, QK^T, probs V, output, FFN in, FFN out
+    for op, count in [("Softmax", 1), ("Erf", 1), ("ReduceMean", 4), ("Pow", 2), ("Sqrt", 2)]:
+        assert ops.count(op) == count, op
+    assert ops.count("Transpose") == 4 and ops.count("Reshape") == 4
+    weights = {t.name: t.dims for t in one.graph.initializer}
+    assert list(weights["encoder.layer.0.intermediate.dense.weight"]) == [768, 3072]
+    (x,) = one.graph.input
+    assert [d.dim_value for d in x.type.tensor_type.shape.dim] == [1, 128, 768]
+    fused = zoo.bert_encoder(layers=1, hidden=64, heads=4, seq=8, ffn=128, layernorm="fused")
+    assert [n.op_type for n in fused.graph.node].count("LayerNormalization") == 2
+
+
+@pytest.mark.parametrize("layernorm", ["decomposed", "fused"])
+def test_small_bert_matches_onnxruntime(layernorm):
+    model = zoo.bert_encoder(2, 64, 4, 16, 128, layernorm=layernorm, seed=1)
+    built = build_model(model, "x86", threads=2)
+    arrays = random_inputs(built.inputs, seed=0)
+    ref = run_onnxruntime(built.model, arrays)
+    import tvm
+    from tvm import relax
+
+    out = relax.VirtualMachine(built.executable, tvm.cpu())["main"](
+        tvm.runtime.tensor(arrays["hidden_states"])
+    )
+    ours = {built.outputs[0].name: (out if hasattr(out, "numpy") else out[0]).numpy()}
+    results = compare(ours, ref, atol=ATOL, rtol=RTOL)
+    assert all(r.ok for r in results), [r.line() for r in results]
+    (want,) = ref.values()
+    assert float(np.std(want)) > 0.5  # LayerNorm output: not degenerate
