@@ -618,6 +618,8 @@ def targets_cmd(as_json: bool) -> None:
 @freeze_option
 @threads_option
 @tuning_log_option
+@click.option("--no-tune", is_flag=True,
+              help="Apply no tuning records at all (not the shipped ones, not --tuning-log).")
 @click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -630,6 +632,7 @@ def bench_cmd(
     frozen: tuple,
     threads: int | None,
     tuning_logs: tuple[Path, ...],
+    no_tune: bool,
     repeat: int,
     warmup: int,
     as_json: bool,
@@ -646,7 +649,8 @@ def bench_cmd(
         warmup=warmup,
         input_shapes=dict(input_shapes),
         frozen_inputs=dict(frozen),
-        tuning_logs=list(tuning_logs),
+        tuning_logs=[] if no_tune else list(tuning_logs),
+        use_shipped_logs=not no_tune,
         progress=_progress(),
         **transforms,
     )

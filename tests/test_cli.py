@@ -283,3 +283,16 @@ def test_targets_lists_families_and_capabilities(cli):
     assert {"cortex-a72", "cortex-a76", "neoverse-n1"} <= set(rows["arm"]["presets"])
     text = cli("targets").stdout
     assert "build here: yes" in text
+
+
+def test_bench_no_tune_times_both_and_matches(cli, tmp_model):
+    """`bench --no-tune` (the untuned column of the README's tables) runs tvmforge and ONNX
+    Runtime on the same inputs and reports a ratio and matching outputs."""
+    model = tmp_model(conv_relu_model())
+    res = cli("bench", model, "--no-tune", "--threads", "1", "--repeat", "3", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["outputs_match"] is True and not out["lossy"]
+    assert out["tvmforge_ms"] > 0 and out["ort_ms"] > 0
+    # the ratio is of the unrounded medians; the ms fields are rounded to 1 us
+    assert out["ratio"] == pytest.approx(out["tvmforge_ms"] / out["ort_ms"], rel=0.2)
