@@ -18,6 +18,10 @@ sample. Each tensor's range is then, by ``method``:
   clipped to ``±T`` as for ``percentile``.
 
 Histogram methods run the samples twice (the first pass finds ``max|x|``).
+
+Per-channel ranges (``quantize_int8`` asks for them for depthwise convs' inputs): the probe's
+last outputs are each sample's per-channel minima and maxima, ``[2, C]``; the range of channel
+``c`` is the smallest minimum and largest maximum over the samples, whatever the method.
 """
 
 from __future__ import annotations
@@ -300,34 +304,45 @@ class Calibrator:
                 a + b for a, b in zip(totals, values, strict=True)]
         return totals or []
 
-    def __call__(self, probe) -> list[tuple[float, float]]:
+    supports_channels = True  # quantize_int8 may ask for per-channel ranges
+
+    def __call__(self, probe, channels: int = 0) -> list[tuple[Any, Any]]:
+        """One ``(lo, hi)`` per output of ``probe``. The last ``channels`` outputs are
+        per-channel statistics ``[2, C]`` (each sample's minima, maxima): their ranges are
+        arrays, the elementwise min of the minima and max of the maxima over all samples
+        (min/max whatever ``method``)."""
         run = self.runner(probe)
-        lo: list[float] | None = None
-        hi: list[float] | None = None
+        lo: list[Any] | None = None
+        hi: list[Any] | None = None
         for sample in self._bar("calibrating"):
             outs = run(sample)
-            mins = [float(np.min(o)) if o.size else 0.0 for o in outs]
-            maxs = [float(np.max(o)) if o.size else 0.0 for o in outs]
-            lo = mins if lo is None else [min(a, b) for a, b in zip(lo, mins, strict=True)]
-            hi = maxs if hi is None else [max(a, b) for a, b in zip(hi, maxs, strict=True)]
+            plain, stats = outs[:len(outs) - channels], outs[len(outs) - channels:]
+            mins = [float(np.min(o)) if o.size else 0.0 for o in plain] + [o[0] for o in stats]
+            maxs = [float(np.max(o)) if o.size else 0.0 for o in plain] + [o[1] for o in stats]
+            lo = mins if lo is None else [np.minimum(a, b) for a, b in zip(lo, mins, strict=True)]
+            hi = maxs if hi is None else [np.maximum(a, b) for a, b in zip(hi, maxs, strict=True)]
         assert lo is not None and hi is not None
+        lo = [float(a) if np.ndim(a) == 0 else a for a in lo]
+        hi = [float(b) if np.ndim(b) == 0 else b for b in hi]
+        n = len(lo) - channels
         if self.method == "minmax":
             self.ranges = list(zip(lo, hi, strict=True))
             return self.ranges
-        amax = [max(-a, b) for a, b in zip(lo, hi, strict=True)]
+        amax = [max(-a, b) for a, b in zip(lo[:n], hi[:n], strict=True)]
         hists = [np.zeros(self.bins, np.int64) for _ in amax]
         for sample in self._bar(f"calibrating ({self.method})"):
-            for h, m, o in zip(hists, amax, run(sample), strict=True):
+            for h, m, o in zip(hists, amax, run(sample)[:n], strict=True):
                 if m > 0:
                     h += np.histogram(np.abs(o), bins=self.bins, range=(0.0, m))[0]
         ranges = []
-        for a, b, m, h in zip(lo, hi, amax, hists, strict=True):
+        for a, b, m, h in zip(lo[:n], hi[:n], amax, hists, strict=True):
             if self.method == "percentile":
                 t = percentile_threshold(h, m, self.percentile)
             else:
                 levels = 255 if a >= 0 and self.activation == "uint8" else 128
                 t = entropy_threshold(h, m, levels)
             ranges.append((max(a, -t), min(b, t)))
+        ranges += list(zip(lo[n:], hi[n:], strict=True))
         self.ranges = ranges
         return ranges
 

@@ -52,6 +52,7 @@ __all__ = [
     "pack_weight_vnni",
     "qconv2d_grouped_nhwc",
     "qconv2d_nhwc",
+    "qmatmul",
     "schedule_vnni",
 ]
 
@@ -165,21 +166,28 @@ class Epilogue:
     residual: str | None = None
     residual_zp: int = 0
     residual_mult: float = 1.0
+    layout: str = "NHWC"  # of the output (and of a float residual); "NCHW" for float outputs
 
 
-def _padded_input(x: te.Tensor, spec: ConvSpec, channels: int, pad_value: int) -> te.Tensor:
-    """``x`` padded spatially with ``pad_value`` and channel-wise up to ``channels``."""
+def _padded_input(x: te.Tensor, spec: ConvSpec, channels: int,
+                  pad_value: int | te.Tensor) -> te.Tensor:
+    """``x`` padded spatially with ``pad_value`` (a number, or a tensor ``[C]``: one per
+    channel) and channel-wise up to ``channels``."""
     n, h, w, c = (int(d) for d in x.shape)
     pt, pl, pb, pr = spec.padding
     if not (pt or pl or pb or pr) and channels == c:
         return x
-    fill = tirx.const(pad_value, x.dtype)
+
+    def fill(k):
+        if isinstance(pad_value, te.Tensor):
+            return pad_value[tirx.min(k, c - 1)].astype(x.dtype)
+        return tirx.const(pad_value, x.dtype)
 
     def value(b, i, j, k):
         inside = tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl, k < c)
         return tirx.if_then_else(
             inside, x[b, tirx.min(tirx.max(i - pt, 0), h - 1),
-                      tirx.min(tirx.max(j - pl, 0), w - 1), tirx.min(k, c - 1)], fill)
+                      tirx.min(tirx.max(j - pl, 0), w - 1), tirx.min(k, c - 1)], fill(k))
 
     return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
 
@@ -194,7 +202,8 @@ def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int)
             r = residual[b, i, j, c].astype(f32) - tirx.const(float(epi.residual_zp), f32)
             t = t + r * tirx.const(epi.residual_mult, f32)
         elif epi.residual == "float32":
-            t = t + residual[b, i, j, c] * tirx.const(epi.residual_mult, f32)
+            r = residual[b, c, i, j] if epi.layout == "NCHW" else residual[b, i, j, c]
+            t = t + r * tirx.const(epi.residual_mult, f32)
         if epi.lower is not None:
             t = tirx.max(t, tirx.const(epi.lower, f32))
         if epi.upper is not None:
@@ -208,6 +217,11 @@ def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int)
         return q.astype(epi.out_dtype)
 
     del channels
+    if epi.layout == "NCHW":
+        if epi.out_dtype != f32:
+            raise ValueError("an NCHW output is float32 (uint8 outputs are NHWC)")
+        n, h, w, c = shape
+        return te.compute((n, c, h, w), lambda b, o, i, j: value(b, i, j, o), name="out_nchw")
     return te.compute(shape, value, name="out")
 
 
@@ -257,24 +271,29 @@ def qconv2d_grouped_nhwc(
     w: te.Tensor,
     bias: te.Tensor,
     mult: te.Tensor,
-    residual: te.Tensor | None = None,
-    *,
+    *extra: te.Tensor,
     spec: ConvSpec,
     epi: Epilogue,
-    x_zero_point: int,
+    x_zero_point: int | None,
     out_channels: int,
 ) -> te.Tensor:
     """u8 NHWC ``x`` conv s8 ``w`` laid out ``[KH, KW, IC/groups, OC]`` (grouped, depthwise).
 
-    Plain int32 arithmetic (no dot-product instruction): the reduction of a depthwise conv is
-    over ``KH x KW`` only, which VNNI's 4-wide channel sums do not fit.
+    ``extra``: the residual (when ``epi.residual``), then, when ``x_zero_point`` is ``None``
+    (a depthwise conv whose input is quantized per channel), the input's zero points
+    ``uint8 [IC]``, which the padding inserts. Plain int32 arithmetic (no dot-product
+    instruction): the reduction of a depthwise conv is over ``KH x KW`` only, which VNNI's
+    4-wide channel sums do not fit.
     """
+    extra = list(extra)
+    residual = extra.pop(0) if epi.residual else None
+    pad_value = extra.pop(0) if x_zero_point is None else x_zero_point
     n, h, wd, c = (int(d) for d in x.shape)
     kh, kw, icg, oc = (int(d) for d in w.shape)
     ocg = oc // spec.groups
     oh, ow = spec.out_hw(h, wd)
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
-    data = _padded_input(x, spec, c, x_zero_point)
+    data = _padded_input(x, spec, c, pad_value)
     rkh = te.reduce_axis((0, kh), "kh")
     rkw = te.reduce_axis((0, kw), "kw")
     rc = te.reduce_axis((0, icg), "icg")
@@ -291,6 +310,58 @@ def qconv2d_grouped_nhwc(
         lambda b, i, j, o: acc[b, i, j, o], bias, mult, residual, epi, (n, oh, ow, oc),
         out_channels,
     )
+
+
+def qmatmul(
+    a: te.Tensor,
+    b: te.Tensor,
+    *,
+    a_zero_point: int,
+    b_zero_point: int,
+    mult: float,
+    epi: Epilogue,
+) -> te.Tensor:
+    """``a @ b`` of two quantized activations: u8 ``a [..., M, K]`` and u8 ``b [..., K, N]``
+    (``b`` may be 2-D; other batch dimensions must match), each with its own per-tensor zero
+    point. The int32 accumulator ``sum_k (a - za)(b - zb)`` is exact for ``K < 33025`` (the
+    product of two centred u8 values is at most 255^2); the epilogue scales it by ``mult``
+    (``s_a s_b``, or ``s_a s_b / s_y`` for a u8 output with zero point ``epi.zero_point``)
+    and bounds it by ``epi.lower``/``epi.upper`` (no bias or residual)."""
+    ash = [int(d) for d in a.shape]
+    bsh = [int(d) for d in b.shape]
+    m, k = ash[-2:]
+    n = bsh[-1]
+    if bsh[-2] != k or (len(bsh) > 2 and bsh[:-2] != ash[:-2]):
+        raise ValueError(f"qmatmul: shapes {ash} x {bsh} do not match")
+    batch = len(ash) - 2
+    rk = te.reduce_axis((0, k), "k")
+    za = tirx.const(a_zero_point, "int32")
+    zb = tirx.const(b_zero_point, "int32")
+
+    def acc_value(*idx):
+        bi, i, j = idx[:batch], idx[batch], idx[batch + 1]
+        bb = bi if len(bsh) > 2 else ()
+        return te.sum(
+            (a[(*bi, i, rk)].astype("int32") - za) * (b[(*bb, rk, j)].astype("int32") - zb),
+            axis=rk,
+        )
+
+    acc = te.compute((*ash[:-2], m, n), acc_value, name="acc")
+    f32 = "float32"
+
+    def out_value(*idx):
+        t = acc[idx].astype(f32) * tirx.const(float(np.float32(mult)), f32)
+        if epi.lower is not None:
+            t = tirx.max(t, tirx.const(epi.lower, f32))
+        if epi.upper is not None:
+            t = tirx.min(t, tirx.const(epi.upper, f32))
+        if epi.out_dtype == f32:
+            return t
+        q = tirx.round(t) + tirx.const(float(epi.zero_point), f32)
+        q = tirx.min(tirx.max(q, tirx.const(0.0, f32)), tirx.const(255.0, f32))
+        return q.astype(epi.out_dtype)
+
+    return te.compute((*ash[:-2], m, n), out_value, name="out")
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,8 +394,9 @@ def schedule_vnni(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
     """
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
-    out = sch.get_sblock("out")
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    nchw = "out_nchw" in names
+    out = sch.get_sblock("out_nchw" if nchw else "out")
     n, oh, ow, ob, oi, kh, kw, icb, _ici = sch.get_loops(acc)
     ow_ext, ob_ext = (int(sch.get(lp).extent) for lp in (ow, ob))
     ow_i, ob_i = _tile(ow_ext, ob_ext)
@@ -342,8 +414,11 @@ def schedule_vnni(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
     sch.tensorize(oi, VNNI_INTRIN)
     sch.vectorize(sch.get_loops(init)[-1])
     epi_loops = sch.get_loops(out)
-    channels = int(sch.get(epi_loops[-1]).extent)
-    if channels % 16 == 0:
+    inner = int(sch.get(epi_loops[-1]).extent)
+    if nchw:  # the innermost loop runs over ow_i pixels of one channel (contiguous)
+        if inner in (4, 8, 16):
+            sch.vectorize(epi_loops[-1])
+    elif inner % 16 == 0:
         _, c_in = sch.split(epi_loops[-1], [None, 16])
         sch.vectorize(c_in)
     if "pad" in names:

@@ -143,6 +143,24 @@ def test_minmax_percentile_entropy_ranges():
     assert 2.0 < en[1][1] < 10.0 and en[1][0] == 0.0
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_per_channel_statistics_give_elementwise_ranges(method):
+    """The last ``channels`` outputs are per-sample ``[2, C]`` minima/maxima: their range is the
+    elementwise min of the minima and max of the maxima, whatever the method."""
+    rng = np.random.default_rng(2)
+    plain = [rng.normal(0, 1, 1000).astype(np.float32) for _ in range(3)]
+    stats = [np.stack([rng.normal(-1, 1, 5), rng.normal(1, 1, 5)]).astype(np.float32)
+             for _ in range(3)]
+    outs = [[p, st] for p, st in zip(plain, stats, strict=True)]
+    samples = [[np.zeros(1)] for _ in range(3)]
+    cal = Calibrator(samples, method, runner=_fake_runner(outs))
+    assert cal.supports_channels
+    (lo, hi), (clo, chi) = cal("probe", channels=1)
+    assert lo < 0 < hi and np.ndim(lo) == 0
+    np.testing.assert_array_equal(clo, np.min([st[0] for st in stats], axis=0))
+    np.testing.assert_array_equal(chi, np.max([st[1] for st in stats], axis=0))
+
+
 def test_calibrator_refuses_unknown_methods_and_no_samples():
     with pytest.raises(InputError, match="use one of minmax, percentile, entropy"):
         Calibrator([[np.zeros(1)]], "kl")

@@ -177,6 +177,30 @@ def test_qconv2d_kernel_matches_integer_reference(case, vnni):
         assert asm.count("vpdpbusd") > 0
 
 
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not HOST_VNNI, reason="this CPU has no AVX-512 VNNI"))], ids=["int32", "vnni"])
+def test_qconv2d_float_output_written_nchw_with_nchw_residual(vnni):
+    """A float output goes straight to NCHW (no transpose after the kernel); a float residual
+    is read NCHW too."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 256, (1, 10, 16, 8)).astype(np.uint8)
+    w = rng.integers(-127, 128, (20, 8, 3, 3)).astype(np.int8)
+    bias = rng.integers(-2000, 2000, 32).astype(np.int32)
+    mult = (rng.random(32) * 2e-4).astype(np.float32)
+    spec = K.ConvSpec(kernel=(3, 3), padding=(1, 1, 1, 1))
+    r = rng.normal(0, 1, (1, 20, 10, 16)).astype(np.float32)
+    epi = K.Epilogue(out_dtype="float32", upper=3.0, residual="float32", residual_mult=0.5,
+                     layout="NCHW")
+    fn = functools.partial(K.qconv2d_nhwc, spec=spec, epi=epi, x_zero_point=4, out_channels=20)
+    got, asm = _build_kernel(fn, [x, K.pack_weight_vnni(w), bias, mult, r], vnni)
+    acc = _conv_reference(x, w, spec, pad_value=4) + bias[:20]
+    t = acc.astype(np.float32) * mult[:20] + r.transpose(0, 2, 3, 1) * np.float32(0.5)
+    np.testing.assert_allclose(got, np.minimum(t, 3.0).transpose(0, 3, 1, 2), rtol=1e-6,
+                               atol=1e-6)
+    if vnni:
+        assert asm.count("vpdpbusd") > 0
+
+
 def test_grouped_kernel_depthwise_matches_integer_reference():
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (1, 6, 7, 8)).astype(np.uint8)
@@ -195,6 +219,26 @@ def test_grouped_kernel_depthwise_matches_integer_reference():
         for j in range(3):
             ref += xp[:, i:i + 6, j:j + 7, :] * w[:, 0, i, j].astype(np.int64)
     np.testing.assert_array_equal(got, ref.astype(np.float32))
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape", "out_dtype"), [
+    ((2, 3, 5, 7), (2, 3, 7, 4), "float32"),  # batch matmul (attention scores)
+    ((6, 9), (9, 5), "uint8"),  # plain matmul, requantized
+    ((2, 4, 9), (9, 3), "float32"),  # batched a, 2-D b
+])
+def test_qmatmul_kernel_matches_integer_reference(a_shape, b_shape, out_dtype):
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, a_shape).astype(np.uint8)
+    b = rng.integers(0, 256, b_shape).astype(np.uint8)
+    epi = K.Epilogue(out_dtype=out_dtype, zero_point=7)
+    fn = functools.partial(K.qmatmul, a_zero_point=100, b_zero_point=131, mult=3e-5, epi=epi)
+    got, _ = _build_kernel(fn, [a, b], vnni=False)
+    acc = np.matmul(a.astype(np.int64) - 100, b.astype(np.int64) - 131)
+    t = acc.astype(np.float32) * np.float32(3e-5)
+    if out_dtype == "float32":
+        np.testing.assert_allclose(got, t, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, np.clip(np.round(t) + 7, 0, 255).astype(np.uint8))
 
 
 # ---- the rewrite ---------------------------------------------------------------------------
@@ -322,6 +366,153 @@ def test_sensitivity_measures_each_layer_and_leaves_the_worst_float(threshold, l
     assert all(0.0 < e < 0.05 for e in errors.values())  # int8 layers: errors of ~1 %
     assert sorted(layer.name for layer in qpass.report.layers if layer.kernel == "float") == \
         left_float
+
+
+def _attention_module() -> tvm.IRModule:
+    """softmax((x Wq) (x Wk)^T / 4) (x Wv): two matmuls of activations, three of weights."""
+    rng = np.random.default_rng(5)
+    x = relax.Var("x", relax.TensorType((2, 6, 16), "float32"))
+    ws = [rng.normal(0, 0.3, (16, 16)).astype(np.float32) for _ in range(3)]
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            q, k, v = (bb.emit(relax.op.matmul(x, relax.const(w)), name_hint=n)
+                       for w, n in zip(ws, "qkv", strict=True))
+            kt = bb.emit(relax.op.permute_dims(k, [0, 2, 1]), name_hint="kt")
+            s = bb.emit(relax.op.matmul(q, kt), name_hint="s")
+            s = bb.emit(relax.op.multiply(s, relax.const(0.25, "float32")), name_hint="s4")
+            p = bb.emit(relax.op.nn.softmax(s, axis=-1), name_hint="p")
+            out = bb.emit_output(relax.op.matmul(p, v))
+        bb.emit_func_output(out)
+    return bb.get(), ws
+
+
+def test_matmul_of_two_activations_quantizes_both_per_tensor():
+    """Each operand of ``q @ k^T`` and ``p @ v`` is quantized per tensor at its own calibrated
+    range; the kernel's result is the matmul of the dequantized operands (numpy)."""
+    mod, ws = _attention_module()
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 1, (2, 6, 16)).astype(np.float32)
+    q, k, v = (x @ w for w in ws)
+    s = q @ k.transpose(0, 2, 1)
+    e = np.exp(0.25 * s - (0.25 * s).max(-1, keepdims=True))
+    p = e / e.sum(-1, keepdims=True)
+    span = lambda t: (float(t.min()), float(t.max()))  # noqa: E731
+    ranges = {"x": span(x), "q": span(q), "kt": span(k), "p": span(p), "v": span(v)}
+    qpass = quantize_int8(ranges=ranges, vnni=False)
+    with HOST:
+        after = qpass(mod)
+    kinds = [(layer.op, layer.kernel) for layer in qpass.report.layers]
+    assert kinds == [("dense", "int32")] * 3 + [("matmul", "int32")] * 2
+    assert "relax.matmul" not in _ops(after["main"])
+    got = _run(tvm.compile(after, target=HOST), x)
+
+    def fq(t, name):  # numpy fake quantization at the tensor's range
+        prm = activation_params(*ranges[name])
+        return dequantize_np(quantize_np(t, prm), prm)
+
+    def dense(t, w):
+        s_w, w_q = weight_params(w, axis=1)
+        return fq(t, "x") @ (w_q.astype(np.float32) * s_w)
+
+    q_, k_, v_ = (dense(x, w) for w in ws)
+    s_ = fq(q_, "q").astype(np.float64) @ fq(k_.transpose(0, 2, 1), "kt")
+    e_ = np.exp(0.25 * s_ - (0.25 * s_).max(-1, keepdims=True))
+    p_ = (e_ / e_.sum(-1, keepdims=True)).astype(np.float32)
+    want = fq(p_, "p").astype(np.float64) @ fq(v_, "v")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # and int8 stays close to the float attention
+    ref = p @ v
+    assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()
+
+
+def _depthwise_module(scales: np.ndarray) -> tvm.IRModule:
+    """x * scales (channels of very different ranges) -> depthwise 3x3 conv, padding 1."""
+    c = len(scales)
+    w = np.random.default_rng(7).normal(0, 0.5, (c, 1, 3, 3)).astype(np.float32)
+    x = relax.Var("x", relax.TensorType((1, c, 6, 6), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            s = bb.emit(relax.op.multiply(x, relax.const(scales.reshape(1, c, 1, 1))),
+                        name_hint="s")
+            out = bb.emit_output(relax.op.nn.conv2d(s, relax.const(w), padding=1, groups=c))
+        bb.emit_func_output(out)
+    return bb.get(), w
+
+
+def test_depthwise_input_is_quantized_per_channel():
+    """Each input channel gets its own scale and zero point (calibrated per channel); the
+    padding inserts each channel's zero point. Exact against numpy's per-channel fake
+    quantization, and far closer to float than one scale for all channels."""
+    from tvmforge.calibration import Calibrator
+    from tvmforge.passes.quantize_int8 import ChannelQParams
+
+    scales = np.array([100.0, 1.0, 0.01, 5.0], np.float32)
+    mod, w = _depthwise_module(scales)
+    rng = np.random.default_rng(8)
+    samples = [[rng.normal(0.3, 1, (1, 4, 6, 6)).astype(np.float32)] for _ in range(4)]
+    outs = {}
+    for channels in (True, False):
+        qpass = quantize_int8(Calibrator(samples), vnni=False, depthwise_channels=channels)
+        with HOST:
+            after = qpass(mod)
+        assert qpass.report.channel_tensors == (1 if channels else 0)
+        outs[channels] = _run(tvm.compile(after, target=HOST), samples[0][0])
+    # numpy: per-channel minmax over the calibration samples, fake quantization, the conv
+    s = np.concatenate([x[0] * scales.reshape(1, 4, 1, 1) for x in samples])
+    lo, hi = s.min(axis=(0, 2, 3)), s.max(axis=(0, 2, 3))
+    p = ChannelQParams(*zip(*[(q.scale, q.zero_point) for q in (
+        activation_params(a, b) for a, b in zip(lo, hi, strict=True))], strict=True))
+    scale, zp = p.arrays()
+    x = samples[0][0] * scales.reshape(1, 4, 1, 1)
+    xq = np.clip(np.round(x / scale.reshape(1, 4, 1, 1)) + zp.reshape(1, 4, 1, 1), 0, 255)
+    x_fq = (xq - zp.reshape(1, 4, 1, 1)) * scale.reshape(1, 4, 1, 1)
+    s_w, w_q = weight_params(w)
+    w_fq = w_q.astype(np.float64) * s_w.reshape(4, 1, 1, 1)
+    xp = np.pad(x_fq, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((1, 4, 6, 6))
+    for i in range(3):
+        for j in range(3):
+            want += xp[:, :, i:i + 6, j:j + 6] * w_fq[:, 0, i, j].reshape(1, 4, 1, 1)
+    np.testing.assert_allclose(outs[True], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    # float reference: per channel keeps the small channels; one scale for all loses them
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros((1, 4, 6, 6))
+    for i in range(3):
+        for j in range(3):
+            ref += xp[:, :, i:i + 6, j:j + 6] * w[:, 0, i, j].reshape(1, 4, 1, 1)
+    small = ref[:, 2]  # the channel scaled by 0.01
+    err = {k: np.abs(v[:, 2] - small).max() / np.abs(small).max() for k, v in outs.items()}
+    assert err[True] < 0.02 < 0.5 < err[False]
+
+
+def test_tensor_feeding_depthwise_and_dense_convs_gets_both_quantizations():
+    """The depthwise conv takes its input per channel, the 1x1 conv beside it per tensor."""
+    from tvmforge.calibration import Calibrator
+
+    rng = np.random.default_rng(10)
+    wd = rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32)
+    wp = rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32)
+    x = relax.Var("x", relax.TensorType((1, 4, 6, 6), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            s = bb.emit(relax.op.multiply(x, relax.const(np.array(
+                [3.0, 1.0, 0.1, 2.0], np.float32).reshape(1, 4, 1, 1))), name_hint="s")
+            d = bb.emit(relax.op.nn.conv2d(s, relax.const(wd), padding=1, groups=4))
+            p = bb.emit(relax.op.nn.conv2d(s, relax.const(wp)))
+            out = bb.emit_output(relax.op.add(d, p))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    samples = [[rng.normal(0, 1, (1, 4, 6, 6)).astype(np.float32)] for _ in range(4)]
+    qpass = quantize_int8(Calibrator(samples), vnni=False)
+    with HOST:
+        after = qpass(mod)
+    assert qpass.report.channel_tensors == 1 and len(qpass.report.quantized) == 2
+    ref = _run(tvm.compile(mod, target=HOST), samples[0][0])
+    got = _run(tvm.compile(after, target=HOST), samples[0][0])
+    assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()
 
 
 def test_refuses_without_ranges_or_calibrator():
