@@ -29,6 +29,14 @@ TVM's own ``dot_16x4_vnni`` intrinsic does not build with the LLVM in TVM 0.27 (
 ``vpdpbusd`` intrinsic takes ``<64 x i8>`` operands, TVM passes ``<16 x i32>``), and it wants
 the accumulator in ``global`` memory; :data:`VNNI_INTRIN` is the same description with the
 operand types LLVM wants and a ``local`` accumulator.
+
+ARM (``+dotprod``: Cortex-A76, Neoverse-N1): :func:`schedule_sdot` is the same schedule with
+:data:`SDOT_INTRIN`, the same ``16 x 4`` block as four ``sdot`` instructions (each a ``4 x 4``
+block: 4 channels x 4 inputs, 16 contiguous bytes of the packed weight). ``sdot`` multiplies
+s8 by s8, so the kernel's input stage (``signed=True``) stores ``x_q - 128`` as int8 (the
+padding ``zx - 128``) and the caller adds ``128 * sum_k w_q`` to the bias: the sum is exactly
+the u8 one, ``sum_k (x_q - 128) w_q + 128 sum_k w_q``. The ``4 x 16`` accumulator block is 4
+NEON registers, so the register tile is at most 6 blocks (:func:`_tile_neon`).
 """
 
 from __future__ import annotations
@@ -45,18 +53,22 @@ from tvm.script import tirx as T
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SDOT_INTRIN",
     "VNNI_INTRIN",
     "ConvSpec",
     "Epilogue",
+    "has_dotprod",
     "has_vnni",
     "pack_weight_vnni",
     "qconv2d_grouped_nhwc",
     "qconv2d_nhwc",
     "qmatmul",
+    "schedule_sdot",
     "schedule_vnni",
 ]
 
 VNNI_INTRIN = "tvmforge_dot_16x4_u8i8i32_vnni"
+SDOT_INTRIN = "tvmforge_dot_16x4_i8i8i32_sdot"
 KERNEL_ATTR = "tvmforge.int8_kernel"
 
 
@@ -110,6 +122,64 @@ def has_vnni(target: tvm.target.Target) -> bool:
     with target:
         features = set(codegen.llvm_get_cpu_features())
     return {"avx512vnni", "avx512bw"} <= features
+
+
+def _sdot_intrin(scope: str):
+    """``C[16] += A[4] . B[16, 4]^T`` (s8 x s8 -> s32) as four NEON ``sdot`` (4 x 4 each)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
+            for j in T.unroll(0, 4):
+                C[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    C.vload([j * 4], dtype="int32x4"),
+                    a_bytes,
+                    B.vload([j * 4, 0], dtype="int8x16"),
+                    dtype="int32x4",
+                )
+
+    return desc, impl
+
+
+TensorIntrin.register(SDOT_INTRIN, *_sdot_intrin("local"), override=True)
+
+
+def has_dotprod(target: tvm.target.Target) -> bool:
+    """Whether an ``llvm`` AArch64 target has the Armv8.2 dot product (``sdot``/``udot``)."""
+    if target.kind.name != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if not triple.startswith(("aarch64", "arm64")):
+        return False
+    from tvm.target import codegen
+
+    with target:
+        features = set(codegen.llvm_get_cpu_features())
+    return "dotprod" in features
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,6 +262,22 @@ def _padded_input(x: te.Tensor, spec: ConvSpec, channels: int,
     return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
 
 
+def _signed_input(x: te.Tensor, spec: ConvSpec, channels: int, zero_point: int) -> te.Tensor:
+    """``x - 128`` as int8, padded (spatially with ``zero_point - 128``, channel-wise up to
+    ``channels``): always a stage of its own (named ``pad``), which ``sdot`` reads."""
+    n, h, w, c = (int(d) for d in x.shape)
+    pt, pl, pb, pr = spec.padding
+    fill = tirx.const(int(zero_point) - 128, "int32")
+
+    def value(b, i, j, k):
+        inside = tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl, k < c)
+        v = x[b, tirx.min(tirx.max(i - pt, 0), h - 1), tirx.min(tirx.max(j - pl, 0), w - 1),
+              tirx.min(k, c - 1)].astype("int32") - tirx.const(128, "int32")
+        return tirx.if_then_else(inside, v, fill).astype("int8")
+
+    return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
+
+
 def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int):
     """The output tensor: ``acc_at(n, y, x, c)`` is the int32 accumulator of channel ``c``."""
     f32 = "float32"
@@ -236,17 +322,23 @@ def qconv2d_nhwc(
     epi: Epilogue,
     x_zero_point: int,
     out_channels: int,
+    signed: bool = False,
 ) -> te.Tensor:
     """u8 NHWC ``x`` (any C) conv VNNI-packed s8 ``w`` (:func:`pack_weight_vnni`), groups 1.
 
     ``bias`` and ``mult`` have ``OC`` padded to a multiple of 16; the result has
-    ``out_channels`` channels.
+    ``out_channels`` channels. ``signed``: the input stage stores ``x - 128`` as int8 (for
+    ``sdot``), so the accumulator is ``sum_k (x - 128) w`` and ``bias`` must carry
+    ``128 * sum_k w`` (see the module docstring).
     """
     n, h, wd, _ = (int(d) for d in x.shape)
     ob, kh, kw, cb = (int(d) for d in w.shape[:4])
     oh, ow = spec.out_hw(h, wd)
     (sh, sw), (dh, dw) = spec.strides, spec.dilation
-    data = _padded_input(x, spec, cb * 4, x_zero_point)
+    if signed:
+        data = _signed_input(x, spec, cb * 4, x_zero_point)
+    else:
+        data = _padded_input(x, spec, cb * 4, x_zero_point)
     rkh = te.reduce_axis((0, kh), "kh")
     rkw = te.reduce_axis((0, kw), "kw")
     rcb = te.reduce_axis((0, cb), "icb")
@@ -384,6 +476,20 @@ def _tile(ow: int, ob: int) -> tuple[int, int]:
     return best
 
 
+def _tile_neon(ow: int, ob: int) -> tuple[int, int]:
+    """Register tile for ``sdot``: ``ow_i`` pixels x ``ob_i`` 16-channel blocks, each block 4
+    NEON registers of accumulators; with the ``ob_i`` blocks of weights (4 registers each) and
+    one broadcast input, within the 32 registers."""
+    best = (1, 1)
+    for ow_i in sorted({_largest_divisor(ow, b) for b in (2, 3, 4, 5, 6)}):
+        for ob_i in sorted({_largest_divisor(ob, b) for b in (1, 2, 3)}):
+            if 4 * ow_i * ob_i + 4 * ob_i + 1 > 32:
+                continue
+            if (ow_i * ob_i, ow_i) > (best[0] * best[1], best[0]):
+                best = (ow_i, ob_i)
+    return best
+
+
 def schedule_vnni(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
     """Schedule a :func:`qconv2d_nhwc` kernel with VNNI (see the module docstring).
 
@@ -392,6 +498,16 @@ def schedule_vnni(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
     RuntimeError, ValueError
         When the function is not such a kernel (a schedule step fails).
     """
+    return _schedule_dot(func, num_cores, VNNI_INTRIN, _tile)
+
+
+def schedule_sdot(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
+    """Schedule a :func:`qconv2d_nhwc` kernel built with ``signed=True`` with the ARM
+    ``sdot`` intrinsic (:data:`SDOT_INTRIN`); the same schedule as :func:`schedule_vnni`."""
+    return _schedule_dot(func, num_cores, SDOT_INTRIN, _tile_neon)
+
+
+def _schedule_dot(func: tirx.PrimFunc, num_cores: int, intrin: str, tile) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
@@ -399,7 +515,7 @@ def schedule_vnni(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
     out = sch.get_sblock("out_nchw" if nchw else "out")
     n, oh, ow, ob, oi, kh, kw, icb, _ici = sch.get_loops(acc)
     ow_ext, ob_ext = (int(sch.get(lp).extent) for lp in (ow, ob))
-    ow_i, ob_i = _tile(ow_ext, ob_ext)
+    ow_i, ob_i = tile(ow_ext, ob_ext)
     ow_o, ow_in = sch.split(ow, [None, ow_i])
     ob_o, ob_in = sch.split(ob, [None, ob_i])
     sch.reorder(n, oh, ow_o, ob_o, kh, kw, icb, ow_in, ob_in, oi, _ici)
@@ -411,7 +527,7 @@ def schedule_vnni(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
     sch.unroll(ow_in)
     sch.unroll(ob_in)
     init = sch.decompose_reduction(acc, kh)
-    sch.tensorize(oi, VNNI_INTRIN)
+    sch.tensorize(oi, intrin)
     sch.vectorize(sch.get_loops(init)[-1])
     epi_loops = sch.get_loops(out)
     inner = int(sch.get(epi_loops[-1]).extent)

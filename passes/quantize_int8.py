@@ -51,8 +51,11 @@ and zero point). Everything else gets the dequantized float tensor, back in its 
 
 Kernels (``int8_kernels``): NHWC ``uint8`` activations, weights packed ``[OC/16, KH, KW,
 IC/4, 16, 4]``; on a target with AVX-512 VNNI the kernel is scheduled here and tensorized with
-``vpdpbusd`` (marked ``tirx.is_scheduled``, opaque to fusion); elsewhere, and for grouped and
-depthwise convs, the plain int32 kernel is left to the default schedules.
+``vpdpbusd`` (marked ``tirx.is_scheduled``, opaque to fusion); on an AArch64 target with the
+dot product (``+dotprod``: Cortex-A76, Neoverse-N1) likewise with ``sdot`` (the kernel reads
+``x_q - 128`` as int8 and the bias carries ``+128 · Σ_k w_q[o, k]``: the same integers);
+elsewhere, and for grouped and depthwise convs, the plain int32 kernel is left to the default
+schedules.
 
 Calibration
 -----------
@@ -225,7 +228,7 @@ def emit_dequantize(q: relax.Expr, p: QParams | ChannelQParams, axis: int = 1) -
 class LayerInfo:
     name: str
     op: str
-    kernel: str  # "vnni", "int32" or "float" (skipped)
+    kernel: str  # "vnni", "sdot", "int32" or "float" (skipped)
     output: str  # "uint8" or "float32"
     fused: list[str] = field(default_factory=list)
     reason: str = ""
@@ -243,6 +246,7 @@ class QuantReport:
     channel_tensors: int = 0  # depthwise inputs quantized per channel
     qdq_tensors: int = 0  # tensors whose parameters came from the model's own Q/DQ pairs
     errors: dict[str, float] = field(default_factory=dict)  # per-layer error (sensitivity)
+    sdot: bool = False  # ARM dot-product kernels (``sdot``)
 
     @property
     def quantized(self) -> list[LayerInfo]:
@@ -252,11 +256,15 @@ class QuantReport:
         vnni = sum(layer.kernel == "vnni" for layer in self.layers)
         skipped = len(self.layers) - len(self.quantized)
         qdq = f", {self.qdq_tensors} from Q/DQ" if self.qdq_tensors else ""
-        return (f"{len(self.quantized)} layer(s) int8 ({vnni} with VNNI), {skipped} left float; "
+        dot = f"{vnni} with VNNI"
+        if self.sdot:
+            dot = f"{sum(layer.kernel == 'sdot' for layer in self.layers)} with sdot"
+        return (f"{len(self.quantized)} layer(s) int8 ({dot}), {skipped} left float; "
                 f"{self.observed_tensors} activation range(s) calibrated{qdq}")
 
     def to_json(self) -> dict:
-        return {"activation": self.activation, "vnni": self.vnni,
+        extra = {"sdot": True} if self.sdot else {}
+        return {"activation": self.activation, "vnni": self.vnni, **extra,
                 "layers": [asdict(layer) for layer in self.layers], "refused": self.refused,
                 "observed_tensors": self.observed_tensors,
                 "channel_tensors": self.channel_tensors, "qdq_tensors": self.qdq_tensors,
@@ -603,10 +611,12 @@ _QUANT_FRIENDLY = ("relax.nn.max_pool2d", "relax.nn.relu")
 
 class _Rewriter:
     def __init__(self, graph: _Graph, sites: list[_Site], params: Mapping[relax.Var, QParams],
-                 vnni: bool, report: QuantReport, pairs: Mapping[relax.Var, _Pair] | None = None):
+                 vnni: bool, report: QuantReport, pairs: Mapping[relax.Var, _Pair] | None = None,
+                 sdot: bool = False):
         self.graph, self.sites, self.params = graph, sites, params
         self.pairs = dict(pairs or {})
         self.vnni, self.report = vnni, report
+        self.sdot = sdot and not vnni
         self.site_of_tail = {s.tail: s for s in sites}
         self.inner = {m for s in sites for m in s.members[:-1]}
         self.inputs = ({s.x for s in sites} | {s.residual for s in sites if s.residual is not None}
@@ -832,6 +842,8 @@ class _Rewriter:
         bias = site.bias if site.bias is not None else np.zeros(oc, np.float32)
         wsum = w_q.reshape(oc, -1).astype(np.int64).sum(axis=1)
         bias_q = np.round(bias.astype(np.float64) / s_acc.astype(np.float64)) - x_zp * wsum
+        if self.sdot and groups == 1:  # sdot reads x_q - 128: the bias gives the 128 back
+            bias_q = bias_q + 128 * wsum
         bias_q = np.clip(bias_q, -(2**31), 2**31 - 1).astype(np.int32)
         out_quant = self.quant_out(site.tail)
         py = self.params[site.tail] if out_quant else None
@@ -843,7 +855,7 @@ class _Rewriter:
             lower = None if lo is None else float(np.float32(lo) / out_scale)
             upper = None if hi is None else float(np.float32(hi) / out_scale)
         # a float output of a VNNI conv is written NCHW by the kernel itself (no transpose)
-        nchw_out = conv and not out_quant and groups == 1 and self.vnni
+        nchw_out = conv and not out_quant and groups == 1 and (self.vnni or self.sdot)
         res_arg, res_kind, res_zp, res_mult = None, None, 0, 1.0
         if site.residual is not None:
             rv = self.env.get(site.residual, site.residual)
@@ -885,7 +897,7 @@ class _Rewriter:
         if groups == 1:
             kernel_fn, weight = K.qconv2d_nhwc, K.pack_weight_vnni(w_q)
             vec = lambda v, dt: np.pad(v, (0, ocp - oc)).astype(dt)  # noqa: E731
-            kind = "vnni" if self.vnni else "int32"
+            kind = "vnni" if self.vnni else "sdot" if self.sdot else "int32"
         else:
             kernel_fn = K.qconv2d_grouped_nhwc
             weight = np.ascontiguousarray(w_q.transpose(2, 3, 1, 0))  # KH, KW, ICg, OC
@@ -900,6 +912,8 @@ class _Rewriter:
         te_fn = functools.partial(kernel_fn, spec=spec, epi=epi,
                                   x_zero_point=None if channelwise else px.zero_point,
                                   out_channels=oc)
+        if kind == "sdot":
+            te_fn = functools.partial(te_fn, signed=True)
         call = bb.call_te(te_fn, *args, primfunc_name_hint=f"q{site.kind}_{kind}")
         self.kernels[call.args[0]] = kind
         out = bb.emit(call, name_hint=site.tail.name + "_q")
@@ -1044,6 +1058,7 @@ class QuantizeInt8:
         vnni: bool | None = None,
         sensitivity: float | None = None,
         depthwise_channels: bool = True,
+        sdot: bool | None = None,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
@@ -1056,6 +1071,7 @@ class QuantizeInt8:
         self.vnni = vnni
         self.sensitivity = sensitivity
         self.depthwise_channels = depthwise_channels
+        self.sdot = sdot
         self.report: QuantReport | None = None
         self.observed: list[str] = []
 
@@ -1071,7 +1087,9 @@ class QuantizeInt8:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = tvm.target.Target.current(allow_none=True)
         vnni = self.vnni if self.vnni is not None else bool(target and K.has_vnni(target))
-        report = self.report = QuantReport(self.activation, vnni)
+        sdot = not vnni and (self.sdot if self.sdot is not None
+                             else bool(target and K.has_dotprod(target)))
+        report = self.report = QuantReport(self.activation, vnni, sdot=sdot)
         gv = next((g for g in mod.get_global_vars() if g.name_hint == "main"), None)
         func = mod[gv] if gv is not None else None
         if not isinstance(func, relax.Function):
@@ -1080,7 +1098,7 @@ class QuantizeInt8:
         graph = _Graph(func)
         pairs = _qdq_pairs(graph)
         skip = set(self.skip_layers)
-        sites, rewriter, observed, fixed = self._plan(graph, pairs, skip, report, vnni)
+        sites, rewriter, observed, fixed = self._plan(graph, pairs, skip, report, vnni, sdot)
         if not sites:
             log.info("quantize_int8: no layer to quantize")
             return mod
@@ -1096,7 +1114,7 @@ class QuantizeInt8:
                 report.layers.clear()
                 report.refused.clear()
                 sites, rewriter, observed, fixed = self._plan(graph, pairs, skip | worst,
-                                                              report, vnni)
+                                                              report, vnni, sdot)
                 for layer in report.layers:
                     if layer.name in worst:
                         layer.reason = f"sensitivity: relative error {errors[layer.name]:.3g}"
@@ -1108,26 +1126,28 @@ class QuantizeInt8:
         report.qdq_tensors = len(fixed)
         new_main, out = rewriter.run(mod)
         out.update_func(out.get_global_var("main"), new_main)
-        if vnni:
+        if vnni or sdot:
             cores = int(target.attrs.get("num-cores", 0) or 0) if target is not None else 1
+            schedule = K.schedule_vnni if vnni else K.schedule_sdot
             for kvar, kind in rewriter.kernels.items():
-                if kind != "vnni":
+                if kind not in ("vnni", "sdot"):
                     continue
-                scheduled = K.schedule_vnni(out[kvar], max(cores, 1))
+                scheduled = schedule(out[kvar], max(cores, 1))
                 out.update_func(kvar, scheduled.with_attr("tirx.is_scheduled", True)
                                 .with_attr("op_pattern", 8))  # kOpaque: fuse nothing into it
         out = relax.transform.DeadCodeElimination(["main"])(out)
         log.info("quantize_int8: %s", report.summary())
         return out
 
-    def _plan(self, graph: _Graph, pairs, skip: set[str], report: QuantReport, vnni: bool):
+    def _plan(self, graph: _Graph, pairs, skip: set[str], report: QuantReport, vnni: bool,
+              sdot: bool = False):
         """Sites, their rewriter, the tensors to calibrate and those a Q/DQ pair fixes."""
         sites = _find_sites(graph, self._name, skip, report)
         unknown = self.skip_layers - {layer.name for layer in report.layers} - {
             s.name for s in sites}
         if unknown:
             log.warning("quantize_int8: skip_layers names no layer: %s", ", ".join(sorted(unknown)))
-        rewriter = _Rewriter(graph, sites, {}, vnni, report, pairs)
+        rewriter = _Rewriter(graph, sites, {}, vnni, report, pairs, sdot)
         observed: list[relax.Var] = []
         fixed: dict[relax.Var, QParams] = {}
         for v in [*(s.x for s in sites), *(s.y for s in sites if s.y is not None),
@@ -1226,6 +1246,7 @@ def quantize_int8(
     vnni: bool | None = None,
     sensitivity: float | None = None,
     depthwise_channels: bool = True,
+    sdot: bool | None = None,
 ) -> QuantizeInt8:
     """Post-training int8 quantization as a module pass.
 
@@ -1253,6 +1274,9 @@ def quantize_int8(
         Quantize the input of a depthwise conv per channel (when the calibrator gives
         per-channel ranges, ``supports_channels``); the layer producing it then outputs float
         unless another layer takes it quantized. ``False``: one scale per tensor.
+    sdot:
+        Force the ARM ``sdot`` kernels on or off [default: when the current target is AArch64
+        with the dot product, ``+dotprod``, and VNNI is off].
     """
     return QuantizeInt8(calibrator, ranges, skip_layers, layer_names, activation, vnni,
-                        sensitivity, depthwise_channels)
+                        sensitivity, depthwise_channels, sdot)
