@@ -63,6 +63,7 @@ __all__ = [
     "qconv2d_grouped_nhwc",
     "qconv2d_nhwc",
     "qmatmul",
+    "schedule_depthwise",
     "schedule_sdot",
     "schedule_vnni",
 ]
@@ -237,6 +238,18 @@ class Epilogue:
     residual_zp: int = 0
     residual_mult: float = 1.0
     layout: str = "NHWC"  # of the output (and of a float residual); "NCHW" for float outputs
+    # Fused float stages after the bias / residual / bounds, applied to the real value (then
+    # ``mult`` is ``s_x s_w`` alone and the bounds are real): "affine" (``t * P[r] + P[r+1]``,
+    # per channel, two rows of the ``post`` tensor), "hswish" (``t * clip(t + 3, 0, 6) / 6``),
+    # "sigmoid", "relu". With any stage (or ``requant``) a u8 output is
+    # ``saturate(round(t * P[r]) + P[r+1])``: the last two rows, the output's inverse scale
+    # and zero point per channel (per-tensor outputs repeat one value).
+    post: tuple[str, ...] = ()
+    requant: bool = False
+
+    @property
+    def has_post(self) -> bool:
+        return bool(self.post) or self.requant
 
 
 def _padded_input(x: te.Tensor, spec: ConvSpec, channels: int,
@@ -278,9 +291,11 @@ def _signed_input(x: te.Tensor, spec: ConvSpec, channels: int, zero_point: int) 
     return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
 
 
-def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int):
+def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int, post=None):
     """The output tensor: ``acc_at(n, y, x, c)`` is the int32 accumulator of channel ``c``."""
     f32 = "float32"
+    if epi.has_post and post is None:
+        raise ValueError("an epilogue with post stages needs the post tensor")
 
     def value(b, i, j, c):
         t = (acc_at(b, i, j, c) + bias[c]).astype(f32) * mult[c]
@@ -294,10 +309,28 @@ def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int)
             t = tirx.max(t, tirx.const(epi.lower, f32))
         if epi.upper is not None:
             t = tirx.min(t, tirx.const(epi.upper, f32))
+        row = 0
+        for stage in epi.post:
+            if stage == "affine":
+                t = t * post[row, c] + post[row + 1, c]
+                row += 2
+            elif stage == "hswish":
+                r6 = tirx.min(tirx.max(t + tirx.const(3.0, f32), tirx.const(0.0, f32)),
+                              tirx.const(6.0, f32))
+                t = t * r6 / tirx.const(6.0, f32)
+            elif stage == "relu":
+                t = tirx.max(t, tirx.const(0.0, f32))
+            elif stage == "sigmoid":
+                t = tirx.sigmoid(t)
+            else:
+                raise ValueError(f"unknown epilogue stage {stage!r}")
         if epi.out_dtype == f32:
             return t
         info = np.iinfo(np.dtype(epi.out_dtype))
-        q = tirx.round(t) + tirx.const(float(epi.zero_point), f32)
+        if epi.has_post:
+            q = tirx.round(t * post[row, c]) + post[row + 1, c]
+        else:
+            q = tirx.round(t) + tirx.const(float(epi.zero_point), f32)
         lo, hi = tirx.const(float(info.min), f32), tirx.const(float(info.max), f32)
         q = tirx.min(tirx.max(q, lo), hi)
         return q.astype(epi.out_dtype)
@@ -317,6 +350,7 @@ def qconv2d_nhwc(
     bias: te.Tensor,
     mult: te.Tensor,
     residual: te.Tensor | None = None,
+    post: te.Tensor | None = None,
     *,
     spec: ConvSpec,
     epi: Epilogue,
@@ -331,6 +365,8 @@ def qconv2d_nhwc(
     ``sdot``), so the accumulator is ``sum_k (x - 128) w`` and ``bias`` must carry
     ``128 * sum_k w`` (see the module docstring).
     """
+    if epi.residual is None and post is None:  # positional: the post tensor, no residual
+        residual, post = None, residual
     n, h, wd, _ = (int(d) for d in x.shape)
     ob, kh, kw, cb = (int(d) for d in w.shape[:4])
     oh, ow = spec.out_hw(h, wd)
@@ -354,7 +390,7 @@ def qconv2d_nhwc(
     )
     return _epilogue(
         lambda b, i, j, c: acc[b, i, j, c // 16, c % 16],
-        bias, mult, residual, epi, (n, oh, ow, out_channels), out_channels,
+        bias, mult, residual, epi, (n, oh, ow, out_channels), out_channels, post,
     )
 
 
@@ -380,6 +416,7 @@ def qconv2d_grouped_nhwc(
     extra = list(extra)
     residual = extra.pop(0) if epi.residual else None
     pad_value = extra.pop(0) if x_zero_point is None else x_zero_point
+    post = extra.pop(0) if epi.has_post else None
     n, h, wd, c = (int(d) for d in x.shape)
     kh, kw, icg, oc = (int(d) for d in w.shape)
     ocg = oc // spec.groups
@@ -400,7 +437,7 @@ def qconv2d_grouped_nhwc(
     )
     return _epilogue(
         lambda b, i, j, o: acc[b, i, j, o], bias, mult, residual, epi, (n, oh, ow, oc),
-        out_channels,
+        out_channels, post,
     )
 
 
@@ -537,6 +574,8 @@ def _schedule_dot(func: tirx.PrimFunc, num_cores: int, intrin: str, tile) -> tir
     elif inner % 16 == 0:
         _, c_in = sch.split(epi_loops[-1], [None, 16])
         sch.vectorize(c_in)
+    elif inner % 8 == 0 or inner % 4 == 0:  # e.g. 24 channels: 8 lanes (was scalar)
+        _vectorize_inner(sch, epi_loops[-1])
     if "pad" in names:
         pad = sch.get_sblock("pad")
         loops = sch.get_loops(pad)
@@ -546,4 +585,73 @@ def _schedule_dot(func: tirx.PrimFunc, num_cores: int, intrin: str, tile) -> tir
         c_ext = int(sch.get(loops[-1]).extent)
         if c_ext in (4, 8, 16, 32, 64):
             sch.vectorize(loops[-1])
+    return sch.mod["main"]
+
+
+# --------------------------------------------------------------------------------------------
+# Depthwise schedule
+
+
+def _vector_width(extent: int) -> int | None:
+    return next((v for v in (16, 8, 4) if extent % v == 0), None)
+
+
+def _vectorize_inner(sch, loop) -> None:
+    """Vectorize ``loop`` (contiguous channels) by 16, 8 or 4 lanes, whichever divides it."""
+    ext = int(sch.get(loop).extent)
+    v = _vector_width(ext)
+    if v is None:
+        return
+    if ext == v:
+        sch.vectorize(loop)
+    else:
+        _, inner = sch.split(loop, [None, v])
+        sch.vectorize(inner)
+
+
+def schedule_depthwise(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
+    """Schedule a depthwise :func:`qconv2d_grouped_nhwc` kernel (one input channel per group):
+    NHWC, so channels are contiguous in the input, the ``[KH, KW, 1, OC]`` weight and the
+    output; the accumulators of ``ow_i`` pixels x ``V`` channels (``V`` = 16, 8 or 4 lanes)
+    are registers, the ``KH x KW`` reduction runs outside them, the epilogue is computed per
+    tile, vectorized over channels; rows run in parallel.
+
+    Raises
+    ------
+    RuntimeError, ValueError
+        When the function is not such a kernel (a schedule step fails).
+    """
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    out = sch.get_sblock("out")
+    n, oh, ow, oc, kh, kw, icg = sch.get_loops(acc)
+    if int(sch.get(icg).extent) != 1:
+        raise ValueError("not a depthwise kernel")
+    v = _vector_width(int(sch.get(oc).extent))
+    if v is None:
+        raise ValueError("channels are not a multiple of 4")
+    ow_i = _largest_divisor(int(sch.get(ow).extent), 8)
+    ow_o, ow_in = sch.split(ow, [None, ow_i])
+    oc_o, oc_in = sch.split(oc, [None, v])
+    sch.reorder(n, oh, ow_o, oc_o, kh, kw, icg, ow_in, oc_in)
+    sch.reverse_compute_at(out, oc_o, preserve_unit_loops=True)
+    sch.set_scope(acc, 0, "local")
+    outer = sch.fuse(n, oh)
+    if num_cores > 1:
+        sch.parallel(outer)
+    sch.unroll(ow_in)
+    sch.vectorize(oc_in)
+    sch.vectorize(sch.get_loops(out)[-1])
+    init = sch.decompose_reduction(acc, kh)
+    last = sch.get_loops(init)[-1]
+    if sch.get(last).kind != tirx.ForKind.VECTORIZED:
+        sch.vectorize(last)
+    if "pad" in names:
+        pad = sch.get_sblock("pad")
+        loops = sch.get_loops(pad)
+        fused = sch.fuse(*loops[:2])
+        if num_cores > 1:
+            sch.parallel(fused)
+        _vectorize_inner(sch, loops[-1])
     return sch.mod["main"]

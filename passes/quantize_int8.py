@@ -10,6 +10,13 @@ into one kernel's epilogue:
 
     site → [add per-channel constant (bias)] → [add another tensor (residual)] → [ReLU | Clip]
 
+A conv site then swallows the float elementwise glue after that chain (``_post_chain``):
+constant (per-channel or scalar) Mul / Add / Sub / Div, composed into one per-channel affine
+stage, HardSwish (``x * clip(x + 3, 0, 6) / 6`` as the importer writes it), ReLU, sigmoid; the
+kernel's epilogue computes them on real values and quantizes for the next layer (per channel
+when only depthwise convs read the tensor), so PP-LCNet's conv → affine → hardswish → affine
+→ depthwise chains stay uint8 between kernels.
+
 (``Sum`` of two tensors, which the ONNX importer writes ``sum(stack(broadcast_to(a),
 broadcast_to(b)))``, is first rewritten to ``add(a, b)``.)
 
@@ -380,6 +387,9 @@ class _Site:
     members: list[relax.Var] = field(default_factory=list)
     fused: list[str] = field(default_factory=list)
     y: relax.Expr | None = None  # matmul: the second activation
+    # fused float stages after bias / residual / act (real values): ("affine", A[OC], B[OC]),
+    # ("hswish",), ("relu",), ("sigmoid",); see ``_post_chain``
+    post: list[tuple] = field(default_factory=list)
 
     @property
     def tail(self) -> relax.Var:
@@ -582,8 +592,175 @@ def _find_sites(graph: _Graph, names: Callable[[str, np.ndarray, int], str],
                 break
             site.members.append(user)
             cur = user
+        if kind == "conv2d":
+            _post_chain(graph, site, cur, claimed)
         sites.append(site)
     return sites
+
+
+def _scalar(expr: relax.Expr) -> float | None:
+    c = _const(expr)
+    if c is None or c.size != 1:
+        return None
+    return float(c.reshape(()))
+
+
+def _callee_name(value: relax.Expr) -> str | None:
+    """The PrimFunc name of a ``call_tir`` (e.g. legalized ``maximum``), else None."""
+    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
+            and value.op.name == "relax.call_tir" and isinstance(value.args[0], tvm.ir.GlobalVar):
+        return value.args[0].name_hint
+    return None
+
+
+def _bound_op(value: relax.Expr, which: str) -> tuple[relax.Expr, float] | None:
+    """``maximum``/``minimum`` (``which``) of a tensor and a scalar constant, as a Relax op or
+    a legalized ``call_tir``: ``(tensor, constant)``."""
+    if _op(value, f"relax.{which}"):
+        args = list(value.args)
+    else:
+        name = _callee_name(value)
+        if name is None or not name.rstrip("0123456789_").endswith(which) \
+                or not isinstance(value.args[1], relax.Tuple):
+            return None
+        args = list(value.args[1].fields)
+    if len(args) != 2:
+        return None
+    for t, k in ((args[0], args[1]), (args[1], args[0])):
+        v = _scalar(k)
+        if v is not None and _const(t) is None:
+            return t, v
+    return None
+
+
+def _hswish(graph: _Graph, v: relax.Var) -> list[relax.Var] | None:
+    """The bindings of ``hardswish(v) = v * clip(v + 3, 0, 6) / 6`` (as the ONNX importer
+    writes it: add, maximum, minimum, multiply, divide), when ``v`` has no other user."""
+    users = graph.users.get(v, [])
+    if len(users) != 2 or None in users or not isinstance(v, relax.DataflowVar):
+        return None
+    a = next((u for u in users if _op(graph.defn[u], "relax.add")), None)
+    if a is None or _scalar(next((x for x in graph.defn[a].args if not x.same_as(v)), v)) != 3.0:
+        return None
+    chain = [a]
+    b = graph.single_user(a)
+    if b is None:
+        return None
+    bv = graph.defn[b]
+    if _op(bv, "relax.clip"):
+        if _activation_bounds(bv) != (0.0, 6.0) or not bv.args[0].same_as(a):
+            return None
+        chain.append(b)
+        c = b
+    else:
+        got = _bound_op(bv, "maximum")
+        if got is None or not got[0].same_as(a) or got[1] != 0.0:
+            return None
+        c = graph.single_user(b)
+        got = _bound_op(graph.defn[c], "minimum") if c is not None else None
+        if got is None or not got[0].same_as(b) or got[1] != 6.0:
+            return None
+        chain += [b, c]
+    def sixth(var, value):  # x / 6 or x * (1/6)
+        if _op(value, "relax.divide") and value.args[0].same_as(var):
+            return _scalar(value.args[1]) == 6.0
+        return _op(value, "relax.multiply") and any(
+            abs((_scalar(x) or 0.0) - 1 / 6) < 1e-7 for x in value.args if not x.same_as(var))
+
+    scaled = False
+    d = graph.single_user(c)
+    if d is not None and d not in users and sixth(c, graph.defn[d]):
+        chain.append(d)
+        c, scaled = d, True
+        d = graph.single_user(c)
+    if d is None or d not in users or not _op(graph.defn[d], "relax.multiply"):
+        return None
+    da = graph.defn[d].args
+    if not ((da[0].same_as(v) and da[1].same_as(c)) or (da[1].same_as(v) and da[0].same_as(c))):
+        return None
+    chain.append(d)
+    if scaled:
+        return chain
+    e = graph.single_user(d)
+    if e is None or not sixth(d, graph.defn[e]):
+        return None
+    chain.append(e)
+    return chain
+
+
+def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set) -> None:
+    """Extend ``site``'s chain with float elementwise stages that run per element in the
+    kernel's epilogue: per-channel (or scalar) constant multiply / add / subtract / divide
+    (composed into one affine stage), hardswish, ReLU, Clip(0, inf), sigmoid."""
+    out_shape = _shape(cur)
+    if out_shape is None:
+        return
+    post: list[tuple] = []
+    oc = out_shape[1]
+
+    def affine():
+        if not post or post[-1][0] != "affine":
+            post.append(("affine", np.ones(oc, np.float64), np.zeros(oc, np.float64)))
+        return post[-1]
+
+    while True:
+        chain = _hswish(graph, cur)
+        if chain is not None:
+            post.append(("hswish",))
+            site.members.extend(chain)
+            site.fused.append("hswish")
+            cur = chain[-1]
+            continue
+        user = graph.single_user(cur)
+        if user is None or _shape(user) != out_shape or _dtype(user) != "float32":
+            break
+        nxt = graph.defn[user]
+        if _op(nxt, "relax.nn.relu"):
+            post.append(("relu",))
+            name = "relu"
+        elif _op(nxt, "relax.sigmoid"):
+            post.append(("sigmoid",))
+            name = "sigmoid"
+        elif (_op(nxt, "relax.clip") and _activation_bounds(nxt) is not None
+              and _activation_bounds(nxt)[0] == 0.0 and _activation_bounds(nxt)[1] is None):
+            post.append(("relu",))
+            name = "relu"
+        elif any(_op(nxt, f"relax.{o}") for o in ("multiply", "add", "subtract", "divide")):
+            a, b = nxt.args
+            if a.same_as(b):
+                break
+            other = b if a.same_as(cur) else a
+            c = _const(other)
+            vec = _channel_vector(c, out_shape, 1) if c is not None else None
+            if vec is None:
+                break
+            vec = vec.astype(np.float64)
+            if _op(nxt, "relax.multiply"):
+                _, A, B = affine()
+                A *= vec
+                B *= vec
+                name = "mul"
+            elif _op(nxt, "relax.add"):
+                affine()[2][:] += vec
+                name = "add"
+            elif not a.same_as(cur):  # k - x, k / x: not affine in x (or not simply)
+                break
+            elif _op(nxt, "relax.subtract"):
+                affine()[2][:] -= vec
+                name = "sub"
+            else:
+                if np.any(vec == 0):
+                    break
+                _, A, B = affine()
+                A /= vec
+                B /= vec
+                name = "div"
+        else:
+            break
+        site.members.append(user)
+        site.fused.append(name)
+        cur = user
+    site.post = post
 
 
 def _depthwise(site: _Site) -> bool:
@@ -665,7 +842,8 @@ class _Rewriter:
         if not isinstance(val, _QVal):
             return val
         if expr not in self.float_cache:
-            f = self.bb.emit(emit_dequantize(val.expr, val.params))
+            axis = 3 if val.layout == "NHWC" else 1  # of a per-channel one
+            f = self.bb.emit(emit_dequantize(val.expr, val.params, axis=axis))
             if val.layout == "NHWC":
                 f = self.bb.emit(relax.op.permute_dims(f, [0, 3, 1, 2]))
             self.float_cache[expr] = f
@@ -673,7 +851,7 @@ class _Rewriter:
 
     def quant_of(self, var: relax.Expr, layout: str) -> _QVal:
         val = self.env.get(var, var) if isinstance(var, relax.Var) else var
-        if isinstance(val, _QVal) and val.layout == layout:
+        if isinstance(val, _QVal) and val.layout == layout and isinstance(val.params, QParams):
             return val
         key = (var, layout)
         pair = self.pairs.get(var)
@@ -706,11 +884,16 @@ class _Rewriter:
     def channelwise(self, site: _Site) -> bool:
         """Whether ``site`` (a depthwise conv) takes its input quantized per channel: it has
         per-channel parameters and no kernel produced it as uint8 already."""
-        return (site.x in self.channel_params and _depthwise(site)
-                and not isinstance(self.env.get(site.x), _QVal))
+        val = self.env.get(site.x)
+        if isinstance(val, _QVal):  # per channel already when its producer quantized it so
+            return _depthwise(site) and isinstance(val.params, ChannelQParams)
+        return site.x in self.channel_params and _depthwise(site)
 
     def quant_of_channels(self, var: relax.Var) -> _QVal:
         """``var`` (NCHW float) quantized per channel, NHWC."""
+        val = self.env.get(var)
+        if isinstance(val, _QVal) and isinstance(val.params, ChannelQParams):
+            return val
         key = (var, "NHWC/channels")
         if key not in self.quant_cache:
             p = self.channel_params[var]
@@ -847,7 +1030,14 @@ class _Rewriter:
         bias_q = np.clip(bias_q, -(2**31), 2**31 - 1).astype(np.int32)
         out_quant = self.quant_out(site.tail)
         py = self.params[site.tail] if out_quant else None
-        out_scale = np.float32(py.scale) if py else np.float32(1.0)
+        # a tensor only depthwise convs take (per channel): the kernel quantizes it per
+        # channel itself (NHWC u8) instead of writing float for a quantize pass to re-read
+        chan_out = (conv and not out_quant and site.tail in self.channel_only
+                    and site.tail in self.channel_params)
+        if chan_out:
+            py = self.channel_params[site.tail]
+        real = bool(site.post) or chan_out  # the epilogue works on real values
+        out_scale = np.float32(py.scale) if py and not real else np.float32(1.0)
         mult = (s_acc / out_scale).astype(np.float32)
         lower = upper = None
         if site.act is not None:
@@ -855,7 +1045,8 @@ class _Rewriter:
             lower = None if lo is None else float(np.float32(lo) / out_scale)
             upper = None if hi is None else float(np.float32(hi) / out_scale)
         # a float output of a VNNI conv is written NCHW by the kernel itself (no transpose)
-        nchw_out = conv and not out_quant and groups == 1 and (self.vnni or self.sdot)
+        nchw_out = (conv and not out_quant and not chan_out and groups == 1
+                    and (self.vnni or self.sdot))
         res_arg, res_kind, res_zp, res_mult = None, None, 0, 1.0
         if site.residual is not None:
             rv = self.env.get(site.residual, site.residual)
@@ -868,12 +1059,26 @@ class _Rewriter:
                 if conv and not nchw_out:
                     r = bb.emit(relax.op.permute_dims(r, [0, 2, 3, 1]))
                 res_arg, res_kind, res_mult = r, "float32", float(np.float32(1.0) / out_scale)
+        u8_out = out_quant or chan_out
+        post_rows: list[np.ndarray] = []
+        for stage in site.post:
+            if stage[0] == "affine":
+                post_rows += [stage[1].astype(np.float32), stage[2].astype(np.float32)]
+        if real and u8_out:
+            if chan_out:
+                scale, zp = (np.asarray(a, np.float32) for a in py.arrays())
+            else:
+                scale = np.full(oc, np.float32(py.scale), np.float32)
+                zp = np.full(oc, float(py.zero_point), np.float32)
+            post_rows += [(np.float32(1.0) / scale).astype(np.float32), zp.astype(np.float32)]
         epi = K.Epilogue(
-            out_dtype="uint8" if out_quant else "float32",
-            zero_point=py.zero_point if py else 0,
+            out_dtype="uint8" if u8_out else "float32",
+            zero_point=py.zero_point if py and not chan_out else 0,
             lower=lower, upper=upper,
             residual=res_kind, residual_zp=res_zp, residual_mult=res_mult,
             layout="NCHW" if nchw_out else "NHWC",
+            post=tuple(stage[0] for stage in site.post),
+            requant=real and u8_out,
         )
         x_expr = xq.expr
         x_shape = _shape(site.x)
@@ -903,25 +1108,33 @@ class _Rewriter:
             weight = np.ascontiguousarray(w_q.transpose(2, 3, 1, 0))  # KH, KW, ICg, OC
             vec = lambda v, dt: v.astype(dt)  # noqa: E731
             kind = "int32"
+            # depthwise, NHWC, channels a multiple of 4: its own schedule (vnni/sdot hosts)
+            dw_sched = (_depthwise(site) and oc == int(w_oihw.shape[0]) and oc % 4 == 0
+                        and oc == groups and (self.vnni or self.sdot))
         args = [x_expr, relax.const(weight, "int8"), relax.const(vec(bias_q, "int32"), "int32"),
                 relax.const(vec(mult, "float32"), "float32")]
         if res_arg is not None:
             args.append(res_arg)
         if channelwise:  # the padding inserts each channel's own zero point
             args.append(relax.const(px.arrays()[1].astype(np.uint8), "uint8"))
+        if epi.has_post:
+            rows = np.stack(post_rows) if post_rows else np.zeros((0, oc), np.float32)
+            if groups == 1:
+                rows = np.pad(rows, ((0, 0), (0, ocp - oc)))
+            args.append(relax.const(np.ascontiguousarray(rows, np.float32), "float32"))
         te_fn = functools.partial(kernel_fn, spec=spec, epi=epi,
                                   x_zero_point=None if channelwise else px.zero_point,
                                   out_channels=oc)
         if kind == "sdot":
             te_fn = functools.partial(te_fn, signed=True)
         call = bb.call_te(te_fn, *args, primfunc_name_hint=f"q{site.kind}_{kind}")
-        self.kernels[call.args[0]] = kind
+        self.kernels[call.args[0]] = "depthwise" if groups > 1 and dw_sched else kind
         out = bb.emit(call, name_hint=site.tail.name + "_q")
         if not conv:
             out = bb.emit(relax.op.reshape(out, [*x_shape[:-1], oc]))
         self.report.layers.append(LayerInfo(site.name, site.kind, kind, epi.out_dtype,
                                             fused=list(site.fused)))
-        if out_quant:
+        if out_quant or chan_out:
             return _QVal(out, layout, py)
         if conv and not nchw_out:
             return bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
@@ -1130,9 +1343,10 @@ class QuantizeInt8:
             cores = int(target.attrs.get("num-cores", 0) or 0) if target is not None else 1
             schedule = K.schedule_vnni if vnni else K.schedule_sdot
             for kvar, kind in rewriter.kernels.items():
-                if kind not in ("vnni", "sdot"):
+                if kind not in ("vnni", "sdot", "depthwise"):
                     continue
-                scheduled = schedule(out[kvar], max(cores, 1))
+                fn = K.schedule_depthwise if kind == "depthwise" else schedule
+                scheduled = fn(out[kvar], max(cores, 1))
                 out.update_func(kvar, scheduled.with_attr("tirx.is_scheduled", True)
                                 .with_attr("op_pattern", 8))  # kOpaque: fuse nothing into it
         out = relax.transform.DeadCodeElimination(["main"])(out)

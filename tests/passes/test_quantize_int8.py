@@ -670,3 +670,167 @@ def test_digits_int8_top1_within_one_point_of_float(name, method):
     float_acc = _float_accuracy(name)
     assert float_acc > 95.0
     assert _accuracy(q) >= float_acc - 1.0
+
+
+# ---- fused float glue: affine / hardswish stages, per-channel u8 outputs, depthwise ---------
+
+
+def _post_reference(t, rows, post):
+    r = 0
+    for stage in post:
+        if stage == "affine":
+            t = t * rows[r] + rows[r + 1]
+            r += 2
+        elif stage == "hswish":
+            t = t * np.minimum(np.maximum(t + np.float32(3), np.float32(0)),
+                               np.float32(6)) / np.float32(6)
+        elif stage == "relu":
+            t = np.maximum(t, np.float32(0))
+    return t, r
+
+
+@pytest.mark.parametrize("out_dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not HOST_VNNI, reason="this CPU has no AVX-512 VNNI"))], ids=["int32", "vnni"])
+def test_qconv2d_post_stages_and_per_channel_requant_match_numpy(vnni, out_dtype):
+    """bias -> affine -> hardswish -> affine -> per-channel quantize, in the epilogue; 24
+    output channels (the u8 epilogue is vectorized by 8 lanes)."""
+    rng = np.random.default_rng(21)
+    oc, ocp = 24, 32
+    x = rng.integers(0, 256, (1, 6, 8, 12)).astype(np.uint8)
+    w = rng.integers(-127, 128, (oc, 12, 3, 3)).astype(np.int8)
+    bias = rng.integers(-2000, 2000, ocp).astype(np.int32)
+    mult = (rng.random(ocp) * 2e-4).astype(np.float32)
+    rows = np.stack([rng.normal(1, 0.3, ocp), rng.normal(0, 0.5, ocp),
+                     rng.normal(1, 0.3, ocp), rng.normal(0, 0.5, ocp),
+                     1 / (0.02 + rng.random(ocp) * 0.05), rng.integers(0, 60, ocp)]
+                    ).astype(np.float32)
+    post = ("affine", "hswish", "affine")
+    spec = K.ConvSpec(kernel=(3, 3), padding=(1, 1, 1, 1))
+    layout = "NCHW" if out_dtype == "float32" else "NHWC"
+    epi = K.Epilogue(out_dtype=out_dtype, post=post, requant=out_dtype == "uint8",
+                     layout=layout)
+    fn = functools.partial(K.qconv2d_nhwc, spec=spec, epi=epi, x_zero_point=7, out_channels=oc)
+    got, asm = _build_kernel(fn, [x, K.pack_weight_vnni(w), bias, mult, rows], vnni)
+    acc = _conv_reference(x, w, spec, pad_value=7) + bias[:oc]
+    t, r = _post_reference(acc.astype(np.float32) * mult[:oc], rows[:, :oc], post)
+    if out_dtype == "float32":
+        np.testing.assert_allclose(got, t.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+    else:
+        want = np.clip(np.round(t * rows[r, :oc]) + rows[r + 1, :oc], 0, 255)
+        assert np.abs(got.astype(np.int32) - want).max() <= 1  # float contraction: 1 LSB
+        assert (got == want).mean() > 0.99
+    if vnni:
+        assert asm.count("vpdpbusd") > 0
+
+
+def test_depthwise_schedule_matches_the_unscheduled_kernel_and_numpy():
+    """The depthwise schedule (channels vectorized, rows parallel) with per-channel padding
+    zero points and fused affine + hardswish + per-channel quantize."""
+    rng = np.random.default_rng(22)
+    c = 24
+    x = rng.integers(0, 256, (1, 9, 10, c)).astype(np.uint8)
+    w = rng.integers(-127, 128, (c, 1, 3, 3)).astype(np.int8)
+    zp = rng.integers(0, 256, c).astype(np.uint8)
+    bias = rng.integers(-500, 500, c).astype(np.int32)
+    mult = (rng.random(c) * 1e-3).astype(np.float32)
+    rows = np.stack([rng.normal(1, 0.3, c), rng.normal(0, 0.5, c),
+                     1 / (0.02 + rng.random(c) * 0.05), rng.integers(0, 60, c)]
+                    ).astype(np.float32)
+    post = ("affine", "hswish")
+    for stride in (1, 2):
+        spec = K.ConvSpec(kernel=(3, 3), strides=(stride, stride), padding=(1, 1, 1, 1),
+                          groups=c)
+        epi = K.Epilogue(out_dtype="uint8", post=post, requant=True)
+        fn = functools.partial(K.qconv2d_grouped_nhwc, spec=spec, epi=epi, x_zero_point=None,
+                               out_channels=c)
+        args = [x, np.ascontiguousarray(w.transpose(2, 3, 1, 0)), bias, mult, zp, rows]
+        placeholders = [te.placeholder(a.shape, str(a.dtype), name=f"a{i}")
+                        for i, a in enumerate(args)]
+        out = fn(*placeholders)
+        func = te.create_prim_func([*placeholders, out])
+        results = []
+        for f in (func, K.schedule_depthwise(func, 2)):
+            ex = tvm.compile(tvm.IRModule({"main": f}), target=HOST)
+            res = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "uint8"), tvm.cpu())
+            ex["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in args], res)
+            results.append(res.numpy())
+        np.testing.assert_array_equal(results[1], results[0])
+        xp = np.pad(x.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        for ch in range(c):  # each channel padded with its own zero point
+            xp[:, [0, -1], :, ch] = zp[ch]
+            xp[:, :, [0, -1], ch] = zp[ch]
+        oh, ow = spec.out_hw(9, 10)
+        acc = np.zeros((1, oh, ow, c), np.int64)
+        for i in range(3):
+            for j in range(3):
+                acc += (xp[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
+                        * w[:, 0, i, j].astype(np.int64))
+        t, r = _post_reference((acc + bias).astype(np.float32) * mult, rows, post)
+        want = np.clip(np.round(t * rows[r]) + rows[r + 1], 0, 255)
+        assert np.abs(results[1].astype(np.int32) - want).max() <= 1
+        assert (results[1] == want).mean() > 0.99
+
+
+def _lcnet_block() -> onnx.ModelProto:
+    """PP-LCNetV3's pattern (PP-OCRv4 det's backbone): conv + bias, learnable affine (scalar
+    Mul, Add), HardSwish, affine, then a depthwise conv, affine, HardSwish, affine, a 1x1 conv
+    to 24 channels + ReLU."""
+    rng = np.random.default_rng(5)
+
+    def t(name, arr):
+        return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+
+    inits = [t("w1", rng.normal(0, 0.3, (16, 3, 3, 3))), t("b1", rng.normal(0, 0.1, 16)),
+             t("s1", [1.3]), t("h1", [0.2]), t("s2", [0.9]), t("h2", [-0.1]),
+             t("wd", rng.normal(0, 0.3, (16, 1, 3, 3))), t("bd", rng.normal(0, 0.1, 16)),
+             t("s3", rng.normal(1, 0.2, (1, 16, 1, 1))), t("h3", [0.05]),
+             t("s4", [1.1]), t("h4", [0.02]),
+             t("w2", rng.normal(0, 0.2, (24, 16, 1, 1))), t("b2", rng.normal(0, 0.1, 24))]
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1],
+             strides=[2, 2]),
+        node("Mul", ["s1", "c1"], ["m1"]), node("Add", ["m1", "h1"], ["a1"]),
+        node("HardSwish", ["a1"], ["hs1"]),
+        node("Mul", ["s2", "hs1"], ["m2"]), node("Add", ["m2", "h2"], ["a2"]),
+        node("Conv", ["a2", "wd", "bd"], ["dw"], name="dwconv", pads=[1, 1, 1, 1], group=16),
+        node("Mul", ["dw", "s3"], ["m3"]), node("Add", ["m3", "h3"], ["a3"]),
+        node("HardSwish", ["a3"], ["hs3"]),
+        node("Mul", ["s4", "hs3"], ["m4"]), node("Add", ["m4", "h4"], ["a4"]),
+        node("Conv", ["a4", "w2", "b2"], ["c2"], name="conv2"),
+        node("Relu", ["c2"], ["y"]),
+    ]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                            [1, 3, 32, 32])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                     [1, 24, 16, 16])], inits)
+
+
+def test_lcnet_glue_is_fused_and_tensors_stay_uint8():
+    """The affine / HardSwish glue runs in the conv epilogues: conv1 writes the depthwise
+    conv's input quantized per channel, the depthwise conv writes conv2's u8 input; no
+    quantize pass is left in ``main``, and the result agrees with float and ONNX Runtime."""
+    import onnxruntime as ort
+
+    from tvmforge.build import build_model
+
+    model = _lcnet_block()
+    rng = np.random.default_rng(6)
+    calibration = {"x": rng.random((8, 1, 3, 32, 32)).astype(np.float32)}
+    f = build_model(model, "x86", threads=2)
+    q = build_model(model, "x86", threads=2, quantize="int8", calibration=calibration)
+    conv1, dw, conv2 = q.quantization["report"]["layers"]  # in graph order
+    assert conv1["fused"] == ["bias", "mul", "add", "hswish", "mul", "add"]
+    # (the per-channel Mul after the depthwise conv is folded into its weight before)
+    assert dw["fused"][0] == "bias" and dw["fused"][-3:] == ["hswish", "mul", "add"]
+    assert conv1["output"] == dw["output"] == "uint8" and conv2["output"] == "float32"
+    assert dw["kernel"] == "int32" and conv2["fused"] == ["bias", "relu"]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for seed in range(2):
+        x = np.random.default_rng(seed).random((1, 3, 32, 32)).astype(np.float32)
+        ref, got = _run(f.executable, x), _run(q.executable, x)
+        want = sess.run(None, {"x": x})[0]
+        np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-4)
+        assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+        assert np.linalg.norm(got - want) < 0.03 * np.linalg.norm(want)
