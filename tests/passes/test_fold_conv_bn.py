@@ -347,7 +347,8 @@ def test_dynamic_batch_folds_and_matches_onnxruntime_at_two_batch_sizes():
         mod = tvm.transform.Sequential(graph_passes())(frontend.to_relax(loaded, inputs))
     ops = _ops(mod)
     assert "relax.nn.batch_norm" not in ops and "relax.multiply" not in ops, ops
-    assert ops.count("relax.nn.conv2d") == 1
+    # one conv left (packed into a call_tir on CPU targets), carrying the folded BN
+    assert ops.count("relax.nn.conv2d") + ops.count("relax.call_tir") == 1, ops
 
     built = build_model(model, "x86", threads=2)
     vm = relax.VirtualMachine(built.executable, tvm.cpu())
