@@ -187,7 +187,7 @@ def test_compile_applies_the_tuned_database_and_still_matches_onnxruntime(tuned,
     db.commit_tuning_record(ms.database.TuningRecord(
         pick.trace, pick.workload, run_secs=[1e-9], target=pick.target, args_info=pick.args_info))
 
-    assert tuning.databases_for(target, [tmp_path]) == [db_dir]
+    assert tuning.databases_for(target, [tmp_path])[-1] == db_dir  # after any shipped one
     applied = _kernel(_scheduled(target, [db_dir]), CONV)
     assert bool(applied.attrs["tirx.is_scheduled"])
     assert _same(applied, _replay(pick.trace, conv))
@@ -209,7 +209,7 @@ def test_records_tuned_for_another_feature_level_are_not_applied(tuned, tmp_path
         pytest.skip("this CPU's level is avx2, the level the records are filed under")
     shutil.copytree(tuned["db"], tmp_path / "x86-avx2", ignore=shutil.ignore_patterns("logs"))
     assert tuning.databases_for(resolve("x86:avx2"), [tmp_path]) == [tmp_path / "x86-avx2"]
-    assert tuning.databases_for(native, [tmp_path]) == []
+    assert not [d for d in tuning.databases_for(native, [tmp_path]) if tmp_path in d.parents]
     built = build.build_model(conv_relu_model(), native, tuning_logs=[tmp_path])
     assert not [d for d in built.databases if tmp_path in d.parents or d == tmp_path]
 
@@ -237,7 +237,9 @@ def test_cli_tune_writes_the_report_and_compile_applies_it(cli, tmp_model, tmp_p
     assert res.exit_code == 0, res.output
     manifest = artifact.read_manifest(tmp_path / "m.tar")
     applied = next(p for p in manifest["passes"] if p["name"] == "MetaScheduleApplyDatabase")
-    assert applied["databases"] == [str(Path("logs") / resolve("x86").tuning_key)]
+    # after the shipped database for this CPU's key, where there is one
+    shipped = [str(d) for d in tuning.databases_for(resolve("x86"))]
+    assert applied["databases"] == [*shipped, str(Path("logs") / resolve("x86").tuning_key)]
 
     res = cli("compile", model, "--tuning-log", "logs", "--no-tune", "-o", "n.tar")
     assert res.exit_code == 0, res.output
@@ -286,3 +288,57 @@ def test_cli_ctrl_c_while_tuning_is_one_line_and_exit_130(cli, tmp_model, monkey
 def test_user_cache_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert tuning.user_cache() == tmp_path / "tvmforge" / "tuning_logs"
+
+
+# --- shipped logs ------------------------------------------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parent.parent / "tuning_logs"
+
+
+def test_shipped_logs_are_offered_only_to_their_feature_level():
+    keys = sorted(p.name for p in SHIPPED.iterdir() if tuning.is_database(p))
+    assert keys, "tuning_logs/ ships no database"
+    for key in keys:
+        assert key.startswith("x86-"), key
+    native = resolve("x86")
+    offered = tuning.databases_for(native)
+    if native.tuning_key in keys:
+        assert SHIPPED / native.tuning_key in offered
+    else:
+        assert not [d for d in offered if SHIPPED in d.parents]
+    for level in ("avx2", "avx512", "avx512-vnni"):
+        target = resolve(f"x86:{level}")
+        assert [d for d in tuning.databases_for(target) if SHIPPED in d.parents] == (
+            [SHIPPED / target.tuning_key] if target.tuning_key in keys else []
+        )
+
+
+def test_shipped_records_apply_to_squeezenet_on_this_cpu():
+    """Compile's schedule stage picks the shipped record (a tuned schedule, not the default)
+    for a SqueezeNet kernel whose tuning beat the default."""
+    from tvmforge import zoo
+
+    native = resolve("x86")
+    db_dir = SHIPPED / native.tuning_key
+    if not tuning.is_database(db_dir):
+        pytest.skip(f"no shipped tuning logs for this CPU's level ({native.tuning_key})")
+    model = frontend.load(zoo.light_model("squeezenet"))
+    tvm_target = native.tvm_target()
+    kernels = pipeline.to_kernels(
+        frontend.to_relax(model, frontend.resolve_inputs(model, {})), tvm_target
+    )
+    db = ms.database.JSONDatabase(work_dir=str(db_dir))
+    with tvm_target:
+        tuned = tvm.transform.Sequential(pipeline.schedule_passes(tvm_target, [db_dir]))(kernels)
+        default = tvm.transform.Sequential(pipeline.schedule_passes(tvm_target, []))(kernels)
+    hits = []
+    for task in ms.relax_integration.extract_tasks(kernels, tvm_target):
+        workload = task.dispatched[0]
+        if not db.has_workload(workload):
+            continue
+        (best,) = db.get_top_k(db.commit_workload(workload), 1)
+        applied = _kernel(tuned, task.task_name)
+        assert _same(applied, _replay(best.trace, workload)), task.task_name
+        assert not _same(applied, _kernel(default, task.task_name)), task.task_name
+        hits.append(task.task_name)
+    assert hits, "no SqueezeNet kernel has a shipped record"
