@@ -17,6 +17,15 @@ kernel's epilogue computes them on real values and quantizes for the next layer 
 when only depthwise convs read the tensor), so PP-LCNet's conv → affine → hardswish → affine
 → depthwise chains stay uint8 between kernels.
 
+A 1x1 conv followed by ``conv_transpose_direct``'s depth-to-space (a k x k, stride-k
+ConvTranspose: PP-OCR det's head) takes the depth-to-space into its chain too: the post
+stages after it are per output channel of the rearranged tensor, so the kernel gets them
+repeated over the k*k sub-pixel channels, and the (uint8, NHWC) result is rearranged as bytes.
+A float conv output that a spatial mean reads (an SE block's squeeze: RSE-FPN in PP-OCR det's
+neck) is written NHWC: the mean reduces it over axes 1, 2, and the NCHW view the other users
+take is a transpose that fuses into their kernels as reads (no strided gathers of an NCHW
+tensor into an NHWC quantize).
+
 (``Sum`` of two tensors, which the ONNX importer writes ``sum(stack(broadcast_to(a),
 broadcast_to(b)))``, is first rewritten to ``add(a, b)``.)
 
@@ -390,6 +399,10 @@ class _Site:
     # fused float stages after bias / residual / act (real values): ("affine", A[OC], B[OC]),
     # ("hswish",), ("relu",), ("sigmoid",); see ``_post_chain``
     post: list[tuple] = field(default_factory=list)
+    # ``k`` when a depth-to-space (reshape / permute / reshape, as ``conv_transpose_direct``
+    # writes a k x k stride-k conv-transpose) follows the conv; ``post`` is then per output
+    # channel of the depth-to-space result (conv channel ``c * k * k + i`` is channel ``c``)
+    d2s: int = 0
 
     @property
     def tail(self) -> relax.Var:
@@ -688,6 +701,37 @@ def _hswish(graph: _Graph, v: relax.Var) -> list[relax.Var] | None:
     return chain
 
 
+def _depth_to_space(graph: _Graph, site: _Site, cur: relax.Var
+                    ) -> tuple[int, list[relax.Var]] | None:
+    """``(k, [reshape, permute, reshape])`` when ``cur`` (the output of a 1x1, stride-1,
+    ungrouped conv, NCHW ``[n, o*k*k, h, w]``) goes through ``conv_transpose_direct``'s
+    depth-to-space: ``reshape [n, o, k, k, h, w]`` / ``permute_dims [0, 1, 4, 2, 5, 3]`` /
+    ``reshape [n, o, h*k, w*k]``, each the single user of the one before."""
+    a = site.call.attrs
+    shape = _shape(cur)
+    if (site.weight.shape[2:] != (1, 1) or int(a.groups) != 1 or shape is None
+            or any(int(v) != 1 for v in a.strides) or any(int(v) != 0 for v in a.padding)
+            or str(a.data_layout) != "NCHW" or str(a.out_layout) != "NCHW"):
+        return None
+    n, c, h, w = shape
+    chain = []
+    for expect in ("relax.reshape", "relax.permute_dims", "relax.reshape"):
+        user = graph.single_user(chain[-1] if chain else cur)
+        if user is None or not _op(graph.defn[user], expect) or _dtype(user) != "float32":
+            return None
+        chain.append(user)
+    s1, s3 = _shape(chain[0]), _shape(chain[2])
+    axes = graph.defn[chain[1]].attrs.axes
+    if s1 is None or s3 is None or axes is None or len(s1) != 6:
+        return None
+    k = s1[2]
+    if (s1 != (n, c // (k * k), k, k, h, w) or c % (k * k) or s1[3] != k
+            or [int(v) for v in axes] != [0, 1, 4, 2, 5, 3]
+            or s3 != (n, c // (k * k), h * k, w * k)):
+        return None
+    return k, chain
+
+
 def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set) -> None:
     """Extend ``site``'s chain with float elementwise stages that run per element in the
     kernel's epilogue: per-channel (or scalar) constant multiply / add / subtract / divide
@@ -695,6 +739,13 @@ def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set) -> Non
     out_shape = _shape(cur)
     if out_shape is None:
         return
+    d2s = _depth_to_space(graph, site, cur)
+    if d2s is not None:
+        site.d2s, chain = d2s
+        site.members.extend(chain)
+        site.fused.append("depth_to_space")
+        cur = chain[-1]
+        out_shape = _shape(cur)
     post: list[tuple] = []
     oc = out_shape[1]
 
@@ -805,6 +856,8 @@ class _Rewriter:
         self.quant_cache: dict[tuple[relax.Var, str], _QVal] = {}
         self.kernels: dict[tvm.ir.GlobalVar, str] = {}
         self.bb: relax.BlockBuilder | None = None
+        # float outputs a conv wrote NHWC because a spatial mean reads them (by original var)
+        self.nhwc_float: dict[relax.Var, relax.Expr] = {}
 
     # ---- representations ---------------------------------------------------------------
 
@@ -961,6 +1014,16 @@ class _Rewriter:
                 q.expr, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
                 a.count_include_pad, layout="NHWC"))
             self.env[var] = _QVal(pooled, "NHWC", q.params)
+        elif (isinstance(value, relax.Call) and value.args
+              and isinstance(value.args[0], relax.Var) and value.args[0] in self.nhwc_float
+              and self._spatial_mean(var, value.args[0]) is not None):
+            keep = self._spatial_mean(var, value.args[0])
+            m = bb.emit(relax.op.mean(self.nhwc_float[value.args[0]], axis=[1, 2],
+                                      keepdims=keep))
+            if keep:  # [n, 1, 1, c] -> [n, c, 1, 1]: the same bytes
+                n, _, _, c = _shape(m)
+                m = bb.emit(relax.op.reshape(m, [n, c, 1, 1]))
+            self.env[var] = m
         elif _op(value, "relax.nn.relu") and isinstance(self.env.get(value.args[0]), _QVal):
             q = self.env[value.args[0]]
             zp = relax.const(np.uint8(q.params.zero_point), "uint8")
@@ -1047,6 +1110,12 @@ class _Rewriter:
         # a float output of a VNNI conv is written NCHW by the kernel itself (no transpose)
         nchw_out = (conv and not out_quant and not chan_out and groups == 1
                     and (self.vnni or self.sdot))
+        # ... unless a spatial mean (an SE block's squeeze) reads it: then NHWC, the mean
+        # reduces NHWC, and the NCHW view other users take fuses into their kernels as reads
+        nhwc_float = (nchw_out and not site.d2s
+                      and any(self._spatial_mean(u, site.tail) is not None
+                              for u in self.graph.users.get(site.tail, []) if u is not None))
+        nchw_out = nchw_out and not nhwc_float
         res_arg, res_kind, res_zp, res_mult = None, None, 0, 1.0
         if site.residual is not None:
             rv = self.env.get(site.residual, site.residual)
@@ -1060,13 +1129,15 @@ class _Rewriter:
                     r = bb.emit(relax.op.permute_dims(r, [0, 2, 3, 1]))
                 res_arg, res_kind, res_mult = r, "float32", float(np.float32(1.0) / out_scale)
         u8_out = out_quant or chan_out
+        kk = site.d2s * site.d2s or 1  # conv channels per depth-to-space output channel
         post_rows: list[np.ndarray] = []
         for stage in site.post:
             if stage[0] == "affine":
-                post_rows += [stage[1].astype(np.float32), stage[2].astype(np.float32)]
+                post_rows += [np.repeat(stage[1], kk).astype(np.float32),
+                              np.repeat(stage[2], kk).astype(np.float32)]
         if real and u8_out:
             if chan_out:
-                scale, zp = (np.asarray(a, np.float32) for a in py.arrays())
+                scale, zp = (np.repeat(np.asarray(a, np.float32), kk) for a in py.arrays())
             else:
                 scale = np.full(oc, np.float32(py.scale), np.float32)
                 zp = np.full(oc, float(py.zero_point), np.float32)
@@ -1134,11 +1205,47 @@ class _Rewriter:
             out = bb.emit(relax.op.reshape(out, [*x_shape[:-1], oc]))
         self.report.layers.append(LayerInfo(site.name, site.kind, kind, epi.out_dtype,
                                             fused=list(site.fused)))
+        if site.d2s:
+            return self._depth_to_space(out, site.d2s, nhwc=not nchw_out, u8=u8_out, py=py)
         if out_quant or chan_out:
             return _QVal(out, layout, py)
         if conv and not nchw_out:
+            if nhwc_float:
+                self.nhwc_float[site.tail] = out
             return bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
         return out
+
+    def _spatial_mean(self, user: relax.Var, var: relax.Var) -> bool | None:
+        """``keepdims`` when ``user`` is ``mean(var, axis=[2, 3])`` of a 4-D tensor."""
+        value = self.graph.defn.get(user)
+        if value is None or not _op(value, "relax.mean") or not value.args[0].same_as(var):
+            return None
+        axes = value.attrs.axis
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or _shape(var) is None \
+                or len(_shape(var)) != 4:
+            return None
+        return bool(value.attrs.keepdims)
+
+    def _depth_to_space(self, out: relax.Expr, k: int, nhwc: bool, u8: bool,
+                        py) -> relax.Expr | _QVal:
+        """The conv's ``[n, o*k*k, h, w]`` result (NHWC or NCHW, uint8 or float) rearranged
+        to ``[n, o, h*k, w*k]``: uint8 stays NHWC (a copy of bytes), float ends NCHW."""
+        bb = self.bb
+        r = relax.op
+        if nhwc:
+            n, h, w, c = _shape(out)
+            o = c // (k * k)
+            t = bb.emit(r.reshape(out, [n, h, w, o, k, k]))
+            t = bb.emit(r.permute_dims(t, [0, 1, 4, 2, 5, 3]))  # n, h, kh, w, kw, o
+            t = bb.emit(r.reshape(t, [n, h * k, w * k, o]))
+            if u8:
+                return _QVal(t, "NHWC", py)
+            return bb.emit(r.permute_dims(t, [0, 3, 1, 2]))
+        n, c, h, w = _shape(out)
+        o = c // (k * k)
+        t = bb.emit(r.reshape(out, [n, o, k, k, h, w]))
+        t = bb.emit(r.permute_dims(t, [0, 1, 4, 2, 5, 3]))
+        return bb.emit(r.reshape(t, [n, o, h * k, w * k]))
 
 
 def _expose(func: relax.Function, tensors: Sequence[relax.Var],
