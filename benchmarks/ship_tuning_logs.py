@@ -10,11 +10,13 @@ machine we tune on).
 Usage::
 
     python benchmarks/ship_tuning_logs.py SRC_DB DEST_DB [--min-gain 0.03] [--report OUT.md]
+        [--exclude-model zoo:NAME ...]
 
 ``SRC_DB``/``DEST_DB`` are database folders (``database_workload.json`` +
 ``database_tuning_record.json``), e.g. ``/tmp/tl/x86-avx512-vnni`` and
 ``tuning_logs/x86-avx512-vnni``. Records already in ``DEST_DB`` are kept; a kernel's shipped
-record is replaced only by a faster one.
+record is replaced only by a faster one. ``--exclude-model`` leaves out every kernel of a
+model whose tuned records won per kernel but lost end to end (``benchmarks/tuned_ab.py``).
 """
 
 from __future__ import annotations
@@ -55,10 +57,26 @@ def _name(mod) -> str:
     return names[-1] if names else "kernel"
 
 
-def distil(src: Path, dest: Path, min_gain: float) -> list[dict]:
+def _model_workloads(spec: str, target) -> list:
+    """The tuning workloads (one per kernel) of ``spec`` compiled for ``target``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmforge import frontend, pipeline
+
+    model = frontend.load(spec)
+    kernels = pipeline.to_kernels(
+        frontend.to_relax(model, frontend.resolve_inputs(model, {})), target
+    )
+    return [t.dispatched[0] for t in ms.relax_integration.extract_tasks(kernels, target)]
+
+
+def distil(src: Path, dest: Path, min_gain: float, exclude: list[str] = ()) -> list[dict]:
     import tvm_ffi
 
+    from tvmforge.targets import resolve
     from tvmforge.tuning import _traced_default_schedule
+
+    excluded = [w for spec in exclude for w in _model_workloads(spec, resolve("x86").tvm_target())]
 
     source, target_db = _open(src), _open(dest)
     by_workload: dict[int, list] = {}
@@ -72,6 +90,8 @@ def distil(src: Path, dest: Path, min_gain: float) -> list[dict]:
     rows = []
     for key, recs in by_workload.items():
         workload = workloads[key]
+        if any(tvm_ffi.structural_equal(workload.mod, w) for w in excluded):
+            continue
         recs.sort(key=_secs)
         best = recs[0]
         default = _traced_default_schedule(workload.mod, best.target)
@@ -107,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dest", type=Path)
     ap.add_argument("--min-gain", type=float, default=0.03)
     ap.add_argument("--report", type=Path, default=None)
+    ap.add_argument("--exclude-model", action="append", default=[], metavar="SPEC")
     args = ap.parse_args(argv)
-    rows = distil(args.src, args.dest, args.min_gain)
+    rows = distil(args.src, args.dest, args.min_gain, args.exclude_model)
     shipped = [r for r in rows if r["shipped"]]
     lines = [
         f"{len(rows)} tuned kernel(s) in {args.src}; {len(shipped)} beat the default schedule by "
