@@ -46,6 +46,8 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from tvmforge.passes._shapes import dims
+
 log = logging.getLogger(__name__)
 
 __all__ = ["RULES", "fold_conv_bn"]
@@ -55,22 +57,6 @@ def _op_name(expr: relax.Expr) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return expr.op.name
     return None
-
-
-def _static_shape(expr: relax.Expr) -> list[int | str] | None:
-    """The shape, static dims as ints and a symbolic dim (a dynamic batch) as its name."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    out: list[int | str] = []
-    for v in ty.shape.values:
-        if isinstance(v, tvm.tirx.IntImm):
-            out.append(int(v.value))
-        elif isinstance(v, tvm.tirx.Var):
-            out.append(f"${v.name}")
-        else:
-            return None
-    return out
 
 
 def _broadcast(a: list[int | str], b: list[int | str]) -> list[int | str] | None:
@@ -183,7 +169,7 @@ def batch_norm_to_affine(f: _Folder, expr: relax.Expr) -> relax.Expr | None:
         return None
     x = bn.args[0]
     params = [f.const(a) for a in bn.args[1:5]]
-    shape = _static_shape(x)
+    shape = dims(x)
     if shape is None or any(p is None for p in params) or not _is_float(x):
         return None
     if not isinstance(shape[int(bn.attrs.axis) % len(shape)], int):
@@ -297,8 +283,8 @@ def _merge(f: _Folder, expr: relax.Expr, op: str, fn) -> relax.Expr | None:
         return None
     merged = fn(a, c)
     # the merged constant must not widen the result (it broadcasts against y as before)
-    y_shape, out_shape = _static_shape(y), _static_shape(expr)
-    if y_shape is None or _broadcast(y_shape, list(merged.shape)) != out_shape:
+    y_shape, out_shape = dims(y), dims(expr)
+    if y_shape is None or _broadcast(list(y_shape), list(merged.shape)) != list(out_shape or ()):
         return None
     rebuilt = relax.op.multiply if op == "relax.multiply" else relax.op.add
     return rebuilt(y, _const_expr(merged, str(a.dtype)))

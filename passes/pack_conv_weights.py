@@ -21,9 +21,9 @@ What it rewrites
 ``relax.nn.conv2d`` with data/out layout NCHW, kernel layout OIHW, one group, float32
 throughout, static shapes (a dynamic batch aside), a constant weight and ``F`` a multiple
 of ``B``. Other convs (depthwise, grouped, other dtypes or layouts, ``F`` off the vector
-width) are left to ``LegalizeOps``. Half-register blocks (``B/2``) for such ``F`` were tried and measured no
-faster (SqueezeNet's 1000 classes: 60 against 57 GFLOP/s) or slower (PP-OCRv4's 96->24 3x3
-at 160x160: 74 against 111) than the contraction recipe.
+width) are left to ``LegalizeOps``. Half-register blocks (``B/2``) for such ``F`` were
+tried and measured no faster (SqueezeNet's 1000 classes: 60 against 57 GFLOP/s) or slower
+(PP-OCRv4's 96->24 3x3 at 160x160: 74 against 111) than the contraction recipe.
 
 Where it sits
 -------------
@@ -41,6 +41,8 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 from tvm.ir.expr import Constant
+
+from tvmforge.passes._shapes import static_but_batch
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +97,6 @@ def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _static_shape(expr: relax.Expr) -> tuple | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    values = list(ty.shape.values)
-    # a symbolic leading (batch) dim is fine: passes/batch_outer.py schedules the kernel per
-    # sample; every other dim must be static
-    if values and isinstance(values[0], tvm.tirx.Var):
-        values = values[1:]
-    if not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return tuple(ty.shape.values[: len(ty.shape.values) - len(values)]) + tuple(
-        int(v.value) for v in values
-    )
-
-
 @relax.expr_functor.mutator
 class _Packer(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, block: int) -> None:
@@ -137,7 +123,7 @@ class _Packer(relax.PyExprMutator):
         dtypes = {str(call.args[0].ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype)}
         if dtypes != {"float32"}:
             return f"dtypes {sorted(dtypes)}"
-        if _static_shape(call.args[0]) is None or _static_shape(call) is None:
+        if static_but_batch(call.args[0]) is None or static_but_batch(call) is None:
             return "symbolic shape"
         weight = self._weight(call.args[1])
         if weight is None:

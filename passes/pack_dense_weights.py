@@ -30,8 +30,8 @@ contiguous panels stream); VGG-19 311 / 335 (0.93x).
 What it rewrites
 ----------------
 ``relax.matmul`` with float32 operands and output, static shapes (a dynamic batch aside),
-``x`` of rank >= 2, a constant rank-2 weight and ``N`` a multiple of ``B`` (or of one register, ``B/2``, when it is
-not a multiple of two). Anything else is left to ``LegalizeOps``.
+``x`` of rank >= 2, a constant rank-2 weight and ``N`` a multiple of ``B`` (or of one
+register, ``B/2``, when it is not a multiple of two). Anything else is left to ``LegalizeOps``.
 
 Where it sits
 -------------
@@ -48,6 +48,8 @@ import numpy as np
 import tvm
 from tvm import relax, te
 from tvm.ir.expr import Constant
+
+from tvmforge.passes._shapes import static_but_batch
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +83,6 @@ def matmul_packed(data: te.Tensor, weight: te.Tensor) -> te.Tensor:
     )
 
 
-def _static_shape(expr: relax.Expr) -> tuple | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    values = list(ty.shape.values)
-    # a symbolic leading (batch) dim is fine: passes/batch_outer.py schedules the kernel per
-    # sample; every other dim must be static
-    if values and isinstance(values[0], tvm.tirx.Var):
-        values = values[1:]
-    if not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return tuple(ty.shape.values[: len(ty.shape.values) - len(values)]) + tuple(
-        int(v.value) for v in values
-    )
-
-
 @relax.expr_functor.mutator
 class _Packer(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, block: int) -> None:
@@ -117,8 +103,8 @@ class _Packer(relax.PyExprMutator):
         dtypes = {str(call.args[0].ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype)}
         if dtypes != {"float32"}:
             return f"dtypes {sorted(dtypes)}"
-        shape = _static_shape(call.args[0])
-        if shape is None or _static_shape(call) is None:
+        shape = static_but_batch(call.args[0])
+        if shape is None or static_but_batch(call) is None:
             return "symbolic shape"
         if len(shape) < 2:
             return "a vector operand"

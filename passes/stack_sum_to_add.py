@@ -26,23 +26,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from tvmforge.passes._shapes import dims
+
 __all__ = ["stack_sum_to_add"]
-
-
-def _shape(expr: relax.Expr) -> tuple[int | str, ...] | None:
-    """The shape, static dims as ints and a symbolic dim (a dynamic batch) as its name."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    out: list[int | str] = []
-    for v in ty.shape.values:
-        if isinstance(v, tvm.tirx.IntImm):
-            out.append(int(v.value))
-        elif isinstance(v, tvm.tirx.Var):
-            out.append(f"${v.name}")
-        else:
-            return None
-    return tuple(out)
 
 
 def _op_name(expr: relax.Expr) -> str | None:
@@ -66,7 +52,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def _unbroadcast(self, expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
         value = self._value(expr)
-        if _op_name(value) == "relax.broadcast_to" and _shape(value.args[0]) == shape:
+        if _op_name(value) == "relax.broadcast_to" and dims(value.args[0]) == shape:
             return value.args[0]
         return expr
 
@@ -91,15 +77,15 @@ class _Rewriter(relax.PyExprMutator):
         stack = self._value(call.args[0])
         if _op_name(stack) != "relax.stack":
             return None
-        ndim = len(_shape(stack) or ())
+        ndim = len(dims(stack) or ())
         if ndim == 0 or int(axis[0]) % ndim != int(stack.attrs.axis) % ndim:
             return None
-        out_shape = _shape(call)
+        out_shape = dims(call)
         tensors = self._value(stack.args[0])
         if out_shape is None or not isinstance(tensors, relax.Tuple) or len(tensors.fields) < 2:
             return None
         terms = [self._unbroadcast(t, out_shape) for t in tensors.fields]
-        if any(_shape(t) is None for t in terms):
+        if any(dims(t) is None for t in terms):
             return None
         if not str(call.ty.dtype).startswith("float"):
             return None
