@@ -228,9 +228,11 @@ def host_runner(threads: int | None = None) -> Runner:
         from tvmforge.targets import resolve
 
         from .pipeline import tvmforge_pipeline
+        from .runtime import set_threads
 
         host = resolve("x86", threads=threads).tvm_target()
         executable = tvm.compile(mod, target=host, relax_pipeline=tvmforge_pipeline(target=host))
+        set_threads(threads)
         vm = relax.VirtualMachine(executable, tvm.cpu())
 
         def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:

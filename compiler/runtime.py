@@ -24,10 +24,36 @@ from .frontend import TensorInfo
 _X86_LEVELS = ["x86-generic", "x86-avx2", "x86-avx512", "x86-avx512-vnni"]
 
 
+def default_threads() -> int | None:
+    """Worker threads when none are asked for: the physical cores this process may run on.
+
+    ``None`` when ``TVM_NUM_THREADS`` or ``OMP_NUM_THREADS`` is set (TVM reads them itself).
+    TVM's own default halves the logical CPU count on x86 to skip hyper-threads; on a machine
+    (or VM) without hyper-threading that is half the cores: a 2-core VM ran ResNet-50 on one
+    thread, 71.5 ms against 37.8 ms with two. ONNX Runtime's default is the physical cores too.
+    """
+    if os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or usable
+    except Exception:  # psutil missing or unable to read the topology
+        physical = usable
+    return max(1, min(usable, physical))
+
+
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` worker threads in TVM's runtime thread pool (``None``: TVM's default)."""
+    """Use ``threads`` worker threads in TVM's runtime thread pool (``None``: the physical
+    cores available, ``default_threads``, unless the environment sets a count)."""
     if not threads:
-        return
+        threads = default_threads()
+        if not threads:
+            return
     import tvm
 
     os.environ["TVM_NUM_THREADS"] = str(threads)

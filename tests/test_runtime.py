@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import tvmforge
 from onnx_builders import conv_relu_model, two_io_model
+from tvmforge import runtime
 from tvmforge.frontend import TensorInfo
 from tvmforge.reference import compare, run_onnxruntime
 from tvmforge.runtime import check_inputs, random_inputs
@@ -71,3 +74,25 @@ def test_artifact_for_a_cpu_this_host_lacks_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(x86, "host_cpu", lambda: ("haswell", frozenset({"avx2", "fma"})))
     with pytest.raises(tvmforge.TvmforgeError, match="this CPU only has x86-avx2"):
         tvmforge.load(path)
+
+
+def test_default_threads_are_the_usable_physical_cores(monkeypatch):
+    import psutil
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    expected = min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False))
+    assert runtime.default_threads() == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert runtime.default_threads() is None  # the environment's count wins, TVM reads it
+
+
+def test_load_without_threads_uses_every_physical_core(conv_artifact, monkeypatch):
+    """TVM alone halves the logical CPUs on x86: one thread on a 2-core VM without SMT."""
+    import tvm
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    expected = runtime.default_threads()
+    runtime.load(conv_artifact)
+    assert tvm.get_global_func("runtime.NumThreads")() == expected
