@@ -60,6 +60,13 @@ def set_threads(threads: int | None) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
 
 
+def pool_threads() -> int:
+    """Worker threads TVM's runtime thread pool runs parallel kernels on, in this process."""
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
 DEFAULT_BATCH = 1  # the size random inputs give a dynamic (batch) dimension
 
 

@@ -724,6 +724,27 @@ def _measure_defaults(
             tasks[i].default_recorded = True
 
 
+@contextlib.contextmanager
+def _runner_threads(cores: int) -> Iterator[None]:
+    """Measure candidates on ``cores`` threads, the ``num-cores`` they are compiled for.
+
+    MetaSchedule's ``LocalRunner`` times each candidate in a worker process whose TVM thread
+    pool, unless ``TVM_NUM_THREADS`` says otherwise, has half the logical CPUs on x86: one
+    thread on a 2-core machine without SMT. Kernels compiled for two cores were then ranked
+    by their one-thread times (records that won 2x per kernel lost end to end). The workers
+    inherit the environment, so it is set while they start and run.
+    """
+    before = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(cores)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = before
+
+
 def _progress_bar(total: int, show: bool | None):
     from tqdm import tqdm
 
@@ -873,9 +894,11 @@ def tune(
     ]
     cores = int(contexts[0].num_threads)
     builder = _make_kernel_builder(max_workers=cores, timeout_s=60.0)
-    runner = ms.runner.LocalRunner(timeout_sec=60.0)
     bar = None
     state = _TuningState(results, None, on_batch)
+    measuring = _runner_threads(cores)
+    measuring.__enter__()
+    runner = ms.runner.LocalRunner(timeout_sec=60.0)
     try:
         _measure_defaults(
             results, [c.mod for c in contexts], tvm_target, builder, runner, database
@@ -912,6 +935,7 @@ def tune(
             bar.close()
         builder.shutdown()
         runner.pool.shutdown(wait=False)
+        measuring.__exit__(None, None, None)
 
     for ctx, res in zip(contexts, results, strict=True):
         res.best_s = _best_in(database, ctx.mod)

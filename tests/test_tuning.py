@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import os
+
 import pytest
 import tvm
 import tvm_ffi
@@ -342,3 +344,23 @@ def test_shipped_records_apply_to_squeezenet_on_this_cpu():
         assert not _same(applied, _kernel(default, task.task_name)), task.task_name
         hits.append(task.task_name)
     assert hits, "no SqueezeNet kernel has a shipped record"
+
+
+def test_candidates_are_measured_on_the_threads_they_are_compiled_for(monkeypatch):
+    """The runner's workers would otherwise take TVM's default (1 thread on a 2-core VM)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmforge.runtime import default_threads, pool_threads
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = default_threads()  # TVM caps the pool at the CPUs there are
+    with tuning._runner_threads(cores):
+        runner = ms.runner.LocalRunner(timeout_sec=30.0)
+        try:
+            seen = runner.pool.submit(os.getenv, "TVM_NUM_THREADS").result()
+            threads = runner.pool.submit(pool_threads).result()
+        finally:
+            runner.pool.shutdown(wait=False)
+    assert seen == str(cores) and threads == cores
+    assert "TVM_NUM_THREADS" not in os.environ  # restored
