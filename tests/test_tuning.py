@@ -7,10 +7,9 @@ interrupted-then-continued path.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
-
-import os
 
 import pytest
 import tvm
