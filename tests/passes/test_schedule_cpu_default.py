@@ -211,3 +211,52 @@ def test_matmul_bias_relu_matches_onnxruntime(caplog):
 
 def test_generic_schedule_matches_onnxruntime():
     _assert_close(*_run_both(_pool_softmax()))
+
+
+@I.ir_module
+class ConcatLast:
+    """``concat`` of three 24-channel NHWC maps along channels, then scaled."""
+
+    @T.prim_func(private=True, s_tir=True)
+    def main(
+        a: T.Buffer((T.int64(1), T.int64(4), T.int64(4), T.int64(24)), "float32"),
+        b: T.Buffer((T.int64(1), T.int64(4), T.int64(4), T.int64(24)), "float32"),
+        c: T.Buffer((T.int64(1), T.int64(4), T.int64(4), T.int64(24)), "float32"),
+        out: T.Buffer((T.int64(1), T.int64(4), T.int64(4), T.int64(72)), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        cat = T.sblock_alloc_buffer((T.int64(1), T.int64(4), T.int64(4), T.int64(72)))
+        for n, h, w, k in T.grid(T.int64(1), T.int64(4), T.int64(4), T.int64(72)):
+            with T.sblock("concat"):
+                vn, vh, vw, vk = T.axis.remap("SSSS", [n, h, w, k])
+                cat[vn, vh, vw, vk] = T.if_then_else(
+                    T.int64(48) <= vk,
+                    c[vn, vh, vw, vk - T.int64(48)],
+                    T.if_then_else(
+                        T.int64(24) <= vk, b[vn, vh, vw, vk - T.int64(24)], a[vn, vh, vw, vk]
+                    ),
+                )
+        for n, h, w, k in T.grid(T.int64(1), T.int64(4), T.int64(4), T.int64(72)):
+            with T.sblock("scale"):
+                vn, vh, vw, vk = T.axis.remap("SSSS", [n, h, w, k])
+                out[vn, vh, vw, vk] = cat[vn, vh, vw, vk] * T.float32(2.0)
+
+
+def test_concat_along_the_vector_axis_is_vectorized_per_input():
+    """A 16-lane vector over 24-channel inputs would select lane by lane: the channel loop is
+    split at the inputs' boundaries instead (unrolled), each piece a whole vector loop."""
+    after = _schedule(ConcatLast)["main"]
+    sch = s_tir.Schedule(after)
+    loops = sch.get_loops(sch.get_sblock("scale"))
+    kinds = [sch.get(loop).kind for loop in loops]
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    assert kinds[0] == tvm.tirx.ForKind.PARALLEL
+    assert kinds[-3:] == [tvm.tirx.ForKind.UNROLLED] * 2 + [tvm.tirx.ForKind.VECTORIZED]
+    assert extents[-3:] == [3, 2, 12]  # 3 inputs x 2 vectors of 12 channels
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((1, 4, 4, 24)).astype(np.float32) for _ in range(3)]
+    func = after.with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=tvm.target.Target(X86))
+    out = tvm.runtime.empty((1, 4, 4, 72), "float32")
+    lib["main"](*[tvm.runtime.tensor(x) for x in arrays], out)
+    np.testing.assert_array_equal(out.numpy(), 2 * np.concatenate(arrays, axis=-1))
