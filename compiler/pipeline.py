@@ -80,7 +80,9 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     into the conv before them (``stack_sum_to_add``); ``power`` by 0.75 (LRN) and other
     simple exponents becomes vectorizable ``sqrt``/products (``simplify_power``); transposed
     convs whose kernel equals their stride become a 1x1 conv and a depth-to-space instead of
-    a conv over a zero-dilated input (``conv_transpose_direct``). Last,
+    a conv over a zero-dilated input (``conv_transpose_direct``). After the caller's passes,
+    float regions between NHWC producers and consumers (an int8 model's FPN) run in NHWC
+    (``sink_transposes``). Last,
     after the caller's passes (which may still rewrite conv weights), CPU targets get their
     conv weights packed for the vector width (``pack_conv_weights``), their constant matmul
     weights packed in column panels (``pack_dense_weights``) and polynomial ``exp``/``erf``/
@@ -93,6 +95,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     from tvmforge.passes.pack_conv_weights import pack_conv_weights
     from tvmforge.passes.pack_dense_weights import pack_dense_weights
     from tvmforge.passes.simplify_power import simplify_power
+    from tvmforge.passes.sink_transposes import sink_transposes
     from tvmforge.passes.stack_sum_to_add import stack_sum_to_add
 
     return [
@@ -105,6 +108,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         simplify_power(),
         conv_transpose_direct(),
         *graph,
+        sink_transposes(),
         pack_conv_weights(),
         pack_dense_weights(),
         fast_math_cpu(),

@@ -21,6 +21,7 @@ from .prune_channels import prune_channels
 from .quantize_int8 import quantize_int8
 from .schedule_cpu_default import schedule_cpu_default
 from .simplify_power import simplify_power
+from .sink_transposes import sink_transposes
 from .stack_sum_to_add import stack_sum_to_add
 
 PassFactory = Callable[..., tvm.transform.Pass]
@@ -37,6 +38,7 @@ PASSES["conv_transpose_direct"] = conv_transpose_direct
 PASSES["schedule_cpu_default"] = schedule_cpu_default
 PASSES["prune_channels"] = prune_channels
 PASSES["quantize_int8"] = quantize_int8
+PASSES["sink_transposes"] = sink_transposes
 
 
 def get_pass(name: str, **options) -> tvm.transform.Pass:
