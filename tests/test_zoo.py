@@ -14,7 +14,7 @@ import pytest
 
 from tvmforge import build_model, zoo
 from tvmforge.reference import compare, run_onnxruntime
-from tvmforge.runtime import LocalVM, random_inputs
+from tvmforge.runtime import LocalVM, default_threads, random_inputs, set_threads
 
 # Tolerance for fp32 logits after 20-100 layers, relative to the largest |logit|.
 ATOL, RTOL = 1e-4, 1e-3
@@ -45,8 +45,16 @@ def test_light_model_matches_onnxruntime(name, tmp_path):
 
     lib = tmp_path / "lib.so"
     built.executable.export_library(str(lib))
-    outs = LocalVM(lib, "cpu").run([arrays[i.name] for i in built.inputs])
-    ours = dict(zip([o.name for o in built.outputs], outs, strict=True))
+    vm = LocalVM(lib, "cpu")
+    args = [arrays[i.name] for i in built.inputs]
+    per_threads = {}
+    for threads in (1, 2):  # parallel loops split space, never a sum: the same bits
+        set_threads(threads)
+        per_threads[threads] = vm.run(args)
+    set_threads(default_threads() or 2)
+    for one, two in zip(per_threads[1], per_threads[2], strict=True):
+        np.testing.assert_array_equal(one, two)
+    ours = dict(zip([o.name for o in built.outputs], per_threads[2], strict=True))
     results = compare(ours, ref, atol=ATOL, rtol=RTOL)
     assert all(r.ok for r in results), [r.line() for r in results]
     # The logits agree on the ranking too, not only within tolerance.
