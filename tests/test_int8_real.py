@@ -147,3 +147,63 @@ def test_resnet50_int8_weights_are_about_four_times_smaller(tmp_path):
         built.executable.export_library(str(path))
         sizes.append(path.stat().st_size)
     assert sizes[1] <= 0.3 * sizes[0], sizes
+
+
+# --- PP-OCRv4 det: the text map of the int8 build covers the same text as float's ----------
+
+DET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+DET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+
+
+def render_page(seed: int, size: int = 640, lines: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """A white page with ``lines`` rendered text lines at random places and sizes, as
+    PaddleOCR's det preprocessing gives it (``[1, 3, size, size]``), and a mask of the lines'
+    boxes."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    boxes = np.zeros((size, size), bool)
+    y = int(rng.integers(10, 40))
+    for text, font in text_lines(lines, seed=seed + 100):
+        pt = int(rng.integers(18, 36))
+        f = ImageFont.truetype(font, pt) if font else ImageFont.load_default(size=pt)
+        x = int(rng.integers(10, 200))
+        left, top, right, bottom = draw.textbbox((x, y), text, font=f)
+        if bottom >= size - 5:
+            break
+        ink = tuple(int(c) for c in rng.integers(0, 90, 3))
+        draw.text((x, y), text, fill=ink, font=f)
+        boxes[top:bottom, left:min(right, size)] = True
+        y = bottom + int(rng.integers(15, 45))
+    x = np.asarray(img, np.float32).transpose(2, 0, 1)[None] / 255.0
+    return (x - DET_MEAN) / DET_STD, boxes
+
+
+@functools.cache
+def _det():
+    model = frontend.load("zoo:ppocr-det")
+    calibration = np.concatenate([render_page(seed)[0] for seed in (11, 12, 13, 14)])
+    f = build_model(model, "x86", threads=2)
+    q = build_model(model, "x86", threads=2, quantize="int8", calibration={"x": calibration})
+    return f, q
+
+
+def test_ppocr_det_int8_finds_the_same_text_as_float():
+    """On pages it was not calibrated on, the int8 text map (probability > 0.3, PaddleOCR's
+    threshold) overlaps the float one with IoU >= 0.8; and float's map is really the text
+    (inside the drawn lines' boxes, covering a good part of them)."""
+    import tvm
+    from tvm import relax
+
+    f, q = _det()
+    vm_f = relax.VirtualMachine(f.executable, tvm.cpu())
+    vm_q = relax.VirtualMachine(q.executable, tvm.cpu())
+    for seed in (1, 2, 3):
+        page, boxes = render_page(seed)
+        want = vm_f["main"](tvm.runtime.tensor(page)).numpy()[0, 0] > 0.3
+        got = vm_q["main"](tvm.runtime.tensor(page)).numpy()[0, 0] > 0.3
+        assert (want & boxes).sum() >= 0.9 * want.sum() and want.sum() >= 0.3 * boxes.sum()
+        iou = (want & got).sum() / (want | got).sum()
+        assert iou >= 0.8, f"page {seed}: IoU {iou:.3f}"
