@@ -250,13 +250,8 @@ def compile_cmd(
     if tune_trials is not None:
         if no_tune:
             raise click.UsageError("--tune-trials and --no-tune contradict each other")
-        if transforms["prune"] is not None or transforms["quantize"]:
-            raise click.UsageError(
-                "--tune-trials tunes the unpruned float kernels; with --prune/--quantize run "
-                "`tvmforge tune` on the same flags' model first, then compile with --tuning-log"
-            )
         tuning_logs = _tune_first(
-            model, target, tune_trials, tuning_logs, input_shapes, frozen, threads
+            model, target, tune_trials, tuning_logs, input_shapes, frozen, threads, transforms
         )
     built = build.build_model(
         model,
@@ -313,8 +308,10 @@ def _tune_first(
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
     frozen: tuple[tuple[str, list[float]], ...],
     threads: int | None,
+    transforms: dict[str, Any],
 ) -> tuple[Path, ...]:
-    """``compile --tune-trials``: tune into the first --tuning-log (or the user cache)."""
+    """``compile --tune-trials``: tune the kernels this compile builds (pruned, int8 with
+    ``transforms``) into the first --tuning-log (or the user cache)."""
     from . import tuning
 
     work_dir = tuning_logs[0] if tuning_logs else tuning.user_cache()
@@ -328,6 +325,7 @@ def _tune_first(
             frozen_inputs=dict(frozen),
             threads=threads,
             echo=_tuning_echo,
+            **transforms,
         )
     _tuning_echo(f"tuned {len(res.tasks)} kernel(s) with {res.trials} trials in "
                  f"{res.seconds / 60:.1f} min; {res.records_after} records in {res.database}")
@@ -403,6 +401,7 @@ def _print_compiled(path: Path, built) -> None:
               help="Cap per kernel [default: trials / kernels, rounded up to the batch].")
 @input_shape_option
 @freeze_option
+@transform_options
 @threads_option
 @_reports_errors
 def tune_cmd(
@@ -417,8 +416,12 @@ def tune_cmd(
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
     frozen: tuple[tuple[str, list[float]], ...],
     threads: int | None,
+    transforms: dict[str, Any],
 ) -> None:
-    """Tune MODEL's kernels for a target with MetaSchedule; compile applies the records."""
+    """Tune MODEL's kernels for a target with MetaSchedule; compile applies the records.
+
+    With --quantize/--prune (and the same --calibration), the kernels tuned are those of the
+    int8 and/or pruned model, which a compile with the same flags looks up."""
     from . import tuning
 
     with _reports_interrupted_tuning():
@@ -435,6 +438,7 @@ def tune_cmd(
             frozen_inputs=dict(frozen),
             threads=threads,
             echo=_tuning_echo,
+            **transforms,
         )
     click.echo(f"tuned {len(res.tasks)} kernel(s) for {res.target}: {res.trials} trials in "
                f"{res.seconds / 60:.1f} min; {res.records_after} records in {res.database} "
@@ -446,7 +450,14 @@ def tune_cmd(
     if report_dir is not None:
         click.echo(f"report: {report_dir / 'report.md'}, report.csv, tuning_curve.png")
     work = tuning_log if tuning_log is not None else tuning.user_cache()
-    click.echo(f"apply with: tvmforge compile {model} --target {target} --tuning-log {work}")
+    same = "".join(
+        f" --{k.replace('_', '-')} {','.join(v) if isinstance(v, tuple) else v}"
+        for k, v in transforms.items()
+        if v not in (None, (), "") and not (k == "calibration_method" and v == "minmax")
+        and not (k == "prune_method" and v == "l1")
+    )
+    click.echo(f"apply with: tvmforge compile {model} --target {target}{same} "
+               f"--tuning-log {work}")
 
 
 @main.command("run", context_settings=CONTEXT)

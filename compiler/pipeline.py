@@ -43,8 +43,9 @@ def _gpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass
 def _cpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     # The stock CPU backend schedules nothing; every kernel gets tvmforge's default schedule.
     from tvmforge.passes.schedule_cpu_default import schedule_cpu_default
+    from tvmforge.passes.schedule_int8 import schedule_int8
 
-    return [schedule_cpu_default(target)]
+    return [schedule_int8(target), schedule_cpu_default(target)]
 
 
 # Default schedules by runtime device kind (``ResolvedTarget.device``).

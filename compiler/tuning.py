@@ -640,6 +640,18 @@ def _traced_default_schedule(mod: Any, tvm_target: Any) -> Any:
 
     if _device_of_target(tvm_target) != "cpu":
         return None
+    int8 = importlib.import_module("tvmforge.passes.int8_kernels")
+    attrs = mod["main"].attrs
+    kind = attrs.get(int8.KERNEL_ATTR) if attrs is not None else None
+    if kind is not None:  # an int8 kernel: its hand schedule, replayed on a traced schedule
+        sch = s_tir.Schedule(mod)
+        cores = int(tvm_target.attrs.get("num-cores", 0) or 0) or 1
+        try:
+            int8.apply_default_schedule(sch, str(kind), cores)
+        except Exception as err:
+            log.info("no default schedule for int8 kernel: %s", err)
+            return None
+        return sch
     # The module, not the pass factory that ``tvmforge.passes`` exports under the same name.
     cpu = importlib.import_module("tvmforge.passes.schedule_cpu_default")
 
@@ -745,6 +757,38 @@ def _runner_threads(cores: int) -> Iterator[None]:
             os.environ["TVM_NUM_THREADS"] = before
 
 
+def _tune_contexts(extracted: list[Any], db_dir: Path, budget: Budget, seed: int):
+    """MetaSchedule's tune contexts: the target's default design space for every kernel,
+    except the VNNI int8 kernels of ``quantize_int8``, whose space tensorizes their ``16 x 4``
+    blocks with ``vpdpbusd`` (the default x86 rules have no VNNI rule in TVM 0.27, so they
+    would only search scalar int32 schedules)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmforge.passes import int8_kernels
+
+    def kind(task: Any) -> str | None:
+        attrs = task.dispatched[0]["main"].attrs
+        value = attrs.get(int8_kernels.KERNEL_ATTR) if attrs is not None else None
+        return None if value is None else str(value)
+
+    def contexts_for(tasks: list[Any], space: Any) -> tuple[list[Any], list[float]]:
+        if not tasks:
+            return [], []
+        return ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks,
+            work_dir=str(db_dir),
+            space=space,
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=budget.population),
+            seed=seed,
+        )
+
+    vnni = [t for t in extracted if kind(t) == "vnni"]
+    rest = [t for t in extracted if kind(t) != "vnni"]
+    c_vnni, w_vnni = contexts_for(vnni, int8_kernels.vnni_tuning_space())
+    c_rest, w_rest = contexts_for(rest, "post-order-apply")
+    return list(c_rest) + list(c_vnni), list(w_rest) + list(w_vnni)
+
+
 def _progress_bar(total: int, show: bool | None):
     from tqdm import tqdm
 
@@ -770,6 +814,12 @@ def tune(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     frozen_inputs: dict[str, list[float]] | None = None,
     graph: Sequence[Any] = (),
+    quantize: str | None = None,
+    calibration: Any = None,
+    calibration_method: str = "minmax",
+    skip_layers: Sequence[str] = (),
+    prune: float | None = None,
+    prune_method: str = "l1",
     threads: int | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
@@ -806,6 +856,11 @@ def tune(
         Fixes dynamic input dimensions, as ``--input-shape``.
     frozen_inputs:
         Inputs compiled in as constants, as ``--freeze``.
+    quantize, calibration, calibration_method, skip_layers, prune, prune_method:
+        As for ``compile``: tune the kernels of the pruned and/or int8 model (the VNNI int8
+        kernels with a design space that tensorizes with ``vpdpbusd``). Their records apply
+        to a compile with the same flags and calibration data (pruned channel counts and the
+        requantization constants are part of each kernel).
     graph:
         The graph passes compile will run (``tvmforge_pipeline(graph=...)``): they change the
         kernels, and records only apply to the kernels they were tuned on.
@@ -848,6 +903,18 @@ def tune(
     onnx_model = model if isinstance(model, frontend.OnnxModel) else frontend.load(model)
     onnx_model = frontend.freeze_inputs(onnx_model, dict(frozen_inputs or {}))
     inputs = frontend.resolve_inputs(onnx_model, dict(input_shapes or {}))
+    if prune is not None:
+        from .build import _pruning_pass
+
+        graph = [*graph, _pruning_pass(onnx_model, inputs, prune, prune_method, calibration,
+                                       threads)]
+    if quantize is not None:
+        from .calibration import quantize_pass
+
+        quantizer, _ = quantize_pass(
+            onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads
+        )
+        graph = [*graph, quantizer]
     mod = frontend.to_relax(onnx_model, inputs)
     tvm_target = resolved.tvm_target()
     try:
@@ -870,12 +937,7 @@ def tune(
     db_dir.mkdir(parents=True, exist_ok=True)
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
     with _meta_schedule_console(verbose), _quick_tvmscript_import():
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            extracted,
-            work_dir=str(db_dir),
-            strategy=ms.search_strategy.EvolutionarySearch(population_size=budget.population),
-            seed=seed,
-        )
+        contexts, weights = _tune_contexts(extracted, db_dir, budget, seed)
     if not contexts:  # every kernel came already scheduled (hand-written kernels)
         say("nothing to tune: every kernel is already scheduled")
         return TuneResult(db_dir, resolved.spec(), budget, [])

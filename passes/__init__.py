@@ -20,6 +20,7 @@ from .pack_dense_weights import pack_dense_weights
 from .prune_channels import prune_channels
 from .quantize_int8 import quantize_int8
 from .schedule_cpu_default import schedule_cpu_default
+from .schedule_int8 import schedule_int8
 from .simplify_power import simplify_power
 from .sink_transposes import sink_transposes
 from .stack_sum_to_add import stack_sum_to_add
@@ -36,6 +37,7 @@ PASSES["pack_dense_weights"] = pack_dense_weights
 PASSES["fast_math_cpu"] = fast_math_cpu
 PASSES["conv_transpose_direct"] = conv_transpose_direct
 PASSES["schedule_cpu_default"] = schedule_cpu_default
+PASSES["schedule_int8"] = schedule_int8
 PASSES["prune_channels"] = prune_channels
 PASSES["quantize_int8"] = quantize_int8
 PASSES["sink_transposes"] = sink_transposes

@@ -53,10 +53,12 @@ from tvm.script import tirx as T
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "KERNEL_ATTR",
     "SDOT_INTRIN",
     "VNNI_INTRIN",
     "ConvSpec",
     "Epilogue",
+    "apply_default_schedule",
     "has_dotprod",
     "has_vnni",
     "pack_weight_vnni",
@@ -66,6 +68,7 @@ __all__ = [
     "schedule_depthwise",
     "schedule_sdot",
     "schedule_vnni",
+    "vnni_tuning_space",
 ]
 
 VNNI_INTRIN = "tvmforge_dot_16x4_u8i8i32_vnni"
@@ -546,6 +549,11 @@ def schedule_sdot(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
 
 def _schedule_dot(func: tirx.PrimFunc, num_cores: int, intrin: str, tile) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
+    _apply_dot(sch, num_cores, intrin, tile)
+    return sch.mod["main"]
+
+
+def _apply_dot(sch: s_tir.Schedule, num_cores: int, intrin: str, tile) -> None:
     acc = sch.get_sblock("acc")
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     nchw = "out_nchw" in names
@@ -585,7 +593,6 @@ def _schedule_dot(func: tirx.PrimFunc, num_cores: int, intrin: str, tile) -> tir
         c_ext = int(sch.get(loops[-1]).extent)
         if c_ext in (4, 8, 16, 32, 64):
             sch.vectorize(loops[-1])
-    return sch.mod["main"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,6 +629,11 @@ def schedule_depthwise(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
         When the function is not such a kernel (a schedule step fails).
     """
     sch = s_tir.Schedule(func)
+    _apply_depthwise(sch, num_cores)
+    return sch.mod["main"]
+
+
+def _apply_depthwise(sch: s_tir.Schedule, num_cores: int) -> None:
     acc = sch.get_sblock("acc")
     names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     out = sch.get_sblock("out")
@@ -654,4 +666,45 @@ def schedule_depthwise(func: tirx.PrimFunc, num_cores: int) -> tirx.PrimFunc:
         if num_cores > 1:
             sch.parallel(fused)
         _vectorize_inner(sch, loops[-1])
-    return sch.mod["main"]
+
+
+def apply_default_schedule(sch: s_tir.Schedule, kind: str, num_cores: int) -> None:
+    """Apply the hand schedule of a ``kind`` kernel (``vnni``, ``sdot``, ``depthwise``: the
+    value of its :data:`KERNEL_ATTR`) to ``sch``, in place (traceable, so that tuning can
+    record it as the kernel's default)."""
+    if kind == "vnni":
+        _apply_dot(sch, num_cores, VNNI_INTRIN, _tile)
+    elif kind == "sdot":
+        _apply_dot(sch, num_cores, SDOT_INTRIN, _tile_neon)
+    elif kind == "depthwise":
+        _apply_depthwise(sch, num_cores)
+    else:
+        raise ValueError(f"no int8 schedule for kernel kind {kind!r}")
+
+
+def vnni_tuning_space():
+    """MetaSchedule's design space for tuning a ``vnni`` kernel: multi-level tiling whose
+    innermost ``16 x 4`` block is tensorized with :data:`VNNI_INTRIN` (TVM 0.27 ships no x86
+    VNNI rule set, and its own ``dot_16x4_vnni`` intrinsic does not build), then LLVM's
+    parallelize/vectorize/unroll, as TVM's former ``DefaultVNNI`` rules did."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rule, post = ms.schedule_rule, ms.postproc
+    rules = [
+        rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                        disallow_if_then_else=True, require_injective=True,
+                        require_ordered=True, disallow_op=["tirx.exp"]),
+        rule.MultiLevelTilingWithIntrin(
+            VNNI_INTRIN, structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
+            vector_load_lens=None, reuse_read=None,
+            reuse_write=rule.ReuseType(req="may", levels=[1, 2], scope="local"),
+        ),
+        rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                        unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        rule.RandomComputeLocation(),
+    ]
+    postprocs = [post.DisallowDynamicLoop(), post.RewriteParallelVectorizeUnroll(),
+                 post.RewriteReductionBlock(), post.RewriteTensorize(vectorize_init_loop=True)]
+    return ms.space_generator.PostOrderApply(
+        sch_rules=rules, postprocs=postprocs, mutator_probs="llvm"
+    )

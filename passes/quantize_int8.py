@@ -66,12 +66,13 @@ and zero point). Everything else gets the dequantized float tensor, back in its 
 (a VNNI conv with a float output writes it NCHW itself, with no transpose after it).
 
 Kernels (``int8_kernels``): NHWC ``uint8`` activations, weights packed ``[OC/16, KH, KW,
-IC/4, 16, 4]``; on a target with AVX-512 VNNI the kernel is scheduled here and tensorized with
-``vpdpbusd`` (marked ``tirx.is_scheduled``, opaque to fusion); on an AArch64 target with the
-dot product (``+dotprod``: Cortex-A76, Neoverse-N1) likewise with ``sdot`` (the kernel reads
-``x_q - 128`` as int8 and the bias carries ``+128 · Σ_k w_q[o, k]``: the same integers);
-elsewhere, and for grouped and depthwise convs, the plain int32 kernel is left to the default
-schedules.
+IC/4, 16, 4]``; on a target with AVX-512 VNNI the kernel is marked ``tvmforge.int8_kernel =
+"vnni"`` (opaque to fusion) and, in the schedule stage, gets a tuning record if one matches or
+else its hand schedule tensorized with ``vpdpbusd`` (``schedule_int8``); on an AArch64 target
+with the dot product (``+dotprod``: Cortex-A76, Neoverse-N1) likewise with ``sdot`` (the
+kernel reads ``x_q - 128`` as int8 and the bias carries ``+128 · Σ_k w_q[o, k]``: the same
+integers); depthwise convs get their own hand schedule (``"depthwise"``); elsewhere, and for
+grouped convs, the plain int32 kernel is left to the default schedules.
 
 Calibration
 -----------
@@ -1446,15 +1447,11 @@ class QuantizeInt8:
         report.qdq_tensors = len(fixed)
         new_main, out = rewriter.run(mod)
         out.update_func(out.get_global_var("main"), new_main)
-        if vnni or sdot:
-            cores = int(target.attrs.get("num-cores", 0) or 0) if target is not None else 1
-            schedule = K.schedule_vnni if vnni else K.schedule_sdot
-            for kvar, kind in rewriter.kernels.items():
-                if kind not in ("vnni", "sdot", "depthwise"):
-                    continue
-                fn = K.schedule_depthwise if kind == "depthwise" else schedule
-                scheduled = fn(out[kvar], max(cores, 1))
-                out.update_func(kvar, scheduled.with_attr("tirx.is_scheduled", True)
+        for kvar, kind in rewriter.kernels.items():
+            if kind in ("vnni", "sdot", "depthwise"):
+                # Scheduled in the schedule stage (``schedule_int8``), after the tuning records:
+                # unscheduled here, so that ``tune`` sees them as tasks and records apply.
+                out.update_func(kvar, out[kvar].with_attr(K.KERNEL_ATTR, kind)
                                 .with_attr("op_pattern", 8))  # kOpaque: fuse nothing into it
         out = relax.transform.DeadCodeElimination(["main"])(out)
         log.info("quantize_int8: %s", report.summary())

@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tvm
 import tvm_ffi
@@ -363,3 +364,91 @@ def test_candidates_are_measured_on_the_threads_they_are_compiled_for(monkeypatc
             runner.pool.shutdown(wait=False)
     assert seen == str(cores) and threads == cores
     assert "TVM_NUM_THREADS" not in os.environ  # restored
+
+
+# --- int8 kernels: tuned with vpdpbusd, applied by a compile with the same flags ---------------
+
+
+def _int8_kernels(databases: list[Path]) -> tvm.ir.IRModule:
+    """The int8 model's kernels after compile's schedule stage (records, then the defaults)."""
+    from tvmforge.calibration import quantize_pass
+
+    target = resolve("x86")
+    model = frontend.load(conv_relu_model())
+    inputs = frontend.resolve_inputs(model, {})
+    quantizer, _ = quantize_pass(model, inputs, "int8", "random")
+    tvm_target = target.tvm_target()
+    kernels = pipeline.to_kernels(frontend.to_relax(model, inputs), tvm_target, [quantizer])
+    with tvm_target:
+        return tvm.transform.Sequential(pipeline.schedule_passes(tvm_target, databases))(kernels)
+
+
+@pytest.fixture(scope="module")
+def tuned_int8(tmp_path_factory) -> dict:
+    from tvmforge.passes.int8_kernels import has_vnni
+
+    if not has_vnni(resolve("x86").tvm_target()):
+        pytest.skip("the int8 VNNI kernels need AVX-512 VNNI, which this CPU lacks")
+    work = tmp_path_factory.mktemp("tune8")
+    result = tuning.tune(conv_relu_model(), "x86", trials=24, work_dir=work, quantize="int8",
+                         calibration="random", progress=False)
+    return {"work": work, "db": tuning.database_dir(work, resolve("x86")), "result": result}
+
+
+def test_int8_vnni_kernels_are_tuned_in_a_space_that_uses_vpdpbusd(tuned_int8):
+    from tvmforge.passes.int8_kernels import VNNI_INTRIN
+
+    task = next(t for t in tuned_int8["result"].tasks if "vnni" in t.name)
+    assert task.trials > 0 and task.best_s and task.default_s
+    kernels = _int8_kernels([])
+    workload = _unscheduled_int8(task.name)
+    db = ms.database.JSONDatabase(work_dir=str(tuned_int8["db"]))
+    records = db.get_top_k(db.commit_workload(workload), 1000)
+    default = _kernel(kernels, task.name)
+    searched = [r for r in records if not _same(_replay(r.trace, workload), default)]
+    assert searched and all(VNNI_INTRIN in str(r.trace) for r in searched)
+
+
+def _unscheduled_int8(name: str) -> tvm.ir.IRModule:
+    from tvmforge.calibration import quantize_pass
+
+    target = resolve("x86")
+    model = frontend.load(conv_relu_model())
+    inputs = frontend.resolve_inputs(model, {})
+    quantizer, _ = quantize_pass(model, inputs, "int8", "random")
+    tvm_target = target.tvm_target()
+    kernels = pipeline.to_kernels(frontend.to_relax(model, inputs), tvm_target, [quantizer])
+    tasks = ms.relax_integration.extract_tasks(kernels, tvm_target)
+    return next(t.dispatched[0] for t in tasks if t.task_name == name)  # tune's workload
+
+
+def test_compile_applies_int8_records_with_the_same_bits(tuned_int8, tmp_path):
+    """A searched (non-default) VNNI schedule promoted to best is what compile builds; int8
+    arithmetic is exact, so the outputs are the untuned build's to the bit."""
+    target = resolve("x86")
+    db_dir = tmp_path / target.tuning_key
+    shutil.copytree(tuned_int8["db"], db_dir, ignore=shutil.ignore_patterns("logs"))
+    db = ms.database.JSONDatabase(work_dir=str(db_dir))
+    task = next(t for t in tuned_int8["result"].tasks if "vnni" in t.name)
+    workload = _unscheduled_int8(task.name)
+    default = _kernel(_int8_kernels([]), task.name)
+    searched = [r for r in db.get_top_k(db.commit_workload(workload), 1000)
+                if not _same(_replay(r.trace, workload), default)]
+    pick = searched[-1]
+    db.commit_tuning_record(ms.database.TuningRecord(
+        pick.trace, pick.workload, run_secs=[1e-9], target=pick.target, args_info=pick.args_info))
+    applied = _kernel(_int8_kernels([db_dir]), task.name)
+    assert _same(applied, _replay(pick.trace, workload)) and not _same(applied, default)
+
+    plain = build.build_model(conv_relu_model(), target, quantize="int8", calibration="random",
+                              use_shipped_logs=False)
+    tuned = build.build_model(conv_relu_model(), target, quantize="int8", calibration="random",
+                              tuning_logs=[tmp_path], use_shipped_logs=False)
+    assert "vpdpbusd" in tuned.executable.mod.imports[0].inspect_source("asm")
+    arrays = runtime.random_inputs(plain.inputs, seed=2)
+    outs = []
+    for built in (plain, tuned):
+        path = build.export(built, tmp_path / "m.tar")
+        outs.append(runtime.load(path).run(arrays))
+    for name in outs[0]:
+        np.testing.assert_array_equal(outs[0][name], outs[1][name])
