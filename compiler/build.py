@@ -172,9 +172,8 @@ def build_model(
     outputs = _relax_outputs(mod, onnx_model)
     seconds["import"] = time.perf_counter() - t0
 
-    databases = tuning.databases_for(target, list(tuning_logs)) if use_shipped_logs else [
-        Path(p) for p in tuning_logs
-    ]
+    # A --tuning-log folder holds one database per tuning key (or is one).
+    databases = tuning.databases_for(target, list(tuning_logs), shipped=use_shipped_logs)
     say(f"building for {target.spec()}")
     t0 = time.perf_counter()
     tvm_target = target.tvm_target()

@@ -109,15 +109,17 @@ def count_records(folder: Path) -> int:
 
 
 def databases_for(
-    target: ResolvedTarget, user_logs: list[Path] | tuple[Path, ...] = ()
+    target: ResolvedTarget, user_logs: list[Path] | tuple[Path, ...] = (), *,
+    shipped: bool = True,
 ) -> list[Path]:
     """Databases whose records apply to ``target``: shipped ones, the user cache's (where
-    ``tvmforge tune`` writes by default), then the ``--tuning-log`` folders given.
+    ``tvmforge tune`` writes by default), then the ``--tuning-log`` folders given
+    (``shipped=False``: only those).
 
     A user folder may be a database itself or hold one folder per tuning key.
     """
     found: list[Path] = []
-    if target.tuning_key:
+    if target.tuning_key and shipped:
         for root in [*shipped_roots(), user_cache()]:
             db = root / target.tuning_key
             if is_database(db) and db not in found:

@@ -444,6 +444,7 @@ def test_compile_applies_int8_records_with_the_same_bits(tuned_int8, tmp_path):
                               use_shipped_logs=False)
     tuned = build.build_model(conv_relu_model(), target, quantize="int8", calibration="random",
                               tuning_logs=[tmp_path], use_shipped_logs=False)
+    assert tuned.databases == [db_dir]  # the folder's database for this key, and only it
     assert "vpdpbusd" in tuned.executable.mod.imports[0].inspect_source("asm")
     arrays = runtime.random_inputs(plain.inputs, seed=2)
     outs = []
