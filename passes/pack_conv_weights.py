@@ -19,11 +19,14 @@ as accumulators, the input value broadcast, the weights loaded as contiguous vec
 What it rewrites
 ----------------
 ``relax.nn.conv2d`` with data/out layout NCHW, kernel layout OIHW, one group, float32
-throughout, static shapes (a dynamic batch aside), a constant weight and ``F`` a multiple
-of ``B``. Other convs (depthwise, grouped, other dtypes or layouts, ``F`` off the vector
-width) are left to ``LegalizeOps``. Half-register blocks (``B/2``) for such ``F`` were
-tried and measured no faster (SqueezeNet's 1000 classes: 60 against 57 GFLOP/s) or slower
-(PP-OCRv4's 96->24 3x3 at 160x160: 74 against 111) than the contraction recipe.
+throughout, static shapes (a dynamic batch aside) and a constant weight. ``F`` off the
+vector width is padded with zero filters to the next multiple of ``B`` (the conv computes
+them, a crop drops them in the register tile) when that adds at most 1/8 to its work
+(SqueezeNet's 1000 classes: 1008); others (PP-OCRv4's 24-channel convs: 32 would be a third
+more) and depthwise, grouped or other dtypes or layouts are left to ``LegalizeOps``.
+Half-register blocks (``B/2``) for such ``F`` were tried and measured no faster (SqueezeNet's
+1000 classes: 60 against 57 GFLOP/s) or slower (PP-OCRv4's 96->24 3x3 at 160x160: 74
+against 111) than the contraction recipe.
 
 Where it sits
 -------------
@@ -52,9 +55,19 @@ __all__ = ["PACKED_CONV_ATTR", "pack_conv_weights", "pack_oihw"]
 PACKED_CONV_ATTR = "tvmforge.packed_conv"
 
 
+# Output channels off the vector width are padded with zero filters up to it when that wastes
+# at most this fraction of the conv's work (SqueezeNet's 1000 classes: 1008, 0.8 %).
+MAX_PAD_WASTE = 1 / 8
+
+
 def pack_oihw(weight: np.ndarray, block: int) -> np.ndarray:
-    """``W[F, C, KH, KW]`` -> ``Wp[F/block, C, KH, KW, block]``."""
+    """``W[F, C, KH, KW]`` -> ``Wp[ceil(F/block), C, KH, KW, block]`` (zero filters pad ``F``
+    up to a multiple of ``block``)."""
     f, c, kh, kw = weight.shape
+    if f % block:
+        pad = np.zeros((block - f % block, c, kh, kw), weight.dtype)
+        weight = np.concatenate([weight, pad])
+        f = weight.shape[0]
     return np.ascontiguousarray(
         weight.reshape(f // block, block, c, kh, kw).transpose(0, 2, 3, 4, 1)
     )
@@ -66,8 +79,13 @@ def conv2d_nchw_packed(
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
+    channels: int | None = None,
 ) -> te.Tensor:
-    """The TE definition: NCHW data, packed weight ``[F/B, C, KH, KW, B]``, NCHW output."""
+    """The TE definition: NCHW data, packed weight ``[F/B, C, KH, KW, B]``, NCHW output.
+
+    ``channels`` below ``F`` (the weight padded with zero filters): the conv computes all
+    ``F`` and a crop keeps the first ``channels``; the schedule computes the crop (and the
+    epilogue fused after it) per register tile, so the padded channels never leave it."""
     n = data.shape[0]  # static, or a dynamic batch
     c, h, w = (int(v) for v in data.shape[1:])
     fo, _c, kh, kw, block = (int(v) for v in weight.shape)
@@ -81,7 +99,7 @@ def conv2d_nchw_packed(
     rc = te.reduce_axis((0, c), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    return te.compute(
+    out = te.compute(
         (n, fo * block, oh, ow),
         lambda b, f, y, x: te.sum(
             data[b, rc, y * sh + ry * dh, x * sw + rx * dw]
@@ -90,6 +108,11 @@ def conv2d_nchw_packed(
         ),
         name="conv2d_nchw_packed",
         attrs={PACKED_CONV_ATTR: block},
+    )
+    if channels is None or channels == fo * block:
+        return out
+    return te.compute(
+        (n, channels, oh, ow), lambda b, f, y, x: out[b, f, y, x], name="conv2d_nchw_crop"
     )
 
 
@@ -128,8 +151,10 @@ class _Packer(relax.PyExprMutator):
         weight = self._weight(call.args[1])
         if weight is None:
             return "the weight is not a constant"
-        if weight.shape[0] % self.block:
-            return f"{weight.shape[0]} output channels, not a multiple of {self.block}"
+        f = weight.shape[0]
+        padded = -(-f // self.block) * self.block
+        if padded - f > MAX_PAD_WASTE * f:
+            return f"{f} output channels: padding them to {padded} would waste too much"
         return None
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -141,7 +166,8 @@ class _Packer(relax.PyExprMutator):
             log.debug("conv2d not packed: %s", reason)
             return call
         attrs = call.attrs
-        packed = pack_oihw(self._weight(call.args[1]), self.block)
+        weight = self._weight(call.args[1])
+        packed = pack_oihw(weight, self.block)
         self.packed += 1
         return self.builder_.call_te(
             conv2d_nchw_packed,
@@ -150,6 +176,7 @@ class _Packer(relax.PyExprMutator):
             _ints(attrs.strides),
             _ints(attrs.padding),
             _ints(attrs.dilation),
+            int(weight.shape[0]),
             primfunc_name_hint="conv2d_nchw_packed",
         )
 

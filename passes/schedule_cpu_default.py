@@ -846,7 +846,12 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     epilogue = _single_epilogue(sch, main)
     n, f, y, x, rc, ry, rx = sch.get_loops(main)
     ext_f, ext_y, ext_x, ext_rc, ext_ry, ext_rx = _extents(sch, [f, y, x, rc, ry, rx])
-    if _extents(sch, sch.get_loops(epilogue)) != _extents(sch, [n, f, y, x]):
+    epi_ext, conv_ext = _extents(sch, sch.get_loops(epilogue)), _extents(sch, [n, f, y, x])
+    cropped = (  # zero filters padded F to the vector width; the epilogue keeps the real ones
+        len(epi_ext) == 4 and epi_ext[0] == conv_ext[0] and epi_ext[2:] == conv_ext[2:]
+        and conv_ext[1] - block < epi_ext[1] < conv_ext[1]
+    )
+    if epi_ext != conv_ext and not cropped:
         # e.g. a squeeze-excitation gate: a conv on a 1x1 pooled map whose epilogue multiplies
         # it into the whole feature map. Computed at the tile, that epilogue would be the
         # whole map per tile (and unrolled: minutes of LLVM on PP-OCRv4 det).

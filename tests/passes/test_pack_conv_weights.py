@@ -71,6 +71,14 @@ def test_pack_oihw_layout():
     assert packed[fo, c, ky, kx, fi] == W[fo * 16 + fi, c, ky, kx]
 
 
+def test_pack_oihw_pads_output_channels_with_zero_filters():
+    w = RNG.standard_normal((60, 8, 3, 3)).astype(np.float32)
+    packed = pack_oihw(w, 16)
+    assert packed.shape == (4, 8, 3, 3, 16)
+    assert packed[3, 2, 1, 1, 11] == w[59, 2, 1, 1]
+    assert not packed[3, :, :, :, 12:].any()  # filters 60..63: zeros
+
+
 def test_conv_becomes_packed_call_tir():
     after = pack_conv_weights(block=16)(_bind(Conv, {"w": W}))
     bb = relax.BlockBuilder()
@@ -321,6 +329,9 @@ def test_squeeze_excitation_gate_falls_back_and_matches_onnxruntime(caplog):
         pytest.param(16, 32, 3, 2, [0, 1, 1, 0], 1, 15, id="3x3-stride2-asymmetric-pad"),
         pytest.param(8, 16, 3, 1, [2, 2, 2, 2], 2, 11, id="3x3-dilation2"),
         pytest.param(64, 32, 1, 2, [0, 0, 0, 0], 1, 14, id="1x1-stride2-downsample"),
+        # output channels padded with zero filters to the vector width, cropped in the tile
+        pytest.param(64, 250, 1, 1, [0, 0, 0, 0], 1, 13, id="1x1-250-classes-padded-to-256"),
+        pytest.param(16, 60, 3, 1, [1, 1, 1, 1], 1, 9, id="3x3-60-padded-to-64"),
     ],
 )
 def test_matches_onnxruntime(cin, cout, k, stride, pads, dilation, hw, caplog):
