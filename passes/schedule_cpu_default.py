@@ -528,6 +528,68 @@ def _row_axis(
     return rest[-1] if rest else None
 
 
+# Accumulators of a grouped conv's tile (channels x rows x vectors): half the AVX-512
+# registers, as the packed conv's tile (more spills).
+_GROUP_TILE_ACCUMULATORS = 16
+
+
+def _group_axis(
+    sch: s_tir.Schedule, block: SBlockRV, vec: int, row: int | None, spatial: list[int]
+) -> tuple[int, int] | None:
+    """``(axis, G)`` when a spatial axis reaches the operand read along ``vec`` only as
+    ``floordiv(axis, G)`` (a grouped conv's output channel picking its group's inputs)."""
+    stmt = sch.get(block)
+    vars_ = [iv.var for iv in stmt.iter_vars]
+    out_buf = stmt.writes[0].source
+    along_vec = [
+        r for r in stmt.reads
+        if not r.source.same_as(out_buf) and any(_uses_var(x.min, vars_[vec]) for x in r.region)
+    ]
+    for i in spatial:
+        if i in (vec, row) or int(stmt.iter_vars[i].dom.extent) < 2:
+            continue
+        groups: set[int] = set()
+        ok = True
+        for region in along_vec:
+            for rng in region.region:
+                if not _uses_var(rng.min, vars_[i]):
+                    continue
+                divs = _floordivs_of(rng.min, vars_[i])
+                if divs is None:
+                    ok = False
+                groups |= divs or set()
+        if ok and len(groups) == 1:
+            group = groups.pop()
+            if 1 < group < int(stmt.iter_vars[i].dom.extent):
+                return i, group
+    return None
+
+
+def _floordivs_of(expr, var: tirx.Var) -> set[int] | None:
+    """The constants ``G`` of every ``floordiv(var, G)`` in ``expr``; ``None`` when ``var``
+    also appears outside one."""
+    found: set[int] = set()
+    bare = False
+
+    def walk(node) -> None:  # a bare use is one not directly under such a FloorDiv
+        nonlocal bare
+        if isinstance(node, tirx.Var):
+            if node.same_as(var):
+                bare = True
+            return
+        if isinstance(node, tirx.FloorDiv) and isinstance(node.b, tirx.IntImm) \
+                and isinstance(node.a, tirx.Var) and node.a.same_as(var):
+            found.add(int(node.b.value))
+            return
+        for field in _CHILD_FIELDS:
+            child = getattr(node, field, None)
+            if child is not None and isinstance(child, tvm.ir.expr.Expr):
+                walk(child)
+
+    walk(expr)
+    return None if bare else found
+
+
 def _flatten_plane(
     sch: s_tir.Schedule, main: SBlockRV, epilogue: SBlockRV, lanes: int, force: bool = False
 ) -> None:
@@ -663,6 +725,15 @@ def _schedule_contraction(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     if row is not None:
         budget = max(params.accumulators // vregs, 1)
         r_in = _largest_divisor_at_most(extents[row], min(budget, 8))
+    # A grouped conv's output channels share their input within a group: a few of them
+    # (a divisor of the group) join the tile, each input vector then serves them all.
+    chan, c_in = None, 1
+    grouped = _group_axis(sch, main, vec, row, spatial)
+    if grouped is not None:
+        chan, group = grouped
+        c_in = _largest_divisor_at_most(group, max(_GROUP_TILE_ACCUMULATORS // (r_in * vregs), 1))
+        if c_in < 2:
+            chan, c_in = None, 1
 
     outer: list[LoopRV] = []
     inner: list[LoopRV] = []
@@ -679,6 +750,10 @@ def _schedule_contraction(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
             inner.insert(0, n)
         elif i == row and r_in == extents[i]:
             inner.insert(0, loops[i])
+        elif i == chan:
+            o, n = sch.split(loops[i], factors=[None, c_in])
+            outer.append(o)
+            inner.insert(0, n)
         else:
             outer.append(loops[i])
     red = [loops[i] for i in reduce_]
@@ -687,12 +762,12 @@ def _schedule_contraction(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     if not outer:
         raise ValueError("the whole output fits one register tile")
     _epilogue_at(sch, epilogue, outer[-1])
-    # Inner tile: unroll the row loop, vectorize the contiguous one. Both before
-    # decompose_reduction (which copies the loop kinds to the init), as MetaSchedule's
-    # postprocessors do: afterwards the update block is no longer a reduction block.
+    # Inner tile: unroll the row (and group channel) loops, vectorize the contiguous one.
+    # Both before decompose_reduction (which copies the loop kinds to the init), as
+    # MetaSchedule's postprocessors do: afterwards the update block is no longer a reduction.
     sch.vectorize(inner[-1])
-    if len(inner) > 1:
-        sch.unroll(inner[0])
+    for loop in inner[:-1]:
+        sch.unroll(loop)
     _parallelize(sch, outer, params)
     sch.decompose_reduction(main, red[0])
     epi_loops = sch.get_loops(epilogue)[len(outer) :]
