@@ -46,11 +46,15 @@ def test_cuda_pipeline_schedules_every_kernel():
     assert funcs and all("threadIdx" in f.script() for f in funcs)
 
 
-def test_cpu_graph_passes_end_with_packing_and_fast_math():
+def test_cpu_graph_passes_end_with_layouts_packing_and_fast_math():
+    """After the caller's passes (the quantizer makes NHWC regions): transposes sunk, then
+    weight packing and fast math."""
     marker = relax.transform.CanonicalizeBindings()
     names = [p.info.name for p in pipeline.graph_passes([marker])]
     caller = len(names) - 1 - names[::-1].index(marker.info.name)
-    assert names[caller + 1 :] == ["PackConvWeights", "PackDenseWeights", "FastMathCpu"]
+    assert names[caller + 1 :] == [
+        "SinkTransposes", "PackConvWeights", "PackDenseWeights", "FastMathCpu"
+    ]
     assert names.index("ConvTransposeDirect") < caller
 
 
