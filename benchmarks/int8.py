@@ -33,6 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Pause before each variant: TVM's and ONNX Runtime's idle workers spin for a while after a
+# run (tvmforge's ~30 ms); a variant timed right after another would share the cores with it.
+SETTLE_S = 0.1
+
 
 def ort_session(proto_bytes: bytes, threads: int):
     import onnxruntime as ort
@@ -171,6 +175,7 @@ def bench_model(spec: str, args) -> dict:
     for r in range(args.rounds):
         order = names[r % 4 :] + names[: r % 4]
         for n in order:
+            time.sleep(SETTLE_S)  # the previous runtime's spinning workers go to sleep first
             times[n].append(best_of(n))
 
     def ratio(a, b):

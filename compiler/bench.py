@@ -40,6 +40,11 @@ class BenchResult:
         return asdict(self)
 
 
+# After its last kernel a worker of TVM's pool spins (``runtime.SPIN_COUNT``, ~30 ms here)
+# before it sleeps; ONNX Runtime is timed after it has.
+SETTLE_S = 0.2
+
+
 def _median_iqr(seconds: list[float]) -> tuple[float, float]:
     ms = sorted(s * 1e3 for s in seconds)
     if len(ms) < 4:
@@ -85,6 +90,7 @@ def bench(
         for _ in range(max(warmup - 1, 0)):
             compiled.run(arrays)
         tvm_times = compiled.time(arrays, repeat)
+    time.sleep(SETTLE_S)  # tvmforge's idle workers stop spinning before ONNX Runtime runs
     ort_times = time_onnxruntime(built.model, arrays, threads, repeat, warmup)
     tvm_med, tvm_iqr = _median_iqr(tvm_times)
     ort_med, ort_iqr = _median_iqr(ort_times)

@@ -94,3 +94,14 @@ def test_load_without_threads_uses_every_physical_core(conv_artifact, monkeypatc
     expected = runtime.default_threads()
     runtime.load(conv_artifact)
     assert runtime.pool_threads() == expected
+
+
+def test_pool_workers_spin_between_kernels_unless_told_otherwise(conv_artifact, monkeypatch):
+    """TVM's default lets workers sleep between the kernels of one inference (SqueezeNet
+    6.24 -> 4.92 ms on 2 threads with the spin); a user's own setting is kept."""
+    monkeypatch.delenv("TVM_THREAD_POOL_SPIN_COUNT", raising=False)
+    runtime.load(conv_artifact, threads=2)
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == str(runtime.SPIN_COUNT)
+    monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    runtime.load(conv_artifact, threads=2)
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "0"
