@@ -369,18 +369,30 @@ def test_candidates_are_measured_on_the_threads_they_are_compiled_for(monkeypatc
 # --- int8 kernels: tuned with vpdpbusd, applied by a compile with the same flags ---------------
 
 
-def _int8_kernels(databases: list[Path]) -> tvm.ir.IRModule:
-    """The int8 model's kernels after compile's schedule stage (records, then the defaults)."""
+def _int8_unscheduled() -> tuple[tvm.target.Target, tvm.ir.IRModule]:
+    """The int8 model's kernels as tune extracts them and compile's schedule stage gets them."""
     from tvmforge.calibration import quantize_pass
 
-    target = resolve("x86")
     model = frontend.load(conv_relu_model())
     inputs = frontend.resolve_inputs(model, {})
     quantizer, _ = quantize_pass(model, inputs, "int8", "random")
-    tvm_target = target.tvm_target()
+    tvm_target = resolve("x86").tvm_target()
     kernels = pipeline.to_kernels(frontend.to_relax(model, inputs), tvm_target, [quantizer])
+    return tvm_target, kernels
+
+
+def _int8_kernels(databases: list[Path]) -> tvm.ir.IRModule:
+    """The int8 model's kernels after compile's schedule stage (records, then the defaults)."""
+    tvm_target, kernels = _int8_unscheduled()
     with tvm_target:
         return tvm.transform.Sequential(pipeline.schedule_passes(tvm_target, databases))(kernels)
+
+
+def _unscheduled_int8(name: str) -> tvm.ir.IRModule:
+    """Kernel ``name`` as tune's workload."""
+    tvm_target, kernels = _int8_unscheduled()
+    tasks = ms.relax_integration.extract_tasks(kernels, tvm_target)
+    return next(t.dispatched[0] for t in tasks if t.task_name == name)
 
 
 @pytest.fixture(scope="module")
@@ -407,19 +419,6 @@ def test_int8_vnni_kernels_are_tuned_in_a_space_that_uses_vpdpbusd(tuned_int8):
     default = _kernel(kernels, task.name)
     searched = [r for r in records if not _same(_replay(r.trace, workload), default)]
     assert searched and all(VNNI_INTRIN in str(r.trace) for r in searched)
-
-
-def _unscheduled_int8(name: str) -> tvm.ir.IRModule:
-    from tvmforge.calibration import quantize_pass
-
-    target = resolve("x86")
-    model = frontend.load(conv_relu_model())
-    inputs = frontend.resolve_inputs(model, {})
-    quantizer, _ = quantize_pass(model, inputs, "int8", "random")
-    tvm_target = target.tvm_target()
-    kernels = pipeline.to_kernels(frontend.to_relax(model, inputs), tvm_target, [quantizer])
-    tasks = ms.relax_integration.extract_tasks(kernels, tvm_target)
-    return next(t.dispatched[0] for t in tasks if t.task_name == name)  # tune's workload
 
 
 def test_compile_applies_int8_records_with_the_same_bits(tuned_int8, tmp_path):
