@@ -791,6 +791,16 @@ PACKED_CONV_ATTR = "tvmforge.packed_conv"
 # Weights up to this size stay in the (per-core) L2 cache while the output is swept tile by
 # tile; larger weights are swept once per block of output channels instead.
 _WEIGHT_CACHE_BYTES = 1 << 20
+# The same for a 1x1 stride-1 conv's channel tile, which then reads its input packed by tile
+# columns (``_pack_input_columns``). Measured in ResNet-50 (in the model, 2 threads, AVX-512):
+# 1x1 256->1024 at 14x14 (1 MiB of weights) 0.72 -> 0.49 ms, 1024->512 (2 MiB) 1.00 -> 0.81;
+# without the packing, a 3x3 or a strided 1x1 gains nothing from the earlier switch (1x1
+# 256->512 stride 2, 512 KiB: 1.00 -> 1.29 ms).
+_PACKED_INPUT_WEIGHT_CACHE_BYTES = 128 << 10
+
+# 1x1 convs swept by weight blocks read a copy of their input packed by tile columns
+# (``_pack_input_columns``).
+_PACK_INPUT = True
 
 
 def _packed_block(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
@@ -866,31 +876,34 @@ def packed_pixel_tile(block: int, plane_vectors: int, registers: int) -> tuple[i
     return best[2], best[3]
 
 
-def _pixel_vector(
-    sch: s_tir.Schedule, main: SBlockRV, epilogue: SBlockRV, plane: int, lanes: int
-) -> int | None:
-    """The vector length of the pixel tile over a ``plane``, or ``None`` for no pixel tile.
+def _pack_input_columns(sch: s_tir.Schedule, main: SBlockRV, xi: int) -> None:
+    """Copy a 1x1 conv's NCHW input to ``[n, y, x // xi, c, x % xi]`` before the tiles.
 
-    A whole register when the plane is a multiple of it. Otherwise (14x14 = 196 pixels) a
-    divisor of at least 3/4 of a register, and only when the epilogue reads a second tensor
-    of the output's size (a residual): the channel tile would gather it element by element
-    (measured on ResNet-50's 1x1 256->1024 at 14x14 with its residual: 76 GFLOP/s with the
-    channel tile; without a residual the channel tile wins, 131 against 109).
+    The channel tile broadcasts ``xi`` input columns per reduction step; in NCHW those are
+    ``xi`` floats of a different cache line every step (28 of 64 bytes for ``xi = 7``), so a
+    1x1 conv swept by weight blocks reads the input from L2 at line granularity. Packed, a
+    tile's reduction streams ``xi * C`` consecutive floats. The copy is one pass over the
+    input, next to ``C`` passes' worth of multiply-adds.
     """
-    if plane % lanes == 0:
-        return lanes
-    vector = _largest_divisor_at_most(plane, lanes)
-    if vector * 4 < lanes * 3:
-        return None
-    out = sch.get(main).writes[0].source
-    size = math.prod(int(d) for d in out.shape)
-    for region in sch.get(epilogue).reads:
-        buf = region.source
-        if buf.same_as(out):
-            continue
-        if math.prod(int(d) for d in buf.shape) == size:
-            return vector
-    return None
+    stmt = sch.get(main)
+    x_var = stmt.iter_vars[3].var
+    out = stmt.writes[0].source
+    for index, region in enumerate(stmt.reads):
+        if (
+            len(region.region) == 4
+            and not region.source.same_as(out)
+            and _uses_var(region.region[-1].min, x_var)
+        ):
+            break
+    else:
+        return
+    width = int(region.source.shape[3])
+    if width % xi:
+        return
+    cache = sch.cache_read(main, index, "global", consumer_blocks=[main])
+    packed = tirx.IndexMap.from_func(lambda a, c, h, w: [a, h, w // xi, c, w % xi], ndim=4)
+    sch.transform_layout(cache, ("write", 0), packed)
+    sch.transform_block_layout(cache, packed)
 
 
 def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams) -> None:
@@ -902,9 +915,11 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     step ``nf`` weight vectors are loaded and ``xi`` input values broadcast. The epilogue
     (bias, activation, residual) runs on the tile, vectorized over the channels, and writes
     NCHW with a stride: a scatter, whose cost only matters when the reduction is short.
+    Tiles run output-row by output-row with the weights held in cache, or, for weights too
+    big for it, weight block by weight block; a 1x1 stride-1 conv then first packs its input
+    by tile columns (``_pack_input_columns``).
 
-    Pixel tile (1x1 stride-1 convs whose plane is a whole number of vectors, e.g. 56x56, or
-    of vectors of 12-15 lanes when the epilogue reads a residual, ``_pixel_vector``): ``r``
+    Pixel tile (1x1 stride-1 convs whose plane is a whole number of vectors, e.g. 56x56): ``r``
     output channels x ``vp`` vectors of the flattened ``y * W + x`` plane; the weights are
     broadcast (``r`` consecutive floats of the packed block) and the input and the epilogue
     are contiguous vectors, so no scatter.
@@ -934,7 +949,10 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     if ext_f % block:
         raise ValueError("output channels not a multiple of the packing block")
     weight_bytes = ext_f * ext_rc * ext_ry * ext_rx * 4
-    plane_vector = _pixel_vector(sch, main, epilogue, ext_y * ext_x, params.lanes)
+    # Pixel vectors only where the plane is a whole number of registers: vectors of 14 for
+    # a 14x14 plane (LLVM splits them 8 + 4 + 2) lose to the channel tile with a packed
+    # input (1x1 256->1024 at 14x14 with its residual: 0.51 against 0.44 ms).
+    plane_vector = params.lanes if (ext_y * ext_x) % params.lanes == 0 else None
     pixel = None
     if ext_ry == ext_rx == 1 and plane_vector:
         pixel = packed_pixel_tile(block, ext_y * ext_x // plane_vector, params.vector_registers)
@@ -962,10 +980,14 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
         f_o, f_v = sch.split(f, factors=[None, block])
         f_oo, f_oi = sch.split(f_o, factors=[None, nf])
         x_o, x_i = sch.split(x, factors=[None, xi])
-        if weight_bytes <= _WEIGHT_CACHE_BYTES:
+        pack = _PACK_INPUT and ext_ry == ext_rx == 1 and stride == 1
+        limit = _PACKED_INPUT_WEIGHT_CACHE_BYTES if pack else _WEIGHT_CACHE_BYTES
+        if weight_bytes <= limit:
             outer = [n, y, x_o, f_oo]  # input tile reused across all output channels
         else:
             outer = [n, f_oo, y, x_o]  # a block of weights reused across the whole output
+            if pack:
+                _pack_input_columns(sch, main, xi)
         sch.reorder(*outer, rc, ry, rx, f_oi, x_i, f_v)
         _epilogue_at(sch, epilogue, outer[-1])
         sch.set_scope(main, 0, "local")

@@ -154,8 +154,8 @@ def test_pointwise_conv_gets_the_pixel_tile(caplog):
     assert extents[-3:] == [4, 4, 16]
 
 
-def _residual_pointwise(hw: int) -> onnx.ModelProto:
-    """1x1 conv (32 -> 32) whose epilogue adds the block input back (ResNet's residual)."""
+def _residual_pointwise(hw: int, channels: int = 32) -> onnx.ModelProto:
+    """1x1 conv (C -> C) whose epilogue adds the block input back (ResNet's residual)."""
     rng = np.random.default_rng(hw)
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"]),
@@ -163,24 +163,26 @@ def _residual_pointwise(hw: int) -> onnx.ModelProto:
         helper.make_node("Relu", ["a"], ["y"]),
     ]
     weights = {
-        "w": rng.standard_normal((32, 32, 1, 1)).astype(np.float32) * 0.2,
-        "b": rng.standard_normal(32).astype(np.float32),
+        "w": rng.standard_normal((channels, channels, 1, 1)).astype(np.float32) * 0.2,
+        "b": rng.standard_normal(channels).astype(np.float32),
     }
     return make_model(
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, hw, hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, hw, hw])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, hw, hw])],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
 
 
-def test_residual_epilogue_on_a_ragged_plane_gets_partial_pixel_vectors():
-    """14x14 = 196 pixels is no multiple of 16; with a residual to read, the pixel tile runs
-    on vectors of 14 rather than gathering the residual channel by channel."""
+def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
+    """1x1 256 -> 256 at 14x14 (256 KiB of weights) with a residual: 196 pixels are no whole
+    number of vectors, so the channel tile, swept weight block by weight block over a copy of
+    the input laid out ``[n, y, x // xi, c, x % xi]``; the result matches ONNX Runtime."""
     from tvmforge import frontend
     from tvmforge.pipeline import to_kernels
 
-    model = frontend.load(_residual_pointwise(14))
+    onnx_model = _residual_pointwise(14, channels=256)
+    model = frontend.load(onnx_model)
     target = tvm.target.Target(X86)
     kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
     (func,) = [
@@ -189,10 +191,28 @@ def test_residual_epilogue_on_a_ragged_plane_gets_partial_pixel_vectors():
         if isinstance(f, tirx.PrimFunc) and "packed" in g.name_hint
     ]
     after = schedule_prim_func(func, CpuScheduleParams.from_target(target))
+    _, xi = packed_conv_tile(256 // 16, 14, 32)
+    allocated = [
+        tuple(int(d) for d in buf.shape)
+        for buf in after.body.block.alloc_buffers
+        if buf.scope() == "global"
+    ]
+    assert allocated == [(1, 14, 14 // xi, 256, xi)]
     sch = s_tir.Schedule(after)
     loops = sch.get_loops(sch.get_sblock("conv2d_nchw_packed_update"))
-    assert sch.get(loops[-1]).kind == tirx.ForKind.VECTORIZED
-    assert int(sch.get(loops[-1]).extent) == 14
+    assert sch.get(loops[0]).kind == tirx.ForKind.PARALLEL
+    assert int(sch.get(loops[-1]).extent) == 16  # a vector of output channels
+
+    import onnxruntime as ort
+
+    from tvmforge import build_model
+
+    x = np.random.default_rng(1).standard_normal((1, 256, 14, 14)).astype(np.float32)
+    built = build_model(onnx_model, "x86", threads=2)
+    ours = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x})
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
 
 
 @pytest.mark.parametrize(
