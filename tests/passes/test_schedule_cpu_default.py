@@ -214,6 +214,67 @@ def test_generic_schedule_matches_onnxruntime():
     _assert_close(*_run_both(_pool_softmax()))
 
 
+def _pool(op: str, kernel: int, stride: int, pad: int, hw: int, **attrs) -> onnx.ModelProto:
+    hw_out = (hw + 2 * pad - kernel) // stride + 1
+    node = helper.make_node(
+        op, ["x"], ["p"], kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=[pad] * 4, **attrs
+    )
+    return _model(
+        [node, helper.make_node("Relu", ["p"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, hw_out, hw_out])],
+        {},
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "kernel", "stride", "pad", "hw", "attrs"),
+    [
+        pytest.param("MaxPool", 3, 2, 1, 30, {}, id="max-3x3-stride2-padded"),  # ResNet's
+        pytest.param("MaxPool", 3, 1, 1, 17, {}, id="max-3x3-stride1"),  # Inception's
+        pytest.param("AveragePool", 2, 2, 0, 28, {}, id="avg-2x2-stride2"),  # DenseNet's
+        pytest.param(
+            "AveragePool", 3, 2, 1, 25, {"count_include_pad": 0}, id="avg-3x3-exclude-pad"
+        ),
+    ],
+)
+def test_window_pool_recipe_matches_onnxruntime(op, kernel, stride, pad, hw, attrs, caplog):
+    """Pools get their own recipe: channels in parallel, the padded rows made per output row
+    (no border test per element), strided windows unrolled rather than gathered."""
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        ours, ref = _run_both(_pool(op, kernel, stride, pad, hw, **attrs))
+    _assert_close(ours, ref)
+    assert "pool schedule failed" not in caplog.text
+
+
+def test_strided_max_pool_is_unrolled_with_its_padding_per_row():
+    from tvmforge import frontend
+    from tvmforge.passes.schedule_cpu_default import schedule_prim_func
+    from tvmforge.pipeline import to_kernels
+
+    model = frontend.load(_pool("MaxPool", 3, 2, 1, 30))
+    target = tvm.target.Target(X86)
+    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
+    (func,) = [
+        f
+        for g, f in kernels.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and "pool" in g.name_hint
+    ]
+    after = schedule_prim_func(func, CpuScheduleParams.from_target(target))
+    sch = s_tir.Schedule(after)
+    pool = next(
+        b
+        for b in sch.get_child_blocks(sch.get_sblock("root"))
+        if "pool" in sch.get(b).name_hint
+    )
+    (pad,) = [b for b in sch.get_producers(pool) if "pad" in sch.get(b).name_hint]
+    pool_loops = [sch.get(loop) for loop in sch.get_loops(pool)]
+    pad_loops = [sch.get(loop) for loop in sch.get_loops(pad)]
+    assert pool_loops[0].kind == tvm.tirx.ForKind.PARALLEL
+    assert pad_loops[:2] == pool_loops[:2]  # the padded rows are made under the output row
+    assert pool_loops[-1].kind == tvm.tirx.ForKind.UNROLLED  # stride 2: no gathers
+
+
 @I.ir_module
 class ConcatLast:
     """``concat`` of three 24-channel NHWC maps along channels, then scaled."""
