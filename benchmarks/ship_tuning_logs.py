@@ -12,6 +12,14 @@ Usage::
     python benchmarks/ship_tuning_logs.py SRC_DB DEST_DB [--min-gain 0.03] [--report OUT.md]
         [--exclude-model zoo:NAME ...]
 
+Revalidate what is shipped after the default schedules change::
+
+    python benchmarks/ship_tuning_logs.py --revalidate DB [--min-gain 0.03] [--report OUT.md]
+
+times each record of ``DB`` against the current default schedule of its kernel (both built
+here, timed interleaved, the best of three rounds) and drops the records that no longer beat
+it by ``--min-gain``: a record tuned against an older default can shadow a better new one.
+
 ``SRC_DB``/``DEST_DB`` are database folders (``database_workload.json`` +
 ``database_tuning_record.json``), e.g. ``/tmp/tl/x86-avx512-vnni`` and
 ``tuning_logs/x86-avx512-vnni``. Records already in ``DEST_DB`` are kept; a kernel's shipped
@@ -121,14 +129,115 @@ def distil(src: Path, dest: Path, min_gain: float, exclude: list[str] = ()) -> l
     return rows
 
 
+def _time_kernels(funcs: list, target, rounds: int = 3) -> list[float]:
+    """Seconds per call of each PrimFunc on random inputs: interleaved rounds, the best median."""
+    import numpy as np
+    import tvm
+
+    dev = tvm.cpu()
+    libs, args = [], []
+    rng = np.random.default_rng(0)
+    for func in funcs:
+        with target:
+            libs.append(
+                tvm.tirx.build(
+                    tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=target
+                )
+            )
+        arrays = []
+        for buf in func.params:  # TVM 0.27: a PrimFunc's params are its buffers
+            shape = [int(d) for d in buf.shape]
+            if "float" in str(buf.dtype):
+                arr = rng.uniform(-1, 1, shape).astype(str(buf.dtype))
+            else:
+                arr = rng.integers(0, 8, shape).astype(str(buf.dtype))
+            arrays.append(tvm.runtime.tensor(arr, dev))
+        args.append(arrays)
+    best = [float("inf")] * len(funcs)
+    for _ in range(rounds):
+        for i, lib in enumerate(libs):
+            ev = lib.time_evaluator("k", dev, number=1, repeat=5, min_repeat_ms=20)
+            best[i] = min(best[i], statistics.median(ev(*args[i]).results))
+    return best
+
+
+def revalidate(folder: Path, min_gain: float) -> list[dict]:
+    """Keep only the records of ``folder`` that still beat the current default schedules."""
+    import importlib
+    import shutil
+    import tempfile
+
+    from tvmforge.targets import resolve
+    from tvmforge.tuning import _traced_default_schedule
+
+    cpu = importlib.import_module("tvmforge.passes.schedule_cpu_default")
+    target = resolve("x86").tvm_target()
+    params = cpu.CpuScheduleParams.from_target(target)
+    db = _open(folder)
+    records = list(db.get_all_tuning_records())
+    rows, keep = [], []
+    for rec in records:
+        mod = rec.workload.mod
+        traced = _traced_default_schedule(mod, target)
+        default = traced.mod["main"] if traced is not None else cpu.schedule_prim_func(
+            mod["main"], params
+        )
+        sch = db.query_schedule(mod, target, "main")
+        row = {"kernel": _name(mod), "record_us": None, "default_us": None, "kept": True}
+        if default is not None and sch is not None:
+            t_rec, t_def = _time_kernels([sch.mod["main"], default], target)
+            row.update(record_us=round(t_rec * 1e6, 2), default_us=round(t_def * 1e6, 2))
+            row["kept"] = t_rec <= t_def * (1 - min_gain)
+        rows.append(row)
+        if row["kept"]:
+            keep.append(rec)
+    if len(keep) < len(records):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = _open(Path(tmp))
+            for rec in keep:
+                from tvm.s_tir.meta_schedule.database import TuningRecord
+
+                wl = out.commit_workload(rec.workload.mod)
+                out.commit_tuning_record(
+                    TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info)
+                )
+            for name in (WORKLOADS, RECORDS):
+                shutil.copyfile(Path(tmp) / name, folder / name)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("src", type=Path)
-    ap.add_argument("dest", type=Path)
+    ap.add_argument("src", type=Path, nargs="?")
+    ap.add_argument("dest", type=Path, nargs="?")
+    ap.add_argument("--revalidate", type=Path, default=None, metavar="DB")
     ap.add_argument("--min-gain", type=float, default=0.03)
     ap.add_argument("--report", type=Path, default=None)
     ap.add_argument("--exclude-model", action="append", default=[], metavar="SPEC")
     args = ap.parse_args(argv)
+    if args.revalidate is not None:
+        rows = revalidate(args.revalidate, args.min_gain)
+        kept = [r for r in rows if r["kept"]]
+        lines = [
+            f"{len(rows)} record(s) in {args.revalidate}; {len(kept)} still beat the default "
+            f"schedule by >= {args.min_gain:.0%} and are kept",
+            "",
+            "| kernel | default us | record us | speed-up | kept |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for r in sorted(rows, key=lambda r: -(r["default_us"] or 0)):
+            gain = f"{r['default_us'] / r['record_us']:.2f}x" if r["record_us"] else "n/a"
+            lines.append(
+                f"| `{r['kernel']}` | {r['default_us'] or 'n/a'} | {r['record_us'] or 'n/a'} "
+                f"| {gain} | {'yes' if r['kept'] else 'no'} |"
+            )
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.report:
+            args.report.write_text(text)
+        return 0
+    if args.src is None or args.dest is None:
+        ap.error("SRC_DB and DEST_DB are required (or --revalidate DB)")
     rows = distil(args.src, args.dest, args.min_gain, args.exclude_model)
     shipped = [r for r in rows if r["shipped"]]
     lines = [

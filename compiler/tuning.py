@@ -675,6 +675,8 @@ def _traced_default_schedule(mod: Any, tvm_target: Any) -> Any:
     attempts: list[Callable[[Any], None]] = [
         (lambda sch, r=r: r(sch, cpu._main_contraction(sch), params)) for r in recipes if r
     ]
+    attempts.insert(0, lambda sch: cpu._schedule_pool(sch, cpu._window_pool(sch), params))
+    attempts.insert(0, lambda sch: cpu._schedule_packed_dense(sch, cpu._main_contraction(sch), params))
     attempts.append(lambda sch: cpu._schedule_generic(sch, params))
     for attempt in attempts:
         sch = s_tir.Schedule(mod)

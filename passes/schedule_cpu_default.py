@@ -482,12 +482,67 @@ def _parallelize(
     return fused
 
 
-def _schedule_generic(sch: s_tir.Schedule, params: CpuScheduleParams) -> None:
+def _schedule_row_reduction(
+    sch: s_tir.Schedule, block: SBlockRV, params: CpuScheduleParams
+) -> bool:
+    """A reduction over the last, contiguous axis (softmax's max and sum, layer norm's means)
+    as vector partial results: ``rfactor`` by the vector width, the partials vectorized along
+    the row, their ``lanes`` summed per row; rows in parallel. ``False`` when the block is not
+    that (nothing changed)."""
+    loops = sch.get_loops(block)
+    kinds = _iter_kinds(sch, block)
+    if kinds.count("R") != 1 or kinds[-1] != "R" or "S" not in kinds:
+        return False
+    if not _loops_match_iters(sch, block):
+        return False
+    stmt = sch.get(block)
+    r_var = stmt.iter_vars[-1].var
+    out = stmt.writes[0].source if stmt.writes else None
+    reads = [r for r in stmt.reads if out is None or not r.source.same_as(out)]
+    # the row is contiguous in what it reads along it; other reads are per row (broadcast)
+    along = [r for r in reads if any(_uses_var(d.min, r_var) for d in r.region)]
+    if not along or not all(
+        _uses_var(r.region[-1].min, r_var)
+        and not any(_uses_var(d.min, r_var) for d in r.region[:-1])
+        for r in along
+    ):
+        return False
+    extent = int(sch.get(loops[-1]).extent)
+    lanes = params.lanes
+    if extent % lanes or extent < 2 * lanes:
+        return False
+    _, r_in = sch.split(loops[-1], factors=[None, lanes])
+    partial = sch.rfactor(r_in, factor_axis=len(loops) - 1)
+    rows = sch.get_loops(block)[:-1]
+    fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    if params.num_cores > 1:
+        sch.parallel(fused)
+    sch.compute_at(partial, fused, preserve_unit_loops=True)
+    inner = [lp for lp in sch.get_loops(partial)[1:] if int(sch.get(lp).extent) > 1]
+    if len(inner) == 2:  # [row steps (reduction), lanes (spatial)] after the reorder
+        steps, lane = (inner if int(sch.get(inner[1]).extent) == lanes else inner[::-1])
+        sch.reorder(steps, lane)
+        sch.vectorize(lane)
+    return True
+
+
+# Row reductions measured (BERT-base, 2 threads): softmax over 12x128x128 0.57 -> 0.09 ms,
+# layer norm's mean-variance-normalize over 128x768 0.043 -> 0.015 ms.
+_ROW_REDUCTIONS = True
+
+
+def _schedule_generic(
+    sch: s_tir.Schedule, params: CpuScheduleParams, row_reductions: bool = False
+) -> None:
     _inline_injective(sch)
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         try:
+            if row_reductions and _schedule_row_reduction(sch, block, params):
+                continue
             _schedule_block_generic(sch, block, params)
         except _SCHEDULE_ERRORS as err:  # one block's failure leaves it serial
+            if row_reductions:
+                raise
             log.debug("generic schedule of block %s skipped: %s", sch.get(block).name_hint, err)
 
 
@@ -498,6 +553,7 @@ def _schedule_generic(sch: s_tir.Schedule, params: CpuScheduleParams) -> None:
 # pool on 24x112x112, 2 threads: 0.19 ms with the generic schedule's 14-lane vectors, whose
 # stride-2 loads are gathers; 0.05-0.07 ms unrolled by 2-8).
 _POOL_UNROLL = 4
+POOL_UNROLL_TAPS = True
 
 
 def _window_pool(sch: s_tir.Schedule) -> SBlockRV | None:
@@ -551,7 +607,10 @@ def _schedule_pool(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParam
     else:
         inner = _largest_divisor_at_most(ext_x, _POOL_UNROLL)
     x_o, x_i = sch.split(x, factors=[None, inner])
-    sch.reorder(n, c, y, x_o, ry, rx, x_i)
+    if stride == 1:
+        sch.reorder(n, c, y, x_o, ry, rx, x_i)
+    else:
+        sch.reorder(n, c, y, x_o, x_i, ry, rx)
     outer = [n, c] if ext_n * ext_c >= 2 * params.num_cores else [n, c, y]
     fused = sch.fuse(*outer)
     row = fused if len(outer) == 3 else y
@@ -569,8 +628,9 @@ def _schedule_pool(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParam
         sch.parallel(fused)
     if stride == 1 and inner >= 2:
         sch.vectorize(x_i)  # the init stays inside: a lane-invariant branch
-    elif inner >= 2:
-        sch.unroll(x_i)
+    elif POOL_UNROLL_TAPS:
+        sch.unroll(ry)
+        sch.unroll(rx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1231,6 +1291,13 @@ def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.P
             return sch.mod["main"]
         except _SCHEDULE_ERRORS as err:
             log.debug("contraction schedule failed, using the generic one: %s", err)
+            sch = s_tir.Schedule(func)
+    if _ROW_REDUCTIONS:
+        try:
+            _schedule_generic(sch, params, row_reductions=True)
+            return sch.mod["main"]
+        except _SCHEDULE_ERRORS as err:
+            log.debug("row-reduction schedule failed, using the generic one: %s", err)
             sch = s_tir.Schedule(func)
     try:
         _schedule_generic(sch, params)

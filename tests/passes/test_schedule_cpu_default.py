@@ -343,3 +343,60 @@ def test_grouped_conv_tiles_channels_of_one_group():
     # [.. reduction] [7 rows, unrolled] [2 channels of one group, unrolled] [14 columns, vector]
     assert kinds[-3:] == [tvm.tirx.ForKind.UNROLLED] * 2 + [tvm.tirx.ForKind.VECTORIZED]
     assert extents[-3:] == [7, 2, 14]
+
+
+def _softmax_layernorm() -> onnx.ModelProto:
+    """Attention-style softmax over the last axis, then a decomposed layer norm (the ops a
+    PyTorch export of a transformer leaves): row reductions along the contiguous axis."""
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["s"], axis=-1),
+        helper.make_node("ReduceMean", ["s"], ["m"], axes=[-1]),
+        helper.make_node("Sub", ["s", "m"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["v"], axes=[-1]),
+        helper.make_node("Add", ["v", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["y"]),
+    ]
+    return helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 24, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 24, 64])],
+            initializer=[numpy_helper.from_array(np.array(1e-5, np.float32), "eps")],
+        ),
+        ir_version=9,
+        opset_imports=[helper.make_operatorsetid("", 13)],
+    )
+
+
+def test_row_reductions_are_vector_partials_and_match_onnxruntime(caplog):
+    """Reductions along the last axis (softmax's max and sum, layer norm's means) get vector
+    partial results (``rfactor`` by the vector width) instead of a scalar loop per row."""
+    from tvmforge import frontend
+    from tvmforge.passes.schedule_cpu_default import schedule_prim_func
+    from tvmforge.pipeline import to_kernels
+
+    model = _softmax_layernorm()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        _assert_close(*_run_both(model))
+    assert "row-reduction schedule failed" not in caplog.text
+
+    relaxed = frontend.load(model)
+    target = tvm.target.Target(X86)
+    kernels = to_kernels(frontend.to_relax(relaxed, frontend.resolve_inputs(relaxed, {})), target)
+    softmax = next(
+        f
+        for g, f in kernels.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and "softmax" in g.name_hint
+    )
+    after = schedule_prim_func(softmax, CpuScheduleParams.from_target(target))
+    sch = s_tir.Schedule(after)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    partials = [n for n in names if n.endswith("_rf")]
+    assert len(partials) == 2  # the row max and the row sum
+    for name in partials:
+        loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock(name))]
+        assert loops[0].kind == tvm.tirx.ForKind.PARALLEL
+        assert loops[-1].kind == tvm.tirx.ForKind.VECTORIZED and int(loops[-1].extent) == 16
