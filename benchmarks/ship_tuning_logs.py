@@ -167,6 +167,8 @@ def revalidate(folder: Path, min_gain: float) -> list[dict]:
     import shutil
     import tempfile
 
+    import tvm_ffi
+
     from tvmforge.targets import resolve
     from tvmforge.tuning import _traced_default_schedule
 
@@ -175,14 +177,17 @@ def revalidate(folder: Path, min_gain: float) -> list[dict]:
     params = cpu.CpuScheduleParams.from_target(target)
     db = _open(folder)
     records = list(db.get_all_tuning_records())
-    rows, keep = [], []
+    by_workload: dict[int, list] = {}
     for rec in records:
-        mod = rec.workload.mod
+        by_workload.setdefault(int(tvm_ffi.structural_hash(rec.workload.mod)), []).append(rec)
+    rows, keep = [], []
+    for recs in by_workload.values():
+        mod = recs[0].workload.mod
         traced = _traced_default_schedule(mod, target)
         default = traced.mod["main"] if traced is not None else cpu.schedule_prim_func(
             mod["main"], params
         )
-        sch = db.query_schedule(mod, target, "main")
+        sch = db.query_schedule(mod, target, "main")  # the workload's best record
         row = {"kernel": _name(mod), "record_us": None, "default_us": None, "kept": True}
         if default is not None and sch is not None:
             t_rec, t_def = _time_kernels([sch.mod["main"], default], target)
@@ -190,7 +195,7 @@ def revalidate(folder: Path, min_gain: float) -> list[dict]:
             row["kept"] = t_rec <= t_def * (1 - min_gain)
         rows.append(row)
         if row["kept"]:
-            keep.append(rec)
+            keep.extend(recs)
     if len(keep) < len(records):
         with tempfile.TemporaryDirectory() as tmp:
             out = _open(Path(tmp))

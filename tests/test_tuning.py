@@ -174,6 +174,34 @@ def test_the_default_schedule_is_a_record_so_tuning_never_slows_compile(tuned):
     assert all(t.best_s and t.default_s for t in tuned["result"].tasks)
 
 
+def test_revalidating_shipped_logs_drops_records_that_no_longer_beat_the_default(
+    tuned, tmp_path
+):
+    """``ship_tuning_logs.py --revalidate`` times each workload's best record against the
+    current default schedule and keeps it only with the asked-for gain: with a gain nothing
+    can reach every record goes, with any gain allowed every record stays."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location(
+        "ship_tuning_logs", Path(__file__).resolve().parent.parent / "benchmarks" /
+        "ship_tuning_logs.py"
+    )
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    before = tuning.count_records(tuned["db"])
+    kinds = len(_kernels(resolve("x86")))
+    for gain, expect in ((-10.0, before), (0.99, 0)):
+        db = tmp_path / f"gain{gain}"
+        db.mkdir()
+        for name in (ship.WORKLOADS, ship.RECORDS):
+            shutil.copyfile(tuned["db"] / name, db / name)
+        rows = ship.revalidate(db, gain)
+        assert len(rows) == kinds  # one row per kernel, however many records it has
+        assert all(r["record_us"] and r["default_us"] for r in rows)
+        assert tuning.count_records(db) == expect
+
+
 def test_compile_applies_the_tuned_database_and_still_matches_onnxruntime(tuned, tmp_path):
     """Promote a searched (non-default) conv schedule to best; compile must use it."""
     target = resolve("x86")
