@@ -1,6 +1,7 @@
 """tvmforge against ONNX Runtime on the same model, inputs and thread count.
 
-Both run a warm-up, then ``repeat`` timed calls each; the report gives medians, the spread
+Both run a warm-up, then ``repeat`` timed calls each, alternating in rounds of a few calls
+(the machine's load then falls on both alike); the report gives medians, the spread
 (interquartile range), the ratio tvmforge/ONNX Runtime (below 1 means tvmforge is faster) and
 the largest output difference.
 """
@@ -44,6 +45,9 @@ class BenchResult:
 # before it sleeps; ONNX Runtime is timed after it has.
 SETTLE_S = 0.2
 
+# Runs per runtime and round: ``bench`` alternates tvmforge and ONNX Runtime in rounds.
+ROUND = 5
+
 
 def _median_iqr(seconds: list[float]) -> tuple[float, float]:
     ms = sorted(s * 1e3 for s in seconds)
@@ -51,19 +55,6 @@ def _median_iqr(seconds: list[float]) -> tuple[float, float]:
         return statistics.median(ms), 0.0
     q = statistics.quantiles(ms, n=4)
     return statistics.median(ms), q[2] - q[0]
-
-
-def time_onnxruntime(model, arrays, threads: int | None, repeat: int, warmup: int) -> list[float]:
-    sess = reference.session(model, threads)
-    feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def bench(
@@ -76,7 +67,8 @@ def bench(
     seed: int = 0,
     **build_options: Any,
 ) -> BenchResult:
-    """Compile ``model_spec`` and time it against ONNX Runtime, interleaving nothing else."""
+    """Compile ``model_spec`` and time it against ONNX Runtime: ``repeat`` runs of each, in
+    alternating rounds of ``ROUND``, after ``warmup`` runs."""
     t0 = time.perf_counter()
     built = build_model(model_spec, target, threads=threads, **build_options)
     with tempfile.TemporaryDirectory(prefix="tvmforge-bench-") as tmp:
@@ -89,9 +81,23 @@ def bench(
         cmp = reference.compare(ours, ref)
         for _ in range(max(warmup - 1, 0)):
             compiled.run(arrays)
-        tvm_times = compiled.time(arrays, repeat)
-    time.sleep(SETTLE_S)  # tvmforge's idle workers stop spinning before ONNX Runtime runs
-    ort_times = time_onnxruntime(built.model, arrays, threads, repeat, warmup)
+        sess = reference.session(built.model, threads)
+        feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
+        for _ in range(warmup):
+            sess.run(None, feed)
+        # Interleaved in rounds of ROUND runs each, so that a neighbour's load on the shared
+        # cores falls on both runtimes alike rather than on whichever ran during it.
+        tvm_times, ort_times = [], []
+        while len(tvm_times) < repeat:
+            n = min(ROUND, repeat - len(tvm_times))
+            compiled.run(arrays)  # the pool's workers were asleep during ONNX Runtime
+            tvm_times += compiled.time(arrays, n)
+            time.sleep(SETTLE_S)  # tvmforge's idle workers stop spinning before ORT runs
+            sess.run(None, feed)
+            for _ in range(n):
+                t1 = time.perf_counter()
+                sess.run(None, feed)
+                ort_times.append(time.perf_counter() - t1)
     tvm_med, tvm_iqr = _median_iqr(tvm_times)
     ort_med, ort_iqr = _median_iqr(ort_times)
     return BenchResult(

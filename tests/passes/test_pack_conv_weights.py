@@ -215,6 +215,58 @@ def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
 
 
+def test_big_output_is_written_a_block_of_channels_at_a_time():
+    """SqueezeNet's first conv (3 -> 64, 3x3 stride 2, 64x111x111 = 3 MB out): every channel
+    is its own write stream in NCHW, so the tiles sweep the image per block of at most two
+    channel vectors (32 streams), not per pixel tile across all 64 channels."""
+    from tvmforge import frontend
+    from tvmforge.pipeline import to_kernels
+
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    onnx_model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 111, 111])],
+        [
+            numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"),
+        ],
+    )
+    model = frontend.load(onnx_model)
+    target = tvm.target.Target(X86)
+    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
+    (func,) = [
+        f
+        for g, f in kernels.functions_items()
+        if isinstance(f, tirx.PrimFunc) and "packed" in g.name_hint
+    ]
+    after = schedule_prim_func(func, CpuScheduleParams.from_target(target))
+    sch = s_tir.Schedule(after)
+    update = sch.get_sblock("conv2d_nchw_packed_update")
+    loops = sch.get_loops(update)
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    assert extents[-3] <= 2  # channel vectors per tile
+    outer = sch.get(loops[0])
+    assert outer.kind == tirx.ForKind.PARALLEL
+    # [batch, channel blocks, rows, column tiles] fused: channel blocks outermost
+    assert outer.loop_var.name.startswith("b_f_"), outer.loop_var.name
+
+    import onnxruntime as ort
+
+    from tvmforge import build_model
+
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    built = build_model(onnx_model, "x86", threads=2)
+    ours = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x})
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
 @pytest.mark.parametrize(
     ("blocks", "width", "registers", "kernel", "tile"),
     [
