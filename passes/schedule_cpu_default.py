@@ -554,6 +554,7 @@ def _schedule_generic(
 # stride-2 loads are gathers; 0.05-0.07 ms unrolled by 2-8).
 _POOL_UNROLL = 4
 POOL_UNROLL_TAPS = True
+_POOL_MAX_UNROLLED_TAPS = 64
 
 
 def _window_pool(sch: s_tir.Schedule) -> SBlockRV | None:
@@ -567,6 +568,22 @@ def _window_pool(sch: s_tir.Schedule) -> SBlockRV | None:
     if _iter_kinds(sch, block) != "SSSSRR" or stmt.init is None or len(stmt.writes) != 1:
         return None
     if len(stmt.writes[0].region) != 4:
+        return None
+    # a window that moves with the output pixel (not a global pooling: its "window" is the
+    # whole plane, 160x160 taps in PP-OCRv4 det's squeeze-excitation means)
+    y, x, ry, rx = (iv.var for iv in stmt.iter_vars[2:])
+    out = stmt.writes[0].source
+    windows = [
+        r
+        for r in stmt.reads
+        if not r.source.same_as(out)
+        and len(r.region) == 4
+        and _uses_var(r.region[-1].min, x)
+        and _uses_var(r.region[-1].min, rx)
+        and _uses_var(r.region[-2].min, y)
+        and _uses_var(r.region[-2].min, ry)
+    ]
+    if not windows:
         return None
     return block
 
@@ -628,7 +645,7 @@ def _schedule_pool(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParam
         sch.parallel(fused)
     if stride == 1 and inner >= 2:
         sch.vectorize(x_i)  # the init stays inside: a lane-invariant branch
-    elif POOL_UNROLL_TAPS:
+    elif POOL_UNROLL_TAPS and math.prod(_extents(sch, [ry, rx])) <= _POOL_MAX_UNROLLED_TAPS:
         sch.unroll(ry)
         sch.unroll(rx)
 

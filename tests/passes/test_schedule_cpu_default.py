@@ -247,6 +247,33 @@ def test_window_pool_recipe_matches_onnxruntime(op, kernel, stride, pad, hw, att
     assert "pool schedule failed" not in caplog.text
 
 
+def test_a_global_mean_is_not_a_window_pool():
+    """A mean over the whole plane (PP-OCRv4 det's squeeze-excitation) is an SSSSRR reduction
+    like a pool, but its "window" is 160x160: unrolled as pool taps it took LLVM 140 s."""
+    import re
+
+    from tvmforge import frontend
+    from tvmforge.passes.schedule_cpu_default import schedule_prim_func
+    from tvmforge.pipeline import to_kernels
+
+    onnx_model = _model(
+        [helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 160, 160])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])],
+        {},
+    )
+    model = frontend.load(onnx_model)
+    target = tvm.target.Target(X86)
+    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
+    params = CpuScheduleParams.from_target(target)
+    for _, func in kernels.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            text = schedule_prim_func(func, params).script()
+            unrolled = [int(n) for n in re.findall(r"T\.unroll\(T\.int64\((\d+)\)\)", text)]
+            assert all(n <= 64 for n in unrolled), unrolled
+    _assert_close(*_run_both(onnx_model))
+
+
 def test_strided_max_pool_is_unrolled_with_its_padding_per_row():
     from tvmforge import frontend
     from tvmforge.passes.schedule_cpu_default import schedule_prim_func
