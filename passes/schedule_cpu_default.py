@@ -954,8 +954,8 @@ _WEIGHT_CACHE_BYTES = 1 << 20
 # order), by tiles of at most ``_STREAMED_TILE_BLOCKS`` vectors of channels: each channel is
 # a separate write stream in NCHW, and the tile-by-tile order over every channel keeps 64-256
 # streams open, more than the prefetchers follow. Measured (2 threads, output cold in cache
-# as in a model): SqueezeNet's first conv (3->64, 3x3 stride 2, 64x111x111 out) 1.04 ->
-# 0.46 ms, ResNet-50's 1x1 64->256 at 56x56 with its residual 0.87 -> 0.60 ms.
+# as in a model): SqueezeNet's first conv (3->64, 3x3 stride 2, 64x111x111 out) 1.07 ->
+# 0.60 ms, ResNet-50's 1x1 64->256 at 56x56 with its residual 0.89 -> 0.65 ms.
 _STREAMED_OUTPUT_BYTES = 1 << 20
 _STREAMED_TILE_BLOCKS = 2
 # ... as long as the input, read once per block of channels, fits this (1x1 256->128 at
