@@ -222,48 +222,53 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.revalidate is not None:
         rows = revalidate(args.revalidate, args.min_gain)
-        kept = [r for r in rows if r["kept"]]
-        lines = [
-            f"{len(rows)} record(s) in {args.revalidate}; {len(kept)} still beat the default "
-            f"schedule by >= {args.min_gain:.0%} and are kept",
-            "",
-            "| kernel | default us | record us | speed-up | kept |",
-            "|---|---:|---:|---:|---|",
-        ]
-        for r in sorted(rows, key=lambda r: -(r["default_us"] or 0)):
-            gain = f"{r['default_us'] / r['record_us']:.2f}x" if r["record_us"] else "n/a"
-            lines.append(
-                f"| `{r['kernel']}` | {r['default_us'] or 'n/a'} | {r['record_us'] or 'n/a'} "
-                f"| {gain} | {'yes' if r['kept'] else 'no'} |"
-            )
-        text = "\n".join(lines) + "\n"
-        print(text)
-        if args.report:
-            args.report.write_text(text)
-        return 0
-    if args.src is None or args.dest is None:
-        ap.error("SRC_DB and DEST_DB are required (or --revalidate DB)")
-    rows = distil(args.src, args.dest, args.min_gain, args.exclude_model)
-    shipped = [r for r in rows if r["shipped"]]
-    lines = [
-        f"{len(rows)} tuned kernel(s) in {args.src}; {len(shipped)} beat the default schedule by "
-        f">= {args.min_gain:.0%} and are shipped in {args.dest}",
-        "",
-        "| kernel | records | default us | best us | speed-up | shipped |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for r in sorted(rows, key=lambda r: -(r["default_us"] or 0)):
-        gain = f"{r['default_us'] / r['best_us']:.2f}x" if r["default_us"] else "n/a"
-        lines.append(
-            f"| `{r['kernel']}` | {r['records']} | {r['default_us'] or 'n/a'} | {r['best_us']} "
-            f"| {gain} | {'yes' if r['shipped'] else 'no'} |"
+        kept = sum(r["kept"] for r in rows)
+        head = (
+            f"{len(rows)} record(s) in {args.revalidate}; {kept} still beat the default "
+            f"schedule by >= {args.min_gain:.0%} and are kept"
         )
-    text = "\n".join(lines) + "\n"
+        columns = ["default us", "record us", "speed-up", "kept"]
+        cells = [
+            [r["default_us"], r["record_us"], _gain(r["default_us"], r["record_us"]), r["kept"]]
+            for r in rows
+        ]
+    else:
+        if args.src is None or args.dest is None:
+            ap.error("SRC_DB and DEST_DB are required (or --revalidate DB)")
+        rows = distil(args.src, args.dest, args.min_gain, args.exclude_model)
+        shipped = sum(r["shipped"] for r in rows)
+        head = (
+            f"{len(rows)} tuned kernel(s) in {args.src}; {shipped} beat the default schedule "
+            f"by >= {args.min_gain:.0%} and are shipped in {args.dest}"
+        )
+        columns = ["records", "default us", "best us", "speed-up", "shipped"]
+        cells = [
+            [r["records"], r["default_us"], r["best_us"], _gain(r["default_us"], r["best_us"]),
+             r["shipped"]]
+            for r in rows
+        ]  # fmt: skip
+    text = _table(head, columns, [r["kernel"] for r in rows], cells, [r["default_us"] for r in rows])
     print(text)
     if args.report:
         args.report.write_text(text)
     return 0
 
+
+def _gain(default_us: float | None, tuned_us: float | None) -> str:
+    return f"{default_us / tuned_us:.2f}x" if default_us and tuned_us else "n/a"
+
+
+def _table(head: str, columns: list[str], kernels: list[str], cells: list[list], order: list) -> str:
+    """The markdown report: one row per kernel, slowest default first."""
+    def fmt(v) -> str:
+        return "n/a" if v is None else ("yes" if v is True else "no" if v is False else str(v))
+
+    lines = [head, "", "| kernel | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * (len(columns) - 1) + "---|"]
+    for _, kernel, row in sorted(zip([-(o or 0) for o in order], kernels, cells, strict=True),
+                                 key=lambda t: t[0]):
+        lines.append(f"| `{kernel}` | " + " | ".join(fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -488,7 +488,8 @@ def _schedule_row_reduction(
     """A reduction over the last, contiguous axis (softmax's max and sum, layer norm's means)
     as vector partial results: ``rfactor`` by the vector width, the partials vectorized along
     the row, their ``lanes`` summed per row; rows in parallel. ``False`` when the block is not
-    that (nothing changed)."""
+    that (nothing changed). Measured (BERT-base, 2 threads): softmax over 12x128x128 0.57 ->
+    0.09 ms, layer norm's mean-variance-normalize over 128x768 0.043 -> 0.015 ms."""
     loops = sch.get_loops(block)
     kinds = _iter_kinds(sch, block)
     if kinds.count("R") != 1 or kinds[-1] != "R" or "S" not in kinds:
@@ -526,9 +527,6 @@ def _schedule_row_reduction(
     return True
 
 
-# Row reductions measured (BERT-base, 2 threads): softmax over 12x128x128 0.57 -> 0.09 ms,
-# layer norm's mean-variance-normalize over 128x768 0.043 -> 0.015 ms.
-_ROW_REDUCTIONS = True
 
 
 def _schedule_generic(
@@ -553,7 +551,6 @@ def _schedule_generic(
 # pool on 24x112x112, 2 threads: 0.19 ms with the generic schedule's 14-lane vectors, whose
 # stride-2 loads are gathers; 0.05-0.07 ms unrolled by 2-8).
 _POOL_UNROLL = 4
-POOL_UNROLL_TAPS = True
 _POOL_MAX_UNROLLED_TAPS = 64
 
 
@@ -645,7 +642,7 @@ def _schedule_pool(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParam
         sch.parallel(fused)
     if stride == 1 and inner >= 2:
         sch.vectorize(x_i)  # the init stays inside: a lane-invariant branch
-    elif POOL_UNROLL_TAPS and math.prod(_extents(sch, [ry, rx])) <= _POOL_MAX_UNROLLED_TAPS:
+    elif math.prod(_extents(sch, [ry, rx])) <= _POOL_MAX_UNROLLED_TAPS:
         sch.unroll(ry)
         sch.unroll(rx)
 
@@ -963,16 +960,29 @@ _STREAMED_TILE_BLOCKS = 2
 _STREAMED_INPUT_BYTES = 1 << 20
 
 
-def _input_bytes(sch: s_tir.Schedule, main: SBlockRV) -> int:
-    """Bytes of the conv's input: the buffer it reads along the output columns."""
+def _input_read(sch: s_tir.Schedule, main: SBlockRV) -> int | None:
+    """Index in the conv block's reads of its input: the 4-d buffer read along the output
+    columns (not the accumulator, not the weights)."""
     stmt = sch.get(main)
     x_var = stmt.iter_vars[3].var
     out = stmt.writes[0].source
-    for region in stmt.reads:
-        if not region.source.same_as(out) and _uses_var(region.region[-1].min, x_var):
-            buf = region.source
-            return math.prod(int(d) for d in buf.shape) * tvm.runtime.DataType(buf.dtype).bits // 8
-    return 0
+    for index, region in enumerate(stmt.reads):
+        if (
+            len(region.region) == 4
+            and not region.source.same_as(out)
+            and _uses_var(region.region[-1].min, x_var)
+        ):
+            return index
+    return None
+
+
+def _input_bytes(sch: s_tir.Schedule, main: SBlockRV) -> int:
+    """Bytes of the conv's input (0 when it is not found)."""
+    index = _input_read(sch, main)
+    if index is None:
+        return 0
+    buf = sch.get(main).reads[index].source
+    return math.prod(int(d) for d in buf.shape) * tvm.runtime.DataType(buf.dtype).bits // 8
 
 # The same for a 1x1 stride-1 conv's channel tile, which then reads its input packed by tile
 # columns (``_pack_input_columns``). Measured in ResNet-50 (in the model, 2 threads, AVX-512):
@@ -980,10 +990,6 @@ def _input_bytes(sch: s_tir.Schedule, main: SBlockRV) -> int:
 # without the packing, a 3x3 or a strided 1x1 gains nothing from the earlier switch (1x1
 # 256->512 stride 2, 512 KiB: 1.00 -> 1.29 ms).
 _PACKED_INPUT_WEIGHT_CACHE_BYTES = 128 << 10
-
-# 1x1 convs swept by weight blocks read a copy of their input packed by tile columns
-# (``_pack_input_columns``).
-_PACK_INPUT = True
 
 
 def _packed_block(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
@@ -1070,17 +1076,8 @@ def _pack_input_columns(sch: s_tir.Schedule, main: SBlockRV, xi: int) -> None:
     (``reindex``: the input as the block's iterators see it, strides applied) is one pass
     over the input, next to ``C`` passes' worth of multiply-adds.
     """
-    stmt = sch.get(main)
-    x_var = stmt.iter_vars[3].var
-    out = stmt.writes[0].source
-    for index, region in enumerate(stmt.reads):
-        if (
-            len(region.region) == 4
-            and not region.source.same_as(out)
-            and _uses_var(region.region[-1].min, x_var)
-        ):
-            break
-    else:
+    index = _input_read(sch, main)
+    if index is None:
         return
     copy = sch.reindex(main, ("read", index))
     shape = [int(d) for d in sch.get(main).reads[index].source.shape]
@@ -1176,7 +1173,7 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
         f_o, f_v = sch.split(f, factors=[None, block])
         f_oo, f_oi = sch.split(f_o, factors=[None, nf])
         x_o, x_i = sch.split(x, factors=[None, xi])
-        pack = _PACK_INPUT and ext_ry == ext_rx == 1
+        pack = ext_ry == ext_rx == 1  # the input packed by tile columns
         limit = _PACKED_INPUT_WEIGHT_CACHE_BYTES if pack else _WEIGHT_CACHE_BYTES
         if weight_bytes <= limit and not big_output:
             outer = [n, y, x_o, f_oo]  # input tile reused across all output channels
@@ -1345,13 +1342,12 @@ def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.P
         except _SCHEDULE_ERRORS as err:
             log.debug("contraction schedule failed, using the generic one: %s", err)
             sch = s_tir.Schedule(func)
-    if _ROW_REDUCTIONS:
-        try:
-            _schedule_generic(sch, params, row_reductions=True)
-            return sch.mod["main"]
-        except _SCHEDULE_ERRORS as err:
-            log.debug("row-reduction schedule failed, using the generic one: %s", err)
-            sch = s_tir.Schedule(func)
+    try:
+        _schedule_generic(sch, params, row_reductions=True)
+        return sch.mod["main"]
+    except _SCHEDULE_ERRORS as err:
+        log.debug("row-reduction schedule failed, using the generic one: %s", err)
+        sch = s_tir.Schedule(func)
     try:
         _schedule_generic(sch, params)
     except _SCHEDULE_ERRORS as err:

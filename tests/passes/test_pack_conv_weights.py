@@ -203,16 +203,8 @@ def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
     assert sch.get(loops[0]).kind == tirx.ForKind.PARALLEL
     assert int(sch.get(loops[-1]).extent) == 16  # a vector of output channels
 
-    import onnxruntime as ort
-
-    from tvmforge import build_model
-
     x = np.random.default_rng(1).standard_normal((1, 256, 14, 14)).astype(np.float32)
-    built = build_model(onnx_model, "x86", threads=2)
-    ours = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (ref,) = sess.run(None, {"x": x})
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+    _assert_matches_onnxruntime(onnx_model, x)
 
 
 def test_big_output_is_written_a_block_of_channels_at_a_time():
@@ -255,16 +247,7 @@ def test_big_output_is_written_a_block_of_channels_at_a_time():
     # [batch, channel blocks, rows, column tiles] fused: channel blocks outermost
     assert outer.loop_var.name.startswith("b_f_"), outer.loop_var.name
 
-    import onnxruntime as ort
-
-    from tvmforge import build_model
-
-    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-    built = build_model(onnx_model, "x86", threads=2)
-    ours = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (ref,) = sess.run(None, {"x": x})
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+    _assert_matches_onnxruntime(onnx_model, rng.standard_normal((1, 3, 224, 224)).astype(np.float32))
 
 
 @pytest.mark.parametrize(
@@ -341,18 +324,22 @@ def test_only_cpu_targets_get_packed_weights():
 # --- numbers -----------------------------------------------------------------------------------
 
 
-def test_residual_pointwise_matches_onnxruntime():
+def _assert_matches_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> None:
+    """The model built for x86 (2 threads) gives ONNX Runtime's output on input ``x``."""
     import onnxruntime as ort
 
     from tvmforge import build_model
 
-    model = _residual_pointwise(14)
-    x = np.random.default_rng(6).standard_normal((1, 32, 14, 14)).astype(np.float32)
     built = build_model(model, "x86", threads=2)
     ours = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
+def test_residual_pointwise_matches_onnxruntime():
+    x = np.random.default_rng(6).standard_normal((1, 32, 14, 14)).astype(np.float32)
+    _assert_matches_onnxruntime(_residual_pointwise(14), x)
 
 
 def test_squeeze_excitation_gate_falls_back_and_matches_onnxruntime(caplog):
