@@ -84,15 +84,18 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     a conv over a zero-dilated input (``conv_transpose_direct``). After the caller's passes,
     float regions between NHWC producers and consumers (an int8 model's FPN) run in NHWC
     (``sink_transposes``). Last,
-    after the caller's passes (which may still rewrite conv weights), CPU targets get their
-    conv weights packed for the vector width (``pack_conv_weights``), their constant matmul
+    after the caller's passes (which may still rewrite conv weights), CPU targets carry
+    activations between fp32 convs in the blocked ``NCHW{B}c`` layout (``nchwc_layout``: the
+    convs, and the elementwise ops, pools and concats between them), get the other convs'
+    weights packed for the vector width (``pack_conv_weights``), their constant matmul
     weights packed in column panels (``pack_dense_weights``) and polynomial ``exp``/``erf``/
-    ``tanh``/``softmax`` (``fast_math_cpu``); all three are no-ops on other targets.
+    ``tanh``/``softmax`` (``fast_math_cpu``); all four are no-ops on other targets.
     """
     from tvmforge.passes.conv_transpose_direct import conv_transpose_direct
     from tvmforge.passes.fast_math_cpu import fast_math_cpu
     from tvmforge.passes.fold_constants_numpy import fold_constants_numpy
     from tvmforge.passes.fold_conv_bn import fold_conv_bn
+    from tvmforge.passes.nchwc_layout import nchwc_layout
     from tvmforge.passes.pack_conv_weights import pack_conv_weights
     from tvmforge.passes.pack_dense_weights import pack_dense_weights
     from tvmforge.passes.simplify_power import simplify_power
@@ -110,6 +113,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         conv_transpose_direct(),
         *graph,
         sink_transposes(),
+        nchwc_layout(),
         pack_conv_weights(),
         pack_dense_weights(),
         fast_math_cpu(),

@@ -15,6 +15,7 @@ from .conv_transpose_direct import conv_transpose_direct
 from .fast_math_cpu import fast_math_cpu
 from .fold_constants_numpy import fold_constants_numpy
 from .fold_conv_bn import fold_conv_bn
+from .nchwc_layout import nchwc_layout
 from .pack_conv_weights import pack_conv_weights
 from .pack_dense_weights import pack_dense_weights
 from .prune_channels import prune_channels
@@ -41,6 +42,7 @@ PASSES["schedule_int8"] = schedule_int8
 PASSES["prune_channels"] = prune_channels
 PASSES["quantize_int8"] = quantize_int8
 PASSES["sink_transposes"] = sink_transposes
+PASSES["nchwc_layout"] = nchwc_layout
 
 
 def get_pass(name: str, **options) -> tvm.transform.Pass:

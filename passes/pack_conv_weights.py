@@ -49,7 +49,7 @@ from tvmforge.passes._shapes import static_but_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PACKED_CONV_ATTR", "pack_conv_weights", "pack_oihw"]
+__all__ = ["PACKED_CONV_ATTR", "conv2d_nchwc_packed", "pack_conv_weights", "pack_oihw"]
 
 # Block annotation on the packed conv's reduction block: its value is the block size B.
 PACKED_CONV_ATTR = "tvmforge.packed_conv"
@@ -113,6 +113,56 @@ def conv2d_nchw_packed(
         return out
     return te.compute(
         (n, channels, oh, ow), lambda b, f, y, x: out[b, f, y, x], name="conv2d_nchw_crop"
+    )
+
+
+def conv2d_nchwc_packed(
+    data: te.Tensor,
+    weight: te.Tensor,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> te.Tensor:
+    """The blocked-layout conv (``nchwc_layout``): weight ``[F/B, C, KH, KW, B]``, output
+    ``[N, F/B, OH, OW, B]``; the input blocked ``[N, C/B, H, W, B]`` or plain NCHW.
+
+    The reduction runs over the same ``(c, ky, kx)`` as ``conv2d_nchw_packed``; only the
+    output's (and perhaps the input's) layout differ."""
+    blocked_input = len(data.shape) == 5
+    n = data.shape[0]  # static, or a dynamic batch
+    if blocked_input:
+        cb, h, w, bi = (int(v) for v in data.shape[1:])
+        c = cb * bi
+    else:
+        c, h, w = (int(v) for v in data.shape[1:])
+    fo, _c, kh, kw, block = (int(v) for v in weight.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    top, left, bottom, right = padding
+    if any(padding):
+        tail = [0] if blocked_input else []
+        data = topi.nn.pad(
+            data, [0, 0, top, left, *tail], [0, 0, bottom, right, *tail], name="pad_temp"
+        )
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    rc = te.reduce_axis((0, c), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+
+    def read(b, ch, yy, xx):
+        if blocked_input:
+            return data[b, ch // bi, yy, xx, ch % bi]
+        return data[b, ch, yy, xx]
+
+    return te.compute(
+        (n, fo, oh, ow, block),
+        lambda b, f, y, x, v: te.sum(
+            read(b, rc, y * sh + ry * dh, x * sw + rx * dw) * weight[f, rc, ry, rx, v],
+            axis=[rc, ry, rx],
+        ),
+        name="conv2d_nchwc_packed",
+        attrs={PACKED_CONV_ATTR: block},
     )
 
 

@@ -53,7 +53,7 @@ def test_cpu_graph_passes_end_with_layouts_packing_and_fast_math():
     names = [p.info.name for p in pipeline.graph_passes([marker])]
     caller = len(names) - 1 - names[::-1].index(marker.info.name)
     assert names[caller + 1 :] == [
-        "SinkTransposes", "PackConvWeights", "PackDenseWeights", "FastMathCpu"
+        "SinkTransposes", "NchwcLayout", "PackConvWeights", "PackDenseWeights", "FastMathCpu"
     ]
     assert names.index("ConvTransposeDirect") < caller
 

@@ -175,13 +175,15 @@ def _residual_pointwise(hw: int, channels: int = 32) -> onnx.ModelProto:
 
 
 def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
-    """1x1 256 -> 256 at 14x14 (256 KiB of weights) with a residual: 196 pixels are no whole
-    number of vectors, so the channel tile, swept weight block by weight block over a copy of
-    the input laid out ``[n, y, x // xi, c, x % xi]``; the result matches ONNX Runtime."""
+    """1x1 250 -> 250 at 14x14 (250 KiB of weights) with a residual (250 channels: no whole
+    number of blocks, so it stays NCHW rather than ``nchwc_layout``'s blocked layout): 196
+    pixels are no whole number of vectors, so the channel tile, swept weight block by weight
+    block over a copy of the input laid out ``[n, y, x // xi, c, x % xi]``; the result
+    matches ONNX Runtime."""
     from tvmforge import frontend
     from tvmforge.pipeline import to_kernels
 
-    onnx_model = _residual_pointwise(14, channels=256)
+    onnx_model = _residual_pointwise(14, channels=250)
     model = frontend.load(onnx_model)
     target = tvm.target.Target(X86)
     kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
@@ -197,20 +199,21 @@ def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
         for buf in after.body.block.alloc_buffers
         if buf.scope() == "global"
     ]
-    assert allocated == [(1, 14, 14 // xi, 256, xi)]
+    assert allocated == [(1, 14, 14 // xi, 250, xi)]
     sch = s_tir.Schedule(after)
     loops = sch.get_loops(sch.get_sblock("conv2d_nchw_packed_update"))
     assert sch.get(loops[0]).kind == tirx.ForKind.PARALLEL
     assert int(sch.get(loops[-1]).extent) == 16  # a vector of output channels
 
-    x = np.random.default_rng(1).standard_normal((1, 256, 14, 14)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 250, 14, 14)).astype(np.float32)
     _assert_matches_onnxruntime(onnx_model, x)
 
 
 def test_big_output_is_written_a_block_of_channels_at_a_time():
-    """SqueezeNet's first conv (3 -> 64, 3x3 stride 2, 64x111x111 = 3 MB out): every channel
+    """A conv like SqueezeNet's first (3x3 stride 2 on a 224x224 image) to 60 channels (not
+    a whole number of blocks, so its output stays NCHW: 60x111x111 = 3 MB): every channel
     is its own write stream in NCHW, so the tiles sweep the image per block of at most two
-    channel vectors (32 streams), not per pixel tile across all 64 channels."""
+    channel vectors (32 streams), not per pixel tile across all 64 (padded) channels."""
     from tvmforge import frontend
     from tvmforge.pipeline import to_kernels
 
@@ -222,10 +225,10 @@ def test_big_output_is_written_a_block_of_channels_at_a_time():
     onnx_model = make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 111, 111])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 60, 111, 111])],
         [
-            numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w"),
-            numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"),
+            numpy_helper.from_array(rng.standard_normal((60, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(60).astype(np.float32), "b"),
         ],
     )
     model = frontend.load(onnx_model)
