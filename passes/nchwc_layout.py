@@ -19,8 +19,10 @@ Each eligible conv (``float32``, one group, NCHW/OIHW, a constant weight, output
 multiple of ``B``, static shapes but the batch) becomes a ``call_tir`` to
 ``conv2d_nchwc_packed``: weights packed ``[F/B, C, KH, KW, B]`` as ``pack_conv_weights`` packs
 them, output ``[N, F/B, OH, OW, B]``, input read blocked when its producer is blocked (else
-NCHW, as the first conv of a network reads its 3-channel image). Blocked values then flow
-through the ops that do not care about the channel order:
+NCHW, as the first conv of a network reads its 3-channel image). A depthwise conv whose
+input is blocked becomes ``depthwise_conv2d_nchwc`` (weights ``[C/B, KH, KW, B]``: every
+multiply-add a vector of ``B`` channels). Blocked values then flow through the ops that do
+not care about the channel order:
 
 - elementwise unary ops, and broadcasting binary ops whose other operand is blocked too, a
   scalar, a per-channel constant (re-laid out with numpy) or any other 4-D tensor (which gets
@@ -28,7 +30,10 @@ through the ops that do not care about the channel order:
 - ``max_pool2d``, ``avg_pool2d`` and ``adaptive_avg_pool2d`` (TOPI computes them in
   ``NCHW{B}c``), and ``mean``/``max``/``sum`` over the plane with ``keepdims`` (a global
   pool: the same axes 2 and 3 of the blocked value);
-- ``concat`` along the channels when every part has a multiple of ``B`` channels.
+- ``concat`` along the channels when every part has a multiple of ``B`` channels;
+- ``image.resize2d`` (TOPI resizes ``NCHW{B}c`` as well), and the ``call_tir`` of a legalized
+  ``maximum``/``minimum`` with a scalar (the ONNX importer's HardSwish and Clip), which
+  becomes the Relax op again.
 
 Every converted binding keeps its NCHW value as a ``layout_transform`` of the blocked one;
 consumers that need NCHW (a reshape, a grouped conv, a matmul) read that, and dead-code
@@ -53,7 +58,11 @@ from tvm import relax
 from tvm.ir.expr import Constant
 
 from tvmforge.passes._shapes import dims, static_but_batch
-from tvmforge.passes.pack_conv_weights import conv2d_nchwc_packed, pack_oihw
+from tvmforge.passes.pack_conv_weights import (
+    conv2d_nchwc_packed,
+    depthwise_conv2d_nchwc,
+    pack_oihw,
+)
 from tvmforge.passes.sink_transposes import BINARY, UNARY
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,25 @@ def _op(expr) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return expr.op.name
     return None
+
+
+def _legalized_bound(call: relax.Call):
+    """``(relax.op.maximum | minimum, tensor, scalar)`` for a ``call_tir`` of a legalized
+    ``maximum``/``minimum`` of a tensor and a scalar constant (how the ONNX importer's
+    HardSwish/Clip reach us), else ``None``."""
+    callee, args = call.args[0], call.args[1]
+    if not isinstance(callee, tvm.ir.GlobalVar) or not isinstance(args, relax.Tuple):
+        return None
+    name = callee.name_hint.rstrip("0123456789_")
+    make = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}.get(name)
+    if make is None or len(args.fields) != 2:
+        return None
+    tensor, scalar = args.fields
+    if not isinstance(scalar, Constant) or scalar.value.numpy().size != 1:
+        return None
+    if dims(scalar) != () or dims(tensor) != dims(call):
+        return None
+    return make, tensor, scalar
 
 
 def to_blocked(x: np.ndarray, block: int) -> np.ndarray:
@@ -158,9 +186,8 @@ class _Blocker(relax.PyExprMutator):
         attrs = call.attrs
         if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
             return None
-        if int(attrs.groups) != 1:
-            return None
         data = call.args[0]
+        groups = int(attrs.groups)
         dtypes = {str(data.ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype)}
         if dtypes != {"float32"}:
             return None
@@ -169,7 +196,26 @@ class _Blocker(relax.PyExprMutator):
         weight = self._constant(call.args[1])
         if weight is None or weight.shape[0] % self.block:
             return None
-        if isinstance(data, relax.Var) and data in self.twin:
+        blocked_input = isinstance(data, relax.Var) and data in self.twin
+        if groups != 1:
+            # Depthwise (one filter per channel) on a blocked input; other grouped convs and a
+            # depthwise conv on an NCHW value stay NCHW.
+            if not blocked_input or weight.shape[:2] != (groups, 1):
+                return None
+            f, _, kh, kw = weight.shape
+            packed = np.ascontiguousarray(
+                weight.reshape(f // self.block, self.block, kh, kw).transpose(0, 2, 3, 1)
+            )
+            return self.builder_.call_te(
+                depthwise_conv2d_nchwc,
+                self.twin[data],
+                relax.const(packed, "float32"),
+                tuple(_ints(attrs.strides)),
+                tuple(_ints(attrs.padding)),
+                tuple(_ints(attrs.dilation)),
+                primfunc_name_hint="depthwise_conv2d_nchwc",
+            )
+        if blocked_input:
             data = self.twin[data]
         return self.builder_.call_te(
             conv2d_nchwc_packed,
@@ -219,6 +265,26 @@ class _Blocker(relax.PyExprMutator):
                 _ints(at.dilation), bool(at.ceil_mode), bool(at.count_include_pad),
                 layout=layout, out_layout=layout,
             )
+        if op == "relax.image.resize2d":
+            if not (isinstance(arg, relax.Var) and arg in self.twin):
+                return None
+            at = call.attrs
+            if str(at.layout) != "NCHW":
+                return None
+            return relax.op.image.resize2d(
+                self.twin[arg], call.args[1], roi=tuple(float(r) for r in at.roi),
+                layout=layout, method=at.method,
+                coordinate_transformation_mode=at.coordinate_transformation_mode,
+                rounding_method=at.rounding_method, cubic_alpha=at.cubic_alpha,
+                cubic_exclude=at.cubic_exclude, extrapolation_value=at.extrapolation_value,
+                out_dtype=at.out_dtype if at.out_dtype is not None and str(at.out_dtype) else None,
+            )
+        if op == "relax.call_tir":
+            bound = _legalized_bound(call)
+            if bound is None or not (isinstance(bound[1], relax.Var) and bound[1] in self.twin):
+                return None
+            make, tensor, scalar = bound
+            return make(self.twin[tensor], scalar)
         if op in REDUCTIONS:
             if not (isinstance(arg, relax.Var) and arg in self.twin):
                 return None

@@ -49,7 +49,13 @@ from tvmforge.passes._shapes import static_but_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PACKED_CONV_ATTR", "conv2d_nchwc_packed", "pack_conv_weights", "pack_oihw"]
+__all__ = [
+    "PACKED_CONV_ATTR",
+    "conv2d_nchwc_packed",
+    "depthwise_conv2d_nchwc",
+    "pack_conv_weights",
+    "pack_oihw",
+]
 
 # Block annotation on the packed conv's reduction block: its value is the block size B.
 PACKED_CONV_ATTR = "tvmforge.packed_conv"
@@ -163,6 +169,38 @@ def conv2d_nchwc_packed(
         ),
         name="conv2d_nchwc_packed",
         attrs={PACKED_CONV_ATTR: block},
+    )
+
+
+def depthwise_conv2d_nchwc(
+    data: te.Tensor,
+    weight: te.Tensor,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> te.Tensor:
+    """Depthwise conv in the blocked layout (``nchwc_layout``): input ``[N, C/B, H, W, B]``,
+    weight ``[C/B, KH, KW, B]``, output ``[N, C/B, OH, OW, B]``; every output vector is a
+    sum of ``KH * KW`` contiguous input vectors times weight vectors."""
+    n = data.shape[0]
+    _cb, h, w, _b = (int(v) for v in data.shape[1:])
+    cb, kh, kw, block = (int(v) for v in weight.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    top, left, bottom, right = padding
+    if any(padding):
+        data = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="pad_temp")
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, cb, oh, ow, block),
+        lambda b, c, y, x, v: te.sum(
+            data[b, c, y * sh + ry * dh, x * sw + rx * dw, v] * weight[c, ry, rx, v],
+            axis=[ry, rx],
+        ),
+        name="depthwise_conv2d_nchwc",
     )
 
 

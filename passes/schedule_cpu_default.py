@@ -401,7 +401,9 @@ def _schedule_block_generic(
     vec_idx = None
     last_s = spatial[-1]
     if kinds.count("R") == 0:
-        vec_idx = last_s if last_s == len(kinds) - 1 else None
+        vec_idx = _write_contiguous_iter(sch, block)
+        if vec_idx is None:
+            vec_idx = last_s if last_s == len(kinds) - 1 else None
     elif _reads_contiguous_along(sch, block, last_s):
         vec_idx = last_s
     order = [i for i in range(len(loops)) if i != vec_idx]
@@ -444,6 +446,25 @@ def _schedule_block_generic(
         # A reduction block keeps its init inside the vector loop (a lane-invariant branch):
         # after decompose_reduction the update block would no longer be vectorizable.
         sch.vectorize(inner_vec)
+
+
+def _write_contiguous_iter(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
+    """The one (non-unit) iterator in the last index of the block's write, if only one.
+
+    Vectorizing that one makes the stores contiguous. For a layout transform the block runs
+    over the *source*: ``[N, C/16, H, W, 16] -> NCHW`` iterates ``(.., w, c % 16)``, and
+    vectorizing its last iterator (contiguous reads) scattered every store 16 planes apart
+    (PP-OCRv4 det, 32x320x320: 6.7 ms a transform; with the stores contiguous and the reads a
+    16-wide gather that stays in L1, about a tenth)."""
+    stmt = sch.get(block)
+    if len(stmt.writes) != 1:
+        return None
+    index = stmt.writes[0].region[-1].min
+    used = [
+        i for i, iv in enumerate(stmt.iter_vars)
+        if int(iv.dom.extent) > 1 and _uses_var(index, iv.var)
+    ]
+    return used[0] if len(used) == 1 else None
 
 
 def _reads_contiguous_along(sch: s_tir.Schedule, block: SBlockRV, iter_index: int) -> bool:

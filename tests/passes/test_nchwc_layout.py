@@ -46,8 +46,9 @@ def _conv(name, x, out, cin, cout, k=3, stride=1, rng=None, group=1):
 def _block_model(hw: int = 14, seed: int = 0) -> onnx.ModelProto:
     """A little of everything the pass carries through: a 3-channel first conv, a residual
     block, a max pool, two branches concatenated (Inception), a per-channel scale/shift not
-    after a conv (DenseNet's BatchNorm), a squeeze-excitation gate (a broadcast multiply by a
-    computed [1, C, 1, 1]), a 1x1 conv to 24 channels (stays NCHW), a grouped conv (stays
+    after a conv (DenseNet's BatchNorm), a depthwise conv, HardSwish and Clip (PP-OCR), a 2x
+    nearest resize (an FPN), a squeeze-excitation gate (a broadcast multiply by a computed
+    [1, C, 1, 1]), a 1x1 conv to 24 channels (stays NCHW), a depthwise conv on it (stays
     NCHW), a global average pool and a classifier."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -75,9 +76,19 @@ def _block_model(hw: int = 14, seed: int = 0) -> onnx.ModelProto:
     inits += [numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(shift, "shift")]
     nodes.append(helper.make_node("Mul", ["cat", "scale"], ["sc"]))
     nodes.append(helper.make_node("Add", ["sc", "shift"], ["bn"]))
-    nodes.append(helper.make_node("GlobalAveragePool", ["bn"], ["gp"]))
+    add(_conv("dw48", "bn", "dw48", 48, 48, k=3, rng=rng, group=48))
+    nodes.append(helper.make_node("HardSwish", ["dw48"], ["hs"]))
+    inits += [
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up"),
+    ]
+    nodes.append(helper.make_node("Clip", ["hs", "lo", "hi"], ["clip"]))
+    nodes.append(helper.make_node("Resize", ["clip", "", "up"], ["big"], mode="nearest"))
+    nodes.append(helper.make_node("MaxPool", ["big"], ["small"], kernel_shape=[2, 2], strides=[2, 2]))
+    nodes.append(helper.make_node("GlobalAveragePool", ["small"], ["gp"]))
     nodes.append(helper.make_node("Sigmoid", ["gp"], ["gate"]))
-    nodes.append(helper.make_node("Mul", ["bn", "gate"], ["se"]))
+    nodes.append(helper.make_node("Mul", ["small", "gate"], ["se"]))
     nodes.append(
         helper.make_node("AveragePool", ["se"], ["ap"], kernel_shape=[2, 2], strides=[1, 1])
     )
@@ -119,11 +130,12 @@ def test_layout_flows_between_convs_and_transforms_only_at_the_edges():
     mod = _graph(_block_model(), tvm.target.Target(X86))
     text = mod["main"].script()
     convs = re.findall(r"conv2d_nchwc_packed\d*", text)
-    assert len(convs) == 5  # c0 c1 c2 b1 b2; "odd" (24 channels) and "dw" (grouped) stay NCHW
-    assert "R.nn.conv2d" in text  # the grouped conv, left to LegalizeOps
+    assert len(convs) == 5  # c0 c1 c2 b1 b2; "odd" (24 channels) stays NCHW
+    assert len(re.findall(r"depthwise_conv2d_nchwc\d*", text)) == 1  # dw48, not dw (NCHW)
+    assert "R.nn.conv2d" in text  # the depthwise conv on the NCHW value, left to LegalizeOps
     five_d = r"R\.Tensor\(\(1, \d+, \d+, \d+, 16\)"
     for op in ("R.nn.relu", "R.add", "R.nn.max_pool2d", "R.concat", "R.multiply", "R.mean",
-               "R.nn.avg_pool2d"):
+               "R.nn.avg_pool2d", "R.image.resize2d", "R.maximum", "R.minimum"):
         lines = [ln for ln in text.splitlines() if f"= {op}(" in ln]
         assert lines and any(re.search(five_d, ln) for ln in lines), op
     # Blocked -> NCHW once, for the 24-channel conv; NCHW -> blocked never (the first conv
