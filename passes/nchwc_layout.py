@@ -31,6 +31,7 @@ not care about the channel order:
   ``NCHW{B}c``), and ``mean``/``max``/``sum`` over the plane with ``keepdims`` (a global
   pool: the same axes 2 and 3 of the blocked value);
 - ``concat`` along the channels when every part has a multiple of ``B`` channels;
+- ``nn.dropout`` (the identity at inference);
 - ``image.resize2d`` (TOPI resizes ``NCHW{B}c`` as well), and the ``call_tir`` of a legalized
   ``maximum``/``minimum`` with a scalar (the ONNX importer's HardSwish and Clip), which
   becomes the Relax op again.
@@ -59,6 +60,7 @@ from tvm.ir.expr import Constant
 
 from tvmforge.passes._shapes import dims, static_but_batch
 from tvmforge.passes.pack_conv_weights import (
+    MAX_PAD_WASTE,
     conv2d_nchwc_packed,
     depthwise_conv2d_nchwc,
     pack_oihw,
@@ -78,6 +80,13 @@ def _op(expr) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return expr.op.name
     return None
+
+
+def _tensor_args(call: relax.Call) -> list[relax.Expr]:
+    args = list(call.args)
+    if _op(call) in ("relax.concat", "relax.call_tir") and isinstance(args[-1], relax.Tuple):
+        args = list(args[-1].fields) if _op(call) == "relax.call_tir" else list(args[0].fields)
+    return [a for a in args if isinstance(a.ty, relax.TensorType)]
 
 
 def _legalized_bound(call: relax.Call):
@@ -100,8 +109,12 @@ def _legalized_bound(call: relax.Call):
 
 
 def to_blocked(x: np.ndarray, block: int) -> np.ndarray:
-    """A 4-D ``[N, C, H, W]`` array (``C`` a multiple of ``block``) as ``[N, C/B, H, W, B]``."""
+    """A 4-D ``[N, C, H, W]`` array as ``[N, ceil(C/B), H, W, B]`` (channels past ``C``:
+    zeros)."""
     n, c, h, w = x.shape
+    if c % block:
+        x = np.concatenate([x, np.zeros((n, block - c % block, h, w), x.dtype)], axis=1)
+        c = x.shape[1]
     return np.ascontiguousarray(x.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2))
 
 
@@ -132,11 +145,25 @@ class _Blocker(relax.PyExprMutator):
             x, index_map=lambda n, c, h, w: (n, c // b, h, w, c % b)
         )
 
-    def _to_nchw_expr(self, x: relax.Expr) -> relax.Expr:
+    def _to_nchw_expr(self, x: relax.Expr, channels: int) -> relax.Expr:
         b = self.block
-        return relax.op.layout_transform(
+        back = relax.op.layout_transform(
             x, index_map=lambda n, co, h, w, ci: (n, co * b + ci, h, w)
         )
+        if dims(x)[1] * b == channels:
+            return back
+        # a twin padded with zero filters: the real channels are the first ``channels``
+        return relax.op.strided_slice(self.builder_.emit(back), [1], [0], [channels])
+
+    def _twin_of(self, x: relax.Expr, channels: int | None = None) -> relax.Var | None:
+        """``x``'s blocked twin; with ``channels``, only if it holds exactly that many (no
+        padded channels: what a conv or a concat reading it needs)."""
+        if not isinstance(x, relax.Var) or x not in self.twin:
+            return None
+        twin = self.twin[x]
+        if channels is not None and dims(twin)[1] * self.block != channels:
+            return None
+        return twin
 
     def _constant(self, expr: relax.Expr) -> np.ndarray | None:
         if isinstance(expr, relax.Var):
@@ -162,6 +189,8 @@ class _Blocker(relax.PyExprMutator):
         if full[1] not in (1, channels):
             return None
         value = self._constant(x)
+        if value is None and channels % self.block:
+            return None  # an NCHW tensor with a partial last block: not worth a padded copy
         if value is not None:
             value = value.reshape(full)
             if full[1] == 1:
@@ -194,9 +223,14 @@ class _Blocker(relax.PyExprMutator):
         if static_but_batch(data) is None or static_but_batch(call) is None:
             return None
         weight = self._constant(call.args[1])
-        if weight is None or weight.shape[0] % self.block:
+        if weight is None:
             return None
-        blocked_input = isinstance(data, relax.Var) and data in self.twin
+        f = weight.shape[0]
+        padded = -(-f // self.block) * self.block
+        if padded - f > MAX_PAD_WASTE * f or (groups != 1 and padded != f):
+            return None
+        channels = int(dims(data)[1])
+        blocked_input = self._twin_of(data, channels) is not None
         if groups != 1:
             # Depthwise (one filter per channel) on a blocked input; other grouped convs and a
             # depthwise conv on an NCHW value stay NCHW.
@@ -236,8 +270,12 @@ class _Blocker(relax.PyExprMutator):
         if shape is None or len(shape) != 4 or not str(call.ty.dtype).startswith("float"):
             return None
         channels = shape[1]
-        if not isinstance(channels, int) or channels % self.block:
+        if not isinstance(channels, int):
             return None
+        if channels % self.block and not any(
+            self._twin_of(a) is not None for a in _tensor_args(call)
+        ):
+            return None  # a partial last block only where a padded conv output flows on
         layout = f"NCHW{self.block}c"
         if op in UNARY or op in BINARY:
             tensors = [a for a in call.args if isinstance(a.ty, relax.TensorType)]
@@ -304,27 +342,42 @@ class _Blocker(relax.PyExprMutator):
             for f in fields:
                 fshape = dims(f)
                 if fshape is None or len(fshape) != 4 or fshape[1] % self.block:
-                    return None
+                    return None  # a padded part would leave zeros inside the concat
                 parts.append(self._blocked(f, fshape[1]))
             return relax.op.concat(parts, axis=1)
         return None
 
+    def _dropout_twin(self, value: relax.Expr) -> relax.Var | None:
+        """The twin of ``dropout(x)[0]`` (inference: ``x`` itself) when ``x`` has one."""
+        if not isinstance(value, relax.TupleGetItem) or value.index != 0:
+            return None
+        if not isinstance(value.tuple_value, relax.Var):
+            return None
+        src = self.lookup_binding(value.tuple_value)
+        if _op(src) != "relax.nn.dropout":
+            return None
+        return self._twin_of(src.args[0])
+
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = self.visit_expr(binding.value)
-        blocked = self._rewrite(value) if isinstance(value, relax.Call) else None
-        if blocked is None:
-            super().visit_var_binding_(binding)
-            return
-        twin = self.builder_.emit(blocked)
-        back = self.builder_.normalize(self._to_nchw_expr(twin))
+        twin = self._dropout_twin(value)
+        if twin is None:
+            blocked = self._rewrite(value) if isinstance(value, relax.Call) else None
+            if blocked is None:
+                super().visit_var_binding_(binding)
+                return
+            twin = self.builder_.emit(blocked)
+            value = self.builder_.normalize(
+                self._to_nchw_expr(twin, int(dims(binding.var)[1]))
+            )
+            self.converted += 1
         if isinstance(binding.var, relax.DataflowVar):
-            nchw = self.builder_.emit(back)
+            nchw = self.builder_.emit(value)
             self.set_var_remap(binding.var, nchw)
         else:  # a block output keeps its var
-            self.builder_.emit_normalized(relax.VarBinding(binding.var, back))
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
             nchw = binding.var
         self.twin[nchw] = twin
-        self.converted += 1
 
 
 def nchwc_layout(block: int | None = None) -> tvm.transform.Pass:

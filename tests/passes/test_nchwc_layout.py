@@ -241,3 +241,52 @@ def test_residual_block_matches_onnxruntime(hw, cin, cout, caplog):
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
         _assert_matches_onnxruntime(_residual_1x1(hw, cin, cout), x)
     assert "packed conv schedule failed" not in caplog.text
+
+
+def _classifier_head(classes: int) -> onnx.ModelProto:
+    """SqueezeNet's tail: dropout (the identity at inference), a 1x1 conv to the classes,
+    relu, global average pool, softmax."""
+    rng = np.random.default_rng(classes)
+    n0, i0 = _conv("a", "x", "a", 3, 32, rng=rng)
+    n1, i1 = _conv("cls", "drop", "cls", 32, classes, k=1, rng=rng)
+    nodes = [
+        n0, helper.make_node("Relu", ["a"], ["ra"]),
+        helper.make_node("Dropout", ["ra"], ["drop"]),
+        n1,
+        helper.make_node("Relu", ["cls"], ["rc"]),
+        helper.make_node("GlobalAveragePool", ["rc"], ["gp"]),
+        helper.make_node("Flatten", ["gp"], ["f"]),
+        helper.make_node("Softmax", ["f"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 13, 13])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, classes])],
+        [*i0, *i1],
+    )
+
+
+def test_conv_to_a_partial_block_runs_blocked_with_zero_filters():
+    """60 classes (SqueezeNet: 1000): the conv computes 64 channels, 4 of them zero filters,
+    the relu and the pool run on the padded blocks, and only the pooled [1, 64, 1, 1] is
+    transformed back and cropped to 60."""
+    text = _graph(_classifier_head(60), tvm.target.Target(X86))["main"].script()
+    assert len(re.findall(r"conv2d_nchwc_packed\d*", text)) == 2
+    assert re.search(r"R\.mean\(.*\n?.*", text) and re.search(
+        r"R\.Tensor\(\(1, 4, 1, 1, 16\)", text
+    )
+    (crop,) = [ln for ln in text.splitlines() if "R.strided_slice(" in ln]
+    assert "R.Tensor((1, 60, 1, 1)" in crop
+    # the dropout passed the blocked value through: the one transform is the pooled one's
+    (back,) = [ln for ln in text.splitlines() if "R.layout_transform(" in ln]
+    assert "R.Tensor((1, 64, 1, 1)" in back
+    x = np.random.default_rng(4).standard_normal((1, 3, 13, 13)).astype(np.float32)
+    _assert_matches_onnxruntime(_classifier_head(60), x)
+
+
+def test_conv_to_too_few_channels_stays_nchw():
+    """24 channels would be a third more work as 32: that conv stays NCHW."""
+    text = _graph(_classifier_head(24), tvm.target.Target(X86))["main"].script()
+    assert len(re.findall(r"conv2d_nchwc_packed\d*", text)) == 1
+    x = np.random.default_rng(5).standard_normal((1, 3, 13, 13)).astype(np.float32)
+    _assert_matches_onnxruntime(_classifier_head(24), x)
