@@ -86,8 +86,10 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     (``sink_transposes``). Last,
     after the caller's passes (which may still rewrite conv weights), CPU targets carry
     activations between fp32 convs in the blocked ``NCHW{B}c`` layout (``nchwc_layout``: the
-    convs, and the elementwise ops, pools and concats between them), get the other convs'
-    weights packed for the vector width (``pack_conv_weights``), their constant matmul
+    convs, with their weights packed for the vector width, and the elementwise ops, pools and
+    concats between them; ``pack_conv_weights``, which packs weights for NCHW activations,
+    is no longer needed here: every conv it would take ``nchwc_layout`` takes first, but a
+    caller can put it among its own passes), their constant matmul
     weights packed in column panels (``pack_dense_weights``) and polynomial ``exp``/``erf``/
     ``tanh``/``softmax`` (``fast_math_cpu``); all four are no-ops on other targets.
     """
@@ -96,7 +98,6 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     from tvmforge.passes.fold_constants_numpy import fold_constants_numpy
     from tvmforge.passes.fold_conv_bn import fold_conv_bn
     from tvmforge.passes.nchwc_layout import nchwc_layout
-    from tvmforge.passes.pack_conv_weights import pack_conv_weights
     from tvmforge.passes.pack_dense_weights import pack_dense_weights
     from tvmforge.passes.simplify_power import simplify_power
     from tvmforge.passes.sink_transposes import sink_transposes
@@ -114,7 +115,6 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         *graph,
         sink_transposes(),
         nchwc_layout(),
-        pack_conv_weights(),
         pack_dense_weights(),
         fast_math_cpu(),
     ]

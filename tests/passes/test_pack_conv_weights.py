@@ -4,7 +4,9 @@ Three kinds of test: the conv becomes a ``call_tir`` of the packed TE definition
 weight packed as the module docstring says (and its schedule has the register tile), convs the
 pass must not touch are left alone (grouped, channel count off the vector width, weight not a
 constant, a GPU target), and convs of every kind of stride, padding and dilation match ONNX
-Runtime after the whole pipeline.
+Runtime after the whole pipeline, both with this pass among the caller's graph passes (NCHW
+activations) and with the default pipeline (``nchwc_layout``'s blocked convs, which share the
+weight packing).
 """
 
 from __future__ import annotations
@@ -38,6 +40,36 @@ from tvmforge.passes.schedule_cpu_default import (
 RNG = np.random.default_rng(8)
 X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
 LOGGER = "tvmforge.passes.schedule_cpu_default"
+
+
+def _nchw_kernels(model: onnx.ModelProto, target: tvm.target.Target) -> tvm.IRModule:
+    """The model's fused kernels with this pass among the caller's graph passes: the convs
+    keep NCHW activations (``nchwc_layout``, later in the pipeline, finds none left)."""
+    from tvmforge import frontend
+    from tvmforge.pipeline import to_kernels
+
+    loaded = frontend.load(model)
+    mod = frontend.to_relax(loaded, frontend.resolve_inputs(loaded, {}))
+    return to_kernels(mod, target, [pack_conv_weights()])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray, layout: str) -> np.ndarray:
+    """The model built for x86 (2 threads): ``layout="nchw"`` with this pass among the
+    caller's graph passes, ``"nchwc"`` as ``tvmforge compile`` builds it."""
+    from tvmforge import build_model, frontend
+    from tvmforge.pipeline import tvmforge_pipeline
+
+    if layout == "nchwc":
+        built = build_model(model, "x86", threads=2)
+        executable = built.executable
+    else:
+        target = tvm.target.Target(X86)
+        loaded = frontend.load(model)
+        mod = frontend.to_relax(loaded, frontend.resolve_inputs(loaded, {}))
+        pipeline = tvmforge_pipeline(target=target, graph=[pack_conv_weights()])
+        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
 def _bind(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModule:
@@ -175,18 +207,12 @@ def _residual_pointwise(hw: int, channels: int = 32) -> onnx.ModelProto:
 
 
 def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
-    """1x1 250 -> 250 at 14x14 (250 KiB of weights) with a residual (250 channels: no whole
-    number of blocks, so it stays NCHW rather than ``nchwc_layout``'s blocked layout): 196
-    pixels are no whole number of vectors, so the channel tile, swept weight block by weight
-    block over a copy of the input laid out ``[n, y, x // xi, c, x % xi]``; the result
-    matches ONNX Runtime."""
-    from tvmforge import frontend
-    from tvmforge.pipeline import to_kernels
-
-    onnx_model = _residual_pointwise(14, channels=250)
-    model = frontend.load(onnx_model)
+    """1x1 256 -> 256 at 14x14 (256 KiB of weights) with a residual: 196 pixels are no whole
+    number of vectors, so the channel tile, swept weight block by weight block over a copy of
+    the input laid out ``[n, y, x // xi, c, x % xi]``; the result matches ONNX Runtime."""
+    onnx_model = _residual_pointwise(14, channels=256)
     target = tvm.target.Target(X86)
-    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
+    kernels = _nchw_kernels(onnx_model, target)
     (func,) = [
         f
         for g, f in kernels.functions_items()
@@ -199,24 +225,20 @@ def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
         for buf in after.body.block.alloc_buffers
         if buf.scope() == "global"
     ]
-    assert allocated == [(1, 14, 14 // xi, 250, xi)]
+    assert allocated == [(1, 14, 14 // xi, 256, xi)]
     sch = s_tir.Schedule(after)
     loops = sch.get_loops(sch.get_sblock("conv2d_nchw_packed_update"))
     assert sch.get(loops[0]).kind == tirx.ForKind.PARALLEL
     assert int(sch.get(loops[-1]).extent) == 16  # a vector of output channels
 
-    x = np.random.default_rng(1).standard_normal((1, 250, 14, 14)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 256, 14, 14)).astype(np.float32)
     _assert_matches_onnxruntime(onnx_model, x)
 
 
 def test_big_output_is_written_a_block_of_channels_at_a_time():
-    """A conv like SqueezeNet's first (3x3 stride 2 on a 224x224 image) to 60 channels (not
-    a whole number of blocks, so its output stays NCHW: 60x111x111 = 3 MB): every channel
+    """SqueezeNet's first conv (3 -> 64, 3x3 stride 2, 64x111x111 = 3 MB out): every channel
     is its own write stream in NCHW, so the tiles sweep the image per block of at most two
-    channel vectors (32 streams), not per pixel tile across all 64 (padded) channels."""
-    from tvmforge import frontend
-    from tvmforge.pipeline import to_kernels
-
+    channel vectors (32 streams), not per pixel tile across all 64 channels."""
     rng = np.random.default_rng(5)
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], strides=[2, 2]),
@@ -225,15 +247,14 @@ def test_big_output_is_written_a_block_of_channels_at_a_time():
     onnx_model = make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 60, 111, 111])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 111, 111])],
         [
-            numpy_helper.from_array(rng.standard_normal((60, 3, 3, 3)).astype(np.float32), "w"),
-            numpy_helper.from_array(rng.standard_normal(60).astype(np.float32), "b"),
+            numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"),
         ],
     )
-    model = frontend.load(onnx_model)
     target = tvm.target.Target(X86)
-    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
+    kernels = _nchw_kernels(onnx_model, target)
     (func,) = [
         f
         for g, f in kernels.functions_items()
@@ -327,14 +348,13 @@ def test_only_cpu_targets_get_packed_weights():
 # --- numbers -----------------------------------------------------------------------------------
 
 
-def _assert_matches_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> None:
-    """The model built for x86 (2 threads) gives ONNX Runtime's output on input ``x``."""
+def _assert_matches_onnxruntime(
+    model: onnx.ModelProto, x: np.ndarray, layout: str = "nchw"
+) -> None:
+    """The model built for x86 (2 threads, ``_run``) gives ONNX Runtime's output on ``x``."""
     import onnxruntime as ort
 
-    from tvmforge import build_model
-
-    built = build_model(model, "x86", threads=2)
-    ours = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    ours = _run(model, x, layout)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
@@ -396,10 +416,9 @@ def test_squeeze_excitation_gate_falls_back_and_matches_onnxruntime(caplog):
         pytest.param(16, 60, 3, 1, [1, 1, 1, 1], 1, 9, id="3x3-60-padded-to-64"),
     ],
 )
-def test_matches_onnxruntime(cin, cout, k, stride, pads, dilation, hw, caplog):
+@pytest.mark.parametrize("layout", ["nchw", "nchwc"])
+def test_matches_onnxruntime(cin, cout, k, stride, pads, dilation, hw, layout, caplog):
     import onnxruntime as ort
-
-    from tvmforge import build_model
 
     rng = np.random.default_rng(cin + cout + k + hw)
     weights = {
@@ -427,10 +446,8 @@ def test_matches_onnxruntime(cin, cout, k, stride, pads, dilation, hw, caplog):
     )
     x = rng.standard_normal((1, cin, hw, hw)).astype(np.float32)
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
-        built = build_model(model, "x86", threads=2)
+        ours = _run(model, x, layout)
     assert "packed conv schedule failed" not in caplog.text
-    vm = relax.VirtualMachine(built.executable, tvm.cpu())
-    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
