@@ -125,6 +125,7 @@ def build_model(
     quantize: str | None = None,
     calibration_method: str = "minmax",
     skip_layers: Sequence[str] = (),
+    graph_passes: Sequence[Any] = (),
 ) -> Built:
     """Import, optimize and build a model for a target, in memory.
 
@@ -140,6 +141,10 @@ def build_model(
     which must be asked for by name) by ``calibration_method`` (``minmax``, ``percentile``,
     ``entropy``); layers named in ``skip_layers`` stay float. The settings and the per-layer
     report land in ``Built.quantization`` and the manifest.
+
+    ``graph_passes`` (Relax passes) run in the graph stage after pruning and quantization,
+    before tvmforge's own layout and packing passes: e.g. ``[pack_conv_weights()]`` keeps the
+    convs' activations NCHW (what ``benchmarks/layout_ab.py`` compares the blocked layout with).
 
     Raises
     ------
@@ -190,7 +195,7 @@ def build_model(
     try:
         pipeline = tvmforge_pipeline(
             target=tvm_target, databases=databases,
-            graph=[p for p in (pruner, quantizer) if p is not None],
+            graph=[*(p for p in (pruner, quantizer) if p is not None), *graph_passes],
         )
         from tvmforge.passes.batch_outer import collect_declined
 

@@ -669,6 +669,7 @@ def _traced_default_schedule(mod: Any, tvm_target: Any) -> Any:
     if want is None:
         return None
     recipes = [
+        getattr(cpu, "_schedule_packed_conv_nchwc", None),
         getattr(cpu, "_schedule_packed_conv", None),
         getattr(cpu, "_schedule_contraction", None),
     ]

@@ -83,10 +83,12 @@ def _op(expr) -> str | None:
 
 
 def _tensor_args(call: relax.Call) -> list[relax.Expr]:
-    args = list(call.args)
-    if _op(call) in ("relax.concat", "relax.call_tir") and isinstance(args[-1], relax.Tuple):
-        args = list(args[-1].fields) if _op(call) == "relax.call_tir" else list(args[0].fields)
-    return [a for a in args if isinstance(a.ty, relax.TensorType)]
+    """The tensors a call reads: its args, with a tuple arg (``concat``'s parts, a
+    ``call_tir``'s inputs) opened."""
+    out: list[relax.Expr] = []
+    for arg in call.args:
+        out.extend(arg.fields if isinstance(arg, relax.Tuple) else [arg])
+    return [a for a in out if isinstance(a.ty, relax.TensorType)]
 
 
 def _legalized_bound(call: relax.Call):

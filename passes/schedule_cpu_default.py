@@ -1273,7 +1273,13 @@ def _schedule_packed_conv_nchwc(
     scatter or gather. A 1x1 stride-1 conv runs its tile over the flattened plane (its
     input and output are ``[.., H * W, B]`` in memory), so ``xi`` divides ``H * W`` rather
     than a ragged row (14, 7). Tiles run output-row by output-row with the weights held in
-    cache, or, for weights too big for it, weight block by weight block.
+    cache, or, for weights too big for it, weight block by weight block. A 1x1 conv sweeps the
+    plane block by block of two channel vectors when that block's weights fit L1 and its input
+    fits L2 (``_flat_conv_tile``). Measured in ResNet-50 (in the model, 2 threads, both orders
+    interleaved): 1x1 256->1024 at 14x14 with its residual 2.86 -> 2.36 ms for the six,
+    128->512 at 28x28 1.63 -> 1.52 ms for the four; with 512 or more input channels (a block
+    of 64 KiB) or a 3 MB input the input-tile order stays faster (512->128 at 28x28: 1.07
+    against 1.44 ms; 256->64 at 56x56: 0.72 against 1.18 ms).
     """
     main_name = sch.get(main).name_hint
     block = _packed_block(sch, main)

@@ -56,19 +56,11 @@ def _nchw_kernels(model: onnx.ModelProto, target: tvm.target.Target) -> tvm.IRMo
 def _run(model: onnx.ModelProto, x: np.ndarray, layout: str) -> np.ndarray:
     """The model built for x86 (2 threads): ``layout="nchw"`` with this pass among the
     caller's graph passes, ``"nchwc"`` as ``tvmforge compile`` builds it."""
-    from tvmforge import build_model, frontend
-    from tvmforge.pipeline import tvmforge_pipeline
+    from tvmforge import build_model
 
-    if layout == "nchwc":
-        built = build_model(model, "x86", threads=2)
-        executable = built.executable
-    else:
-        target = tvm.target.Target(X86)
-        loaded = frontend.load(model)
-        mod = frontend.to_relax(loaded, frontend.resolve_inputs(loaded, {}))
-        pipeline = tvmforge_pipeline(target=target, graph=[pack_conv_weights()])
-        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    extra = [pack_conv_weights()] if layout == "nchw" else []
+    built = build_model(model, "x86", threads=2, graph_passes=extra)
+    vm = relax.VirtualMachine(built.executable, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
