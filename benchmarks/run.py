@@ -7,8 +7,8 @@ Usage::
 
 Each model is compiled by tvmforge (compile time recorded), then tvmforge and ONNX Runtime run
 the same inputs with the same thread count, warm-up first, alternating in rounds of 5 runs
-(``tvmforge.bench``); the table gives medians, the ratio
-tvmforge/ONNX Runtime and the largest output difference. Writes ``<out>/<name>.json``,
+(``tvmforge.bench``); the table gives medians, the ratio tvmforge/ONNX Runtime (paired: the
+median of the per-round ratios) and the largest output difference. Writes ``<out>/<name>.json``,
 ``<out>/<name>.md`` and ``<out>/<name>.png`` (a bar chart of the ratios).
 """
 
@@ -41,7 +41,8 @@ NOTES = {
         "[1, 128, 768] (the embedding lookup is left out). zoo:ppocr-det: PP-OCRv4 det, "
         "1x3x640x640. The light CNNs have seeded random weights (tvmforge.zoo). The two cores "
         "are shared with other jobs: absolute times are noisy, the ratio (both measured in the "
-        "same process, alternating in rounds of 5 runs) is the figure that counts."
+        "same process, alternating in rounds of 5 runs, the median of the per-round ratios) is "
+        "the figure that counts."
     ),
 }
 

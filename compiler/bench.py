@@ -4,6 +4,11 @@ Both run a warm-up, then ``repeat`` timed calls each, alternating in rounds of a
 (the machine's load then falls on both alike); the report gives medians, the spread
 (interquartile range), the ratio tvmforge/ONNX Runtime (below 1 means tvmforge is faster) and
 the largest output difference.
+
+The ratio is paired: the median over rounds of (tvmforge's median in the round / ONNX
+Runtime's median in the same round). On shared cores the load drifts within a run; a round's
+two halves run within a few hundred milliseconds of each other, so each round's ratio sees one
+load, where the ratio of the two overall medians mixes rounds that saw different loads.
 """
 
 from __future__ import annotations
@@ -49,6 +54,14 @@ SETTLE_S = 0.2
 ROUND = 5
 
 
+def paired_ratio(rounds: list[tuple[list[float], list[float]]]) -> float:
+    """Median over rounds of (median of the first runtime's times / median of the second's)."""
+    ratios = [
+        statistics.median(a) / statistics.median(b) for a, b in rounds if a and b and min(b) > 0
+    ]
+    return statistics.median(ratios) if ratios else float("inf")
+
+
 def _median_iqr(seconds: list[float]) -> tuple[float, float]:
     ms = sorted(s * 1e3 for s in seconds)
     if len(ms) < 4:
@@ -88,16 +101,21 @@ def bench(
         # Interleaved in rounds of ROUND runs each, so that a neighbour's load on the shared
         # cores falls on both runtimes alike rather than on whichever ran during it.
         tvm_times, ort_times = [], []
+        rounds: list[tuple[list[float], list[float]]] = []
         while len(tvm_times) < repeat:
             n = min(ROUND, repeat - len(tvm_times))
             compiled.run(arrays)  # the pool's workers were asleep during ONNX Runtime
-            tvm_times += compiled.time(arrays, n)
+            ours_round = compiled.time(arrays, n)
             time.sleep(SETTLE_S)  # tvmforge's idle workers stop spinning before ORT runs
             sess.run(None, feed)
+            ort_round = []
             for _ in range(n):
                 t1 = time.perf_counter()
                 sess.run(None, feed)
-                ort_times.append(time.perf_counter() - t1)
+                ort_round.append(time.perf_counter() - t1)
+            tvm_times += ours_round
+            ort_times += ort_round
+            rounds.append((ours_round, ort_round))
     tvm_med, tvm_iqr = _median_iqr(tvm_times)
     ort_med, ort_iqr = _median_iqr(ort_times)
     return BenchResult(
@@ -110,7 +128,7 @@ def bench(
         tvmforge_iqr_ms=round(tvm_iqr, 3),
         ort_ms=round(ort_med, 3),
         ort_iqr_ms=round(ort_iqr, 3),
-        ratio=round(tvm_med / ort_med, 2) if ort_med > 0 else float("inf"),
+        ratio=round(paired_ratio(rounds), 2),
         max_abs_err=float(max((c.max_abs for c in cmp), default=0.0)),
         max_rel_err=float(max((c.max_rel for c in cmp), default=0.0)),
         outputs_match=all(c.ok for c in cmp),
@@ -118,4 +136,4 @@ def bench(
     )
 
 
-__all__ = ["BenchResult", "bench"]
+__all__ = ["BenchResult", "bench", "paired_ratio"]

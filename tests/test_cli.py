@@ -294,5 +294,17 @@ def test_bench_no_tune_times_both_and_matches(cli, tmp_model):
     out = json.loads(res.stdout)
     assert out["outputs_match"] is True and not out["lossy"]
     assert out["tvmforge_ms"] > 0 and out["ort_ms"] > 0
-    # the ratio is of the unrounded medians; the ms fields are rounded to 1 us
+    # one round: the paired ratio is that of the unrounded medians (the ms fields are rounded)
     assert out["ratio"] == pytest.approx(out["tvmforge_ms"] / out["ort_ms"], rel=0.2)
+
+
+def test_paired_ratio_cancels_a_load_that_drifts_between_rounds():
+    """Round 1 quiet, round 2 under load (both runtimes 3x slower, ONNX Runtime's round
+    longer): tvmforge is 0.8x ONNX Runtime in every round, and the paired ratio says so; the
+    ratio of the overall medians would depend on which round dominates each median."""
+    from tvmforge.bench import paired_ratio
+
+    quiet = ([8.0, 8.1, 7.9], [10.0, 10.1, 9.9])
+    loaded = ([24.0, 24.2, 23.8], [30.0, 30.3, 29.7, 30.1, 29.9])
+    assert paired_ratio([quiet, loaded]) == pytest.approx(0.8, rel=0.01)
+    assert paired_ratio([]) == float("inf")
