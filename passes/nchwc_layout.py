@@ -69,7 +69,7 @@ from tvmforge.passes.sink_transposes import BINARY, UNARY
 
 log = logging.getLogger(__name__)
 
-__all__ = ["nchwc_layout", "to_blocked", "to_nchw"]
+__all__ = ["nchwc_layout", "to_blocked"]
 
 POOLS = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d"}
 # Reductions over the plane (ONNX's GlobalAveragePool imports as a mean over axes 2 and 3).
@@ -118,12 +118,6 @@ def to_blocked(x: np.ndarray, block: int) -> np.ndarray:
         x = np.concatenate([x, np.zeros((n, block - c % block, h, w), x.dtype)], axis=1)
         c = x.shape[1]
     return np.ascontiguousarray(x.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2))
-
-
-def to_nchw(x: np.ndarray) -> np.ndarray:
-    """The inverse of ``to_blocked``."""
-    n, cb, h, w, b = x.shape
-    return np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w))
 
 
 def _ints(values) -> list[int]:
