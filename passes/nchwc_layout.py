@@ -65,7 +65,7 @@ from tvmforge.passes.pack_conv_weights import (
     depthwise_conv2d_nchwc,
     pack_oihw,
 )
-from tvmforge.passes.sink_transposes import BINARY, UNARY
+from tvmforge.passes.sink_transposes import BINARY, UNARY, _op
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,6 @@ __all__ = ["nchwc_layout", "to_blocked"]
 POOLS = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d"}
 # Reductions over the plane (ONNX's GlobalAveragePool imports as a mean over axes 2 and 3).
 REDUCTIONS = {"relax.mean", "relax.max", "relax.sum"}
-
-
-def _op(expr) -> str | None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return expr.op.name
-    return None
 
 
 def _tensor_args(call: relax.Call) -> list[relax.Expr]:
@@ -396,12 +390,12 @@ def nchwc_layout(block: int | None = None) -> tvm.transform.Pass:
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         size = block
         if size is None:
-            target = tvm.target.Target.current(allow_none=True)
-            if target is None or target.kind.name != "llvm":
-                return mod
-            from .schedule_cpu_default import CpuScheduleParams
+            from .schedule_cpu_default import current_cpu_lanes
 
-            size = CpuScheduleParams.from_target(target).lanes
+            lanes = current_cpu_lanes()
+            if lanes is None:
+                return mod
+            size = lanes
         blocker = _Blocker(mod, size)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):

@@ -86,6 +86,29 @@ def pack_oihw(weight: np.ndarray, block: int) -> np.ndarray:
     )
 
 
+def _pad_plane(
+    data: te.Tensor,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> tuple[te.Tensor, int, int]:
+    """``data`` (``[N, C, H, W]`` or blocked ``[N, C/B, H, W, B]``) zero-padded on its plane
+    (a ``pad_temp`` stage, only when there is padding), and the conv's output height and
+    width."""
+    h, w = int(data.shape[2]), int(data.shape[3])
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    top, left, bottom, right = padding
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    if any(padding):
+        tail = [0] * (len(data.shape) - 4)
+        data = topi.nn.pad(
+            data, [0, 0, top, left, *tail], [0, 0, bottom, right, *tail], name="pad_temp"
+        )
+    return data, oh, ow
+
+
 def conv2d_nchw_packed(
     data: te.Tensor,
     weight: te.Tensor,
@@ -100,15 +123,11 @@ def conv2d_nchw_packed(
     ``F`` and a crop keeps the first ``channels``; the schedule computes the crop (and the
     epilogue fused after it) per register tile, so the padded channels never leave it."""
     n = data.shape[0]  # static, or a dynamic batch
-    c, h, w = (int(v) for v in data.shape[1:])
+    c = int(data.shape[1])
     fo, _c, kh, kw, block = (int(v) for v in weight.shape)
     sh, sw = strides
     dh, dw = dilation
-    top, left, bottom, right = padding
-    if any(padding):
-        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    data, oh, ow = _pad_plane(data, (kh, kw), strides, padding, dilation)
     rc = te.reduce_axis((0, c), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -143,22 +162,12 @@ def conv2d_nchwc_packed(
     output's (and perhaps the input's) layout differ."""
     blocked_input = len(data.shape) == 5
     n = data.shape[0]  # static, or a dynamic batch
-    if blocked_input:
-        cb, h, w, bi = (int(v) for v in data.shape[1:])
-        c = cb * bi
-    else:
-        c, h, w = (int(v) for v in data.shape[1:])
+    bi = int(data.shape[4]) if blocked_input else 1
+    c = int(data.shape[1]) * bi
     fo, _c, kh, kw, block = (int(v) for v in weight.shape)
     sh, sw = strides
     dh, dw = dilation
-    top, left, bottom, right = padding
-    if any(padding):
-        tail = [0] if blocked_input else []
-        data = topi.nn.pad(
-            data, [0, 0, top, left, *tail], [0, 0, bottom, right, *tail], name="pad_temp"
-        )
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    data, oh, ow = _pad_plane(data, (kh, kw), strides, padding, dilation)
     rc = te.reduce_axis((0, c), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -190,15 +199,10 @@ def depthwise_conv2d_nchwc(
     weight ``[C/B, KH, KW, B]``, output ``[N, C/B, OH, OW, B]``; every output vector is a
     sum of ``KH * KW`` contiguous input vectors times weight vectors."""
     n = data.shape[0]
-    _cb, h, w, _b = (int(v) for v in data.shape[1:])
     cb, kh, kw, block = (int(v) for v in weight.shape)
     sh, sw = strides
     dh, dw = dilation
-    top, left, bottom, right = padding
-    if any(padding):
-        data = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="pad_temp")
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    data, oh, ow = _pad_plane(data, (kh, kw), strides, padding, dilation)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     return te.compute(
@@ -295,12 +299,12 @@ def pack_conv_weights(block: int | None = None) -> tvm.transform.Pass:
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         size = block
         if size is None:
-            target = tvm.target.Target.current(allow_none=True)
-            if target is None or target.kind.name != "llvm":
-                return mod
-            from .schedule_cpu_default import CpuScheduleParams
+            from .schedule_cpu_default import current_cpu_lanes
 
-            size = CpuScheduleParams.from_target(target).lanes
+            lanes = current_cpu_lanes()
+            if lanes is None:
+                return mod
+            size = lanes
         packer = _Packer(mod, size)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):

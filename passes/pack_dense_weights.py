@@ -154,12 +154,12 @@ def pack_dense_weights(block: int | None = None) -> tvm.transform.Pass:
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         size = block
         if size is None:
-            target = tvm.target.Target.current(allow_none=True)
-            if target is None or target.kind.name != "llvm":
-                return mod
-            from .schedule_cpu_default import CpuScheduleParams
+            from .schedule_cpu_default import current_cpu_lanes
 
-            size = 2 * CpuScheduleParams.from_target(target).lanes
+            lanes = current_cpu_lanes()
+            if lanes is None:
+                return mod
+            size = 2 * lanes
         packer = _Packer(mod, size)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):

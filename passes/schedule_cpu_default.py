@@ -149,6 +149,15 @@ class CpuScheduleParams:
         return cls(lanes=lanes, vector_registers=regs, num_cores=cores)
 
 
+def current_cpu_lanes() -> int | None:
+    """fp32 lanes of the current target when it is an ``llvm`` CPU, else ``None`` (the graph
+    passes that lay data out for the vector width do nothing then)."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return None
+    return CpuScheduleParams.from_target(target).lanes
+
+
 # --------------------------------------------------------------------------------------------
 # Block analysis
 
@@ -1019,6 +1028,21 @@ def _packed_block(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
     return None if value is None else int(value)
 
 
+def _packed_conv_blocks(
+    sch: s_tir.Schedule, main: SBlockRV, kinds: str
+) -> tuple[SBlockRV, int, SBlockRV]:
+    """A packed conv's blocks after inlining its injective producers: the conv (its loops
+    must bind its iterators in order, of the given kinds: ``SSSSRRR`` for NCHW,
+    ``SSSSSRRR`` blocked), its packing block size, and its single epilogue."""
+    main_name = sch.get(main).name_hint
+    block = _packed_block(sch, main)
+    _inline_injective(sch, keep={main_name})
+    main = sch.get_sblock(main_name)
+    if not _loops_match_iters(sch, main) or _iter_kinds(sch, main) != kinds:
+        raise ValueError(f"packed conv loops are not {kinds}")
+    return main, block, _single_epilogue(sch, main)
+
+
 def packed_conv_tile(
     channel_blocks: int,
     width: int,
@@ -1131,13 +1155,7 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     An epilogue that is not elementwise on the conv output (a squeeze-excitation gate
     multiplied into the whole feature map) is declined: the contraction recipe takes it.
     """
-    main_name = sch.get(main).name_hint
-    block = _packed_block(sch, main)
-    _inline_injective(sch, keep={main_name})
-    main = sch.get_sblock(main_name)
-    if not _loops_match_iters(sch, main) or _iter_kinds(sch, main) != "SSSSRRR":
-        raise ValueError("packed conv loops are not [n, f, y, x, rc, ry, rx]")
-    epilogue = _single_epilogue(sch, main)
+    main, block, epilogue = _packed_conv_blocks(sch, main, "SSSSRRR")
     n, f, y, x, rc, ry, rx = sch.get_loops(main)
     ext_f, ext_y, ext_x, ext_rc, ext_ry, ext_rx = _extents(sch, [f, y, x, rc, ry, rx])
     epi_ext, conv_ext = _extents(sch, sch.get_loops(epilogue)), _extents(sch, [n, f, y, x])
@@ -1281,13 +1299,7 @@ def _schedule_packed_conv_nchwc(
     of 64 KiB) or a 3 MB input the input-tile order stays faster (512->128 at 28x28: 1.07
     against 1.44 ms; 256->64 at 56x56: 0.72 against 1.18 ms).
     """
-    main_name = sch.get(main).name_hint
-    block = _packed_block(sch, main)
-    _inline_injective(sch, keep={main_name})
-    main = sch.get_sblock(main_name)
-    if not _loops_match_iters(sch, main) or _iter_kinds(sch, main) != "SSSSSRRR":
-        raise ValueError("blocked conv loops are not [n, f, y, x, b, rc, ry, rx]")
-    epilogue = _single_epilogue(sch, main)
+    main, block, epilogue = _packed_conv_blocks(sch, main, "SSSSSRRR")
     n, f, y, x, v, rc, ry, rx = sch.get_loops(main)
     ext_f, ext_y, ext_x, ext_v, ext_rc, ext_ry, ext_rx = _extents(sch, [f, y, x, v, rc, ry, rx])
     if ext_v != block or _extents(sch, sch.get_loops(epilogue)) != _extents(

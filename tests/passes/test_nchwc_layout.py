@@ -66,7 +66,9 @@ def _block_model(hw: int = 14, seed: int = 0) -> onnx.ModelProto:
     nodes.append(helper.make_node("Add", ["c2", "r0"], ["res"]))
     nodes.append(helper.make_node("Relu", ["res"], ["r2"]))
     nodes.append(
-        helper.make_node("MaxPool", ["r2"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+        helper.make_node(
+            "MaxPool", ["r2"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4
+        )
     )
     add(_conv("b1", "mp", "b1", 32, 16, k=1, rng=rng))
     add(_conv("b2", "mp", "b2", 32, 32, k=3, rng=rng))
@@ -85,7 +87,9 @@ def _block_model(hw: int = 14, seed: int = 0) -> onnx.ModelProto:
     ]
     nodes.append(helper.make_node("Clip", ["hs", "lo", "hi"], ["clip"]))
     nodes.append(helper.make_node("Resize", ["clip", "", "up"], ["big"], mode="nearest"))
-    nodes.append(helper.make_node("MaxPool", ["big"], ["small"], kernel_shape=[2, 2], strides=[2, 2]))
+    nodes.append(
+        helper.make_node("MaxPool", ["big"], ["small"], kernel_shape=[2, 2], strides=[2, 2])
+    )
     nodes.append(helper.make_node("GlobalAveragePool", ["small"], ["gp"]))
     nodes.append(helper.make_node("Sigmoid", ["gp"], ["gate"]))
     nodes.append(helper.make_node("Mul", ["small", "gate"], ["se"]))
