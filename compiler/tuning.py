@@ -677,6 +677,10 @@ def _traced_default_schedule(mod: Any, tvm_target: Any) -> Any:
         (lambda sch, r=r: r(sch, cpu._main_contraction(sch), params)) for r in recipes if r
     ]
     attempts.insert(0, lambda sch: cpu._schedule_pool(sch, cpu._window_pool(sch), params))
+    winograd = importlib.import_module("tvmforge.passes.winograd")
+    attempts.insert(
+        0, lambda sch: winograd.schedule_transform(sch, cpu._winograd_transform(sch), params)
+    )
     attempts.insert(0, lambda sch: cpu._schedule_packed_dense(sch, cpu._main_contraction(sch), params))
     attempts.append(lambda sch: cpu._schedule_generic(sch, params))
     for attempt in attempts:

@@ -66,6 +66,14 @@ from tvmforge.passes.pack_conv_weights import (
     pack_oihw,
 )
 from tvmforge.passes.sink_transposes import BINARY, UNARY, _op
+from tvmforge.passes.winograd import (
+    OUT_ELEMWISE_FUSABLE,
+    winograd_input_nchwc,
+    winograd_output_nchwc,
+    winograd_product_nchwc,
+    winograd_tile,
+    winograd_weight,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +249,9 @@ class _Blocker(relax.PyExprMutator):
             )
         if blocked_input:
             data = self.twin[data]
+            tile = winograd_tile(dims(data), weight.shape, attrs)
+            if tile is not None:
+                return self._winograd(data, weight, attrs, tile)
         return self.builder_.call_te(
             conv2d_nchwc_packed,
             data,
@@ -249,6 +260,32 @@ class _Blocker(relax.PyExprMutator):
             tuple(_ints(attrs.padding)),
             tuple(_ints(attrs.dilation)),
             primfunc_name_hint="conv2d_nchwc_packed",
+        )
+
+    def _winograd(self, data: relax.Expr, weight: np.ndarray, attrs, m: int) -> relax.Expr:
+        """The three kernels of ``F(m x m, 3 x 3)`` (``passes/winograd.py``) for a blocked
+        input; the output transform takes the conv's place (its epilogue fuses into it)."""
+        n, _cb, h, w, _b = dims(data)
+        padding = tuple(_ints(attrs.padding))
+        top, left, bottom, right = padding
+        out_h, out_w = h + top + bottom - 2, w + left + right - 2
+        fusable = {"op_pattern": OUT_ELEMWISE_FUSABLE}
+        points = self.builder_.emit(
+            self.builder_.call_te(
+                winograd_input_nchwc, data, padding, m,
+                primfunc_name_hint="winograd_input", primfunc_attrs=fusable,
+            )
+        )
+        product = self.builder_.emit(
+            self.builder_.call_te(
+                winograd_product_nchwc, points,
+                relax.const(winograd_weight(weight, m, self.block), "float32"),
+                primfunc_name_hint="winograd_product",
+            )
+        )
+        return self.builder_.call_te(
+            winograd_output_nchwc, product, n, out_h, out_w, m,
+            primfunc_name_hint="winograd_output", primfunc_attrs=fusable,
         )
 
     def _rewrite(self, call: relax.Call) -> relax.Expr | None:

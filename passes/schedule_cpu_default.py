@@ -1326,7 +1326,8 @@ def _schedule_packed_conv_nchwc(
         ):
             nf, xi = flat_tile
             weight_outer = True
-    if flat:
+    merged = flat and ext_y > 1  # a plane of one row (Winograd's tiles) is flat already
+    if merged:
         # y, x -> one plane axis in the conv, its accumulator and the epilogue, so that a
         # tile of the plane is an exact region (``reverse_compute_at`` stays exact).
         def merge(ndim: int):
@@ -1359,7 +1360,7 @@ def _schedule_packed_conv_nchwc(
         sch.parallel(fused)
     sch.decompose_reduction(main, rc)
     epi_loops = sch.get_loops(epilogue)
-    inner = epi_loops[-3:] if flat else epi_loops[-4:]  # the tile's [f, (y,) x, b]
+    inner = epi_loops[-3:] if merged else epi_loops[-4:]  # the tile's [f, (y,) x, b]
     sch.vectorize(inner[-1])
     for loop in inner[:-1]:
         sch.unroll(loop)
@@ -1446,6 +1447,16 @@ def _is_root_level(sch: s_tir.Schedule, block: SBlockRV, main: SBlockRV) -> bool
 # The pass
 
 
+def _winograd_transform(sch: s_tir.Schedule) -> SBlockRV | None:
+    """The block of a Winograd input or output transform (``passes/winograd.py``), if any."""
+    from .winograd import WINOGRAD_ATTR
+
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if WINOGRAD_ATTR in sch.get(block).annotations:
+            return block
+    return None
+
+
 def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.PrimFunc | None:
     """Schedule one fused kernel; ``None`` when neither recipe applies without error.
 
@@ -1464,6 +1475,17 @@ def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.P
             return outer
     sch = s_tir.Schedule(func)
     main = _main_contraction(sch)
+    transform = _winograd_transform(sch)
+    if transform is not None:
+        from .winograd import schedule_transform
+
+        try:
+            schedule_transform(sch, transform, params)
+            return sch.mod["main"]
+        except _SCHEDULE_ERRORS as err:
+            log.debug("Winograd transform schedule failed, using the generic ones: %s", err)
+            sch = s_tir.Schedule(func)
+            main = _main_contraction(sch)
     if main is not None and PACKED_DENSE_ATTR in sch.get(main).annotations:
         try:
             _schedule_packed_dense(sch, main, params)

@@ -135,7 +135,9 @@ def test_layout_flows_between_convs_and_transforms_only_at_the_edges():
     mod = _graph(_block_model(), tvm.target.Target(X86))
     text = mod["main"].script()
     convs = re.findall(r"conv2d_nchwc_packed\d*", text)
-    assert len(convs) == 5  # c0 c1 c2 b1 b2; "odd" (24 channels) stays NCHW
+    assert len(convs) == 4  # c0 c2 b1 b2; "odd" (24 channels) stays NCHW
+    # c1 (3x3, 32 channels at 14x14, on a blocked input) runs as Winograd F(4x4, 3x3)
+    assert len(re.findall(r"winograd_output\d*", text)) == 1
     assert len(re.findall(r"depthwise_conv2d_nchwc\d*", text)) == 1  # dw48, not dw (NCHW)
     assert "R.nn.conv2d" in text  # the depthwise conv on the NCHW value, left to LegalizeOps
     five_d = r"R\.Tensor\(\(1, \d+, \d+, \d+, 16\)"
