@@ -1,6 +1,8 @@
-"""The blocked conv layout, end to end: MODEL built as ``tvmforge compile`` builds it (convs in
-``NCHW16c``, ``nchwc_layout``) and with NCHW activations (``pack_conv_weights`` among the
-graph passes, as before ``nchwc_layout``), timed interleaved with ONNX Runtime.
+"""The blocked conv layout and Winograd, end to end: MODEL built as ``tvmforge compile`` builds
+it (convs in ``NCHW16c``, ``nchwc_layout``, 3x3 convs as Winograd where its cost model picks
+it), with every conv direct (``nchwc_layout(winograd=False)`` among the graph passes) and
+with NCHW activations (``pack_conv_weights`` among the graph passes, as before
+``nchwc_layout``), timed interleaved with ONNX Runtime.
 
 Usage: ``python benchmarks/layout_ab.py MODEL... [--rounds N] [--no-tune]`` (2 threads).
 Prints, per model, each build's median and its ratio to ONNX Runtime's median in the same run.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from tvmforge import build_model, frontend, load, reference, runtime
 from tvmforge.build import export
+from tvmforge.passes.nchwc_layout import nchwc_layout
 from tvmforge.passes.pack_conv_weights import pack_conv_weights
 
 ROUND = 5
@@ -32,10 +35,11 @@ def main() -> None:
         kw = dict(threads=2, use_shipped_logs=not args.no_tune)
         builds = {
             "nchw": build_model(name, "x86", graph_passes=[pack_conv_weights()], **kw),
-            "blocked": build_model(name, "x86", **kw),
+            "direct": build_model(name, "x86", graph_passes=[nchwc_layout(winograd=False)], **kw),
+            "winograd": build_model(name, "x86", **kw),
         }
         models = {k: load(export(b, tmp / f"{k}.tar"), threads=2) for k, b in builds.items()}
-        arrays = runtime.random_inputs(models["blocked"].inputs, 0)
+        arrays = runtime.random_inputs(models["winograd"].inputs, 0)
         sess = reference.session(frontend.load(name), 2)
         feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
         times: dict[str, list[float]] = {k: [] for k in [*models, "onnxruntime"]}

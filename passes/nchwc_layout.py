@@ -21,8 +21,10 @@ multiple of ``B``, static shapes but the batch) becomes a ``call_tir`` to
 them, output ``[N, F/B, OH, OW, B]``, input read blocked when its producer is blocked (else
 NCHW, as the first conv of a network reads its 3-channel image). A depthwise conv whose
 input is blocked becomes ``depthwise_conv2d_nchwc`` (weights ``[C/B, KH, KW, B]``: every
-multiply-add a vector of ``B`` channels). Blocked values then flow through the ops that do
-not care about the channel order:
+multiply-add a vector of ``B`` channels). A 3x3 stride-1 conv on a blocked input that
+``passes/winograd.py``'s cost model picks becomes its three Winograd kernels instead (input
+transform, batched product, output transform; ``winograd=False`` keeps it direct). Blocked
+values then flow through the ops that do not care about the channel order:
 
 - elementwise unary ops, and broadcasting binary ops whose other operand is blocked too, a
   scalar, a per-channel constant (re-laid out with numpy) or any other 4-D tensor (which gets
@@ -38,9 +40,9 @@ not care about the channel order:
 
 Every converted binding keeps its NCHW value as a ``layout_transform`` of the blocked one;
 consumers that need NCHW (a reshape, a grouped conv, a matmul) read that, and dead-code
-elimination drops those nobody reads. The arithmetic is the same, in the same order per
-output element (the convolution's reduction order does not change), so outputs match the
-NCHW path.
+elimination drops those nobody reads. For direct convs the arithmetic is the same, in the
+same order per output element (the convolution's reduction order does not change), so
+outputs match the NCHW path; Winograd convs differ from it by float32 rounding.
 
 Where it sits
 -------------
@@ -128,9 +130,10 @@ def _ints(values) -> list[int]:
 
 @relax.expr_functor.mutator
 class _Blocker(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, block: int) -> None:
+    def __init__(self, mod: tvm.IRModule, block: int, winograd: bool = True) -> None:
         super().__init__(mod)
         self.block = block
+        self.winograd = winograd
         self.twin: dict[relax.Var, relax.Var] = {}  # NCHW var -> its blocked twin
         self.transformed: dict[relax.Var, relax.Var] = {}  # NCHW var -> layout_transform
         self.converted = 0
@@ -249,7 +252,7 @@ class _Blocker(relax.PyExprMutator):
             )
         if blocked_input:
             data = self.twin[data]
-            tile = winograd_tile(dims(data), weight.shape, attrs)
+            tile = winograd_tile(dims(data), weight.shape, attrs) if self.winograd else None
             if tile is not None:
                 return self._winograd(data, weight, attrs, tile)
         return self.builder_.call_te(
@@ -407,7 +410,7 @@ class _Blocker(relax.PyExprMutator):
         self.twin[nchw] = twin
 
 
-def nchwc_layout(block: int | None = None) -> tvm.transform.Pass:
+def nchwc_layout(block: int | None = None, winograd: bool = True) -> tvm.transform.Pass:
     """Convert eligible fp32 convs to ``NCHW{B}c`` and carry the blocked layout through the
     elementwise ops, pools and channel concats between them.
 
@@ -416,6 +419,12 @@ def nchwc_layout(block: int | None = None) -> tvm.transform.Pass:
     block:
         Channels per block (``B``). ``None``: the fp32 lanes of the current target, and
         nothing is rewritten when there is no current target or it is not a CPU.
+    winograd:
+        Run the 3x3 stride-1 convs that ``passes/winograd.py``'s cost model picks as
+        Winograd convs. ``False`` keeps every conv direct (the same reduction order as the
+        NCHW conv); as a caller's graph pass (``build_model(..., graph_passes=[
+        nchwc_layout(winograd=False)])``) it takes the convs before the pipeline's own
+        instance does.
 
     Returns
     -------
@@ -433,7 +442,7 @@ def nchwc_layout(block: int | None = None) -> tvm.transform.Pass:
             if lanes is None:
                 return mod
             size = lanes
-        blocker = _Blocker(mod, size)
+        blocker = _Blocker(mod, size, winograd)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 new = blocker.visit_expr(func)

@@ -20,7 +20,7 @@ from tvm import relax, s_tir, te, tirx
 
 from onnx_builders import make_model
 from tvmforge import build_model, frontend
-from tvmforge.passes.nchwc_layout import to_blocked
+from tvmforge.passes.nchwc_layout import nchwc_layout, to_blocked
 from tvmforge.passes.schedule_cpu_default import CpuScheduleParams, schedule_prim_func
 from tvmforge.pipeline import to_kernels
 from tvmforge.passes.winograd import (
@@ -240,3 +240,24 @@ def test_model_runs_winograd_and_matches_onnxruntime(hw, channels, caplog):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
+def test_direct_convs_on_request():
+    """``nchwc_layout(winograd=False)`` among the caller's graph passes takes the convs first:
+    every conv stays a direct ``conv2d_nchwc_packed``, and the outputs agree with the
+    Winograd build's to float32 rounding."""
+    model = _basic_blocks(28, 32)
+    loaded = frontend.load(model)
+    target = tvm.target.Target(X86)
+    relaxed = frontend.to_relax(loaded, frontend.resolve_inputs(loaded, {}))
+    mod = to_kernels(relaxed, target, [nchwc_layout(winograd=False)])
+    calls = re.findall(r"R\.call_tir\((\w+),", mod["main"].script())
+    assert not any("winograd" in k for k in calls), calls
+    assert sum("conv2d_nchwc_packed" in k for k in calls) == 7, calls
+    x = np.random.default_rng(8).standard_normal((1, 3, 28, 28)).astype(np.float32)
+    outs = []
+    for graph in ([nchwc_layout(winograd=False)], []):
+        built = build_model(model, "x86", threads=2, graph_passes=graph)
+        vm = relax.VirtualMachine(built.executable, tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-5 * float(np.abs(outs[0]).max()))
