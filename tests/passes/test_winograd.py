@@ -261,3 +261,20 @@ def test_direct_convs_on_request():
         vm = relax.VirtualMachine(built.executable, tvm.cpu())
         outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
     np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-5 * float(np.abs(outs[0]).max()))
+
+
+def test_tuning_replays_the_default_schedules_as_traces():
+    """``tune`` commits each kernel's default schedule as a record (so tuning never makes a
+    kernel slower than the default): the three Winograd kernels' defaults must replay as
+    traced schedules that reproduce what ``schedule_cpu_default`` builds."""
+    from tvmforge import tuning
+
+    loaded = frontend.load(_basic_blocks(28, 32))
+    target = tvm.target.Target(X86)
+    mod = to_kernels(frontend.to_relax(loaded, frontend.resolve_inputs(loaded, {})), target)
+    names = [g.name_hint for g, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    winograd = [n for n in names if "winograd" in n]
+    assert {"winograd_input", "winograd_product"} <= set(winograd) and len(winograd) >= 3
+    for name in winograd:
+        kernel = tvm.IRModule({"main": mod[name].with_attr("global_symbol", "main")})
+        assert tuning._traced_default_schedule(kernel, target) is not None, name
