@@ -241,6 +241,7 @@ def test_block_model_matches_onnxruntime(caplog):
         pytest.param(7, 32, 32, id="7x7"),
         pytest.param(12, 16, 32, id="12x12-even-rows"),
         pytest.param(9, 64, 512, id="9x9-weights-over-L1"),
+        pytest.param(14, 16, 512, id="14x14-reduction-in-chunks"),
     ],
 )
 def test_residual_block_matches_onnxruntime(hw, cin, cout, caplog):
@@ -297,3 +298,23 @@ def test_conv_to_too_few_channels_stays_nchw():
     assert len(re.findall(r"conv2d_nchwc_packed\d*", text)) == 1
     x = np.random.default_rng(5).standard_normal((1, 3, 13, 13)).astype(np.float32)
     _assert_matches_onnxruntime(_classifier_head(24), x)
+
+
+def test_wide_1x1_conv_splits_its_reduction_into_chunks(caplog):
+    """1x1 512 -> 512 at 14x14 (a 2-vector block's weights, 64 KiB, overflow L1): per block
+    of two channel vectors, the reduction runs in 4 chunks of 128 input channels, each
+    sweeping the whole plane in 2 x 7 register tiles; the epilogue follows the last chunk."""
+    func = _blocked_kernel(_residual_1x1(14, 16, 512), "add")
+    params = CpuScheduleParams.from_target(tvm.target.Target(X86))
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        after = schedule_prim_func(func, params)
+    assert after is not None and "failed" not in caplog.text
+    sch = s_tir.Schedule(after)
+    loops = sch.get_loops(sch.get_sblock("conv2d_nchwc_packed_update"))
+    kinds = [sch.get(lp).kind for lp in loops]
+    extents = [int(sch.get(lp).extent) for lp in loops]
+    assert kinds[0] == tirx.ForKind.PARALLEL and extents[0] == 16  # 32 channel blocks / 2
+    # [block, chunk of 128 input channels, 28 tiles of 7 pixels, ky, kx, channel, 2 vectors
+    # of output channels, 7 pixels, 16 lanes]
+    assert extents == [16, 4, 28, 1, 1, 128, 2, 7, 16]
+    assert kinds[-3:] == [tirx.ForKind.UNROLLED, tirx.ForKind.UNROLLED, tirx.ForKind.VECTORIZED]
