@@ -7,7 +7,10 @@ Usage::
 
 Each model is compiled by tvmforge (compile time recorded), then tvmforge and ONNX Runtime run
 the same inputs with the same thread count, warm-up first, alternating in rounds of 5 runs
-(``tvmforge.bench``); the table gives medians, the ratio tvmforge/ONNX Runtime (paired: the
+(``tvmforge.bench``), each model in a fresh process of its own, as ``tvmforge bench MODEL``
+runs it: in one long process a model's speed depended on the models benchmarked before it
+(SqueezeNet after ResNet-50: 4.4 ms in 2 runs of 4, 2.9-3.0 ms in the others and alone,
+2026-11-22). The table gives medians, the ratio tvmforge/ONNX Runtime (paired: the
 median of the per-round ratios) and the largest output difference. Writes ``<out>/<name>.json``,
 ``<out>/<name>.md`` and ``<out>/<name>.png`` (a bar chart of the ratios).
 """
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 SETS = {
@@ -71,6 +76,19 @@ def machine() -> str:
     return f"{name} (LLVM: {cpu}), {subprocess.getoutput('nproc')} cores"
 
 
+def _bench_one(
+    spec: str, target: str, threads: int, repeat: int, no_tune: bool, logs: list[Path]
+) -> dict:
+    """One model's ``tvmforge.bench`` row (run in a fresh process)."""
+    from tvmforge.bench import bench
+
+    res = bench(
+        spec, target, threads=threads, repeat=repeat, use_shipped_logs=not no_tune,
+        tuning_logs=logs,
+    )
+    return res.to_json()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", choices=sorted(SETS), default="light")
@@ -84,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="output file stem [the set's name]")
     args = ap.parse_args(argv)
 
-    from tvmforge.bench import bench
-
     models = args.models or SETS[args.set]
     name = args.name or (args.set if not args.models else "custom")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,15 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     for spec in models:
         t0 = time.perf_counter()
         try:
-            res = bench(
-                spec,
-                args.target,
-                threads=args.threads,
-                repeat=args.repeat,
-                use_shipped_logs=not args.no_tune,
-                tuning_logs=[] if args.no_tune else args.tuning_log,
-            )
-            row = res.to_json()
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                row = pool.submit(
+                    _bench_one, spec, args.target, args.threads, args.repeat, args.no_tune,
+                    [] if args.no_tune else args.tuning_log,
+                ).result()
         except Exception as err:  # a benchmark run reports failures, it does not stop
             row = {"model": spec, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
         row["wall_s"] = round(time.perf_counter() - t0, 1)
