@@ -959,14 +959,7 @@ def _schedule_contraction(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     epi_loops = sch.get_loops(epilogue)[len(outer) :]
     if epi_loops:
         sch.vectorize(epi_loops[-1])
-
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if not sch.get(block).same_as(sch.get(main)):
-            if _is_root_level(sch, block, main):
-                try:
-                    _schedule_block_generic(sch, block, params)
-                except _SCHEDULE_ERRORS as err:
-                    log.debug("producer %s left serial: %s", sch.get(block).name_hint, err)
+    _schedule_root_blocks(sch, main, params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1250,12 +1243,7 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
         sch.vectorize(e_fi)
         sch.unroll(e_x)
         sch.unroll(e_fo)
-    for other in sch.get_child_blocks(sch.get_sblock("root")):
-        if _is_root_level(sch, other, main):
-            try:
-                _schedule_block_generic(sch, other, params)
-            except _SCHEDULE_ERRORS as err:
-                log.debug("producer %s left serial: %s", sch.get(other).name_hint, err)
+    _schedule_root_blocks(sch, main, params)
 
 
 # A 1x1 conv's channel block of weights re-read from L1 at every tile of the plane: at most
@@ -1277,6 +1265,23 @@ def _flat_conv_tile(channel_blocks: int, plane: int, registers: int) -> tuple[in
 # A K-blocked 1x1 conv re-reads a chunk of its input per block of output channels: only for
 # inputs up to this size (measured up to ResNet-50's 512 x 28 x 28, 1.6 MB).
 _K_BLOCKED_INPUT_BYTES = 2 << 20
+
+
+def _merge_blocked_plane(
+    sch: s_tir.Schedule, main: SBlockRV, epilogue: SBlockRV, width: int
+) -> None:
+    """``y, x`` -> one plane axis (``y * width + x``) in a blocked conv, its accumulator and
+    its epilogue, so that a tile of the plane is an exact region (``reverse_compute_at``
+    stays exact)."""
+
+    def merge(ndim: int):
+        return tirx.IndexMap.from_func(
+            lambda *vs: [*vs[:2], vs[2] * width + vs[3], *vs[4:]], ndim=ndim
+        )
+
+    sch.transform_layout(main, ("write", 0), merge(5))
+    sch.transform_block_layout(main, merge(8))
+    sch.transform_block_layout(epilogue, merge(5))
 
 
 def _reduction_chunk(channels: int, tile_channels: int) -> int | None:
@@ -1311,14 +1316,7 @@ def _schedule_flat_conv_k_blocked(
     28x28 0.68 -> 0.65 (the input-tile order streamed the whole weight once per plane tile)."""
     nf, xi = tile
     if row is not None:
-        def merge(ndim: int):
-            return tirx.IndexMap.from_func(
-                lambda *vs: [*vs[:2], vs[2] * row + vs[3], *vs[4:]], ndim=ndim
-            )
-
-        sch.transform_layout(main, ("write", 0), merge(5))
-        sch.transform_block_layout(main, merge(8))
-        sch.transform_block_layout(epilogue, merge(5))
+        _merge_blocked_plane(sch, main, epilogue, row)
         n, f, plane, v, rc, ry, rx = sch.get_loops(main)
         rows = [plane]
     else:
@@ -1337,12 +1335,7 @@ def _schedule_flat_conv_k_blocked(
         sch.parallel(fused)
     sch.decompose_reduction(main, rc_o)
     sch.vectorize(sch.get_loops(epilogue)[-1])
-    for other in sch.get_child_blocks(sch.get_sblock("root")):
-        if _is_root_level(sch, other, main):
-            try:
-                _schedule_block_generic(sch, other, params)
-            except _SCHEDULE_ERRORS as err:
-                log.debug("producer %s left serial: %s", sch.get(other).name_hint, err)
+    _schedule_root_blocks(sch, main, params)
 
 
 def _is_padded(sch: s_tir.Schedule, main: SBlockRV) -> bool:
@@ -1408,16 +1401,7 @@ def _schedule_packed_conv_nchwc(
                 return
     merged = flat and ext_y > 1  # a plane of one row (Winograd's tiles) is flat already
     if merged:
-        # y, x -> one plane axis in the conv, its accumulator and the epilogue, so that a
-        # tile of the plane is an exact region (``reverse_compute_at`` stays exact).
-        def merge(ndim: int):
-            return tirx.IndexMap.from_func(
-                lambda *vs: [*vs[:2], vs[2] * ext_x + vs[3], *vs[4:]], ndim=ndim
-            )
-
-        sch.transform_layout(main, ("write", 0), merge(5))
-        sch.transform_block_layout(main, merge(8))
-        sch.transform_block_layout(epilogue, merge(5))
+        _merge_blocked_plane(sch, main, epilogue, ext_x)
         n, f, plane, v, rc, ry, rx = sch.get_loops(main)
         p_o, x_i = sch.split(plane, factors=[None, xi])
         rows = [p_o]
@@ -1444,12 +1428,7 @@ def _schedule_packed_conv_nchwc(
     sch.vectorize(inner[-1])
     for loop in inner[:-1]:
         sch.unroll(loop)
-    for other in sch.get_child_blocks(sch.get_sblock("root")):
-        if _is_root_level(sch, other, main):
-            try:
-                _schedule_block_generic(sch, other, params)
-            except _SCHEDULE_ERRORS as err:
-                log.debug("producer %s left serial: %s", sch.get(other).name_hint, err)
+    _schedule_root_blocks(sch, main, params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1504,6 +1483,12 @@ def _schedule_packed_dense(sch: s_tir.Schedule, main: SBlockRV, params: CpuSched
     epi_loops = sch.get_loops(epilogue)[len(outer) :]
     if epi_loops:
         sch.vectorize(epi_loops[-1])
+    _schedule_root_blocks(sch, main, params)
+
+
+def _schedule_root_blocks(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams) -> None:
+    """The generic schedule for every block beside a scheduled contraction that has its own
+    loop nest (a padding or packing producer); one that does not fit stays serial."""
     for other in sch.get_child_blocks(sch.get_sblock("root")):
         if _is_root_level(sch, other, main):
             try:
