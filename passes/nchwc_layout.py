@@ -268,7 +268,7 @@ class _Blocker(relax.PyExprMutator):
     def _winograd(self, data: relax.Expr, weight: np.ndarray, attrs, m: int) -> relax.Expr:
         """The three kernels of ``F(m x m, 3 x 3)`` (``passes/winograd.py``) for a blocked
         input; the output transform takes the conv's place (its epilogue fuses into it)."""
-        n, _cb, h, w, _b = dims(data)
+        _n, _cb, h, w, _b = dims(data)
         padding = tuple(_ints(attrs.padding))
         top, left, bottom, right = padding
         out_h, out_w = h + top + bottom - 2, w + left + right - 2
@@ -287,7 +287,7 @@ class _Blocker(relax.PyExprMutator):
             )
         )
         return self.builder_.call_te(
-            winograd_output_nchwc, product, n, out_h, out_w, m,
+            winograd_output_nchwc, product, out_h, out_w, m,
             primfunc_name_hint="winograd_output", primfunc_attrs=fusable,
         )
 

@@ -983,18 +983,26 @@ _STREAMED_TILE_BLOCKS = 2
 _STREAMED_INPUT_BYTES = 1 << 20
 
 
+def _column_iter(stmt: tirx.SBlock) -> tirx.IterVar:
+    """A packed conv's output-column iterator ``x``: the 4th of ``n, f, y, x, rc, ry, rx``
+    (NCHW) or ``n, f, y, x, v, rc, ry, rx`` (blocked), the 5th of a Winograd product's
+    ``sample, point, f, y, x, v, rc, ry, rx``."""
+    return stmt.iter_vars[4 if len(stmt.iter_vars) == 9 else 3]
+
+
 def _input_read(sch: s_tir.Schedule, main: SBlockRV) -> int | None:
     """Index in the conv block's reads of its input: the buffer read along the output
-    columns (not the accumulator, not the weights), NCHW or blocked ``[n, c/B, h, w, B]``."""
+    columns (not the accumulator, not the weights), NCHW, blocked ``[n, c/B, h, w, B]`` or a
+    Winograd product's ``[sample, point, c/B, 1, tile, B]``."""
     stmt = sch.get(main)
-    x_var = stmt.iter_vars[3].var
+    x_var = _column_iter(stmt).var
     out = stmt.writes[0].source
     for index, region in enumerate(stmt.reads):
         rank = len(region.region)
         if (
-            rank in (4, 5)
+            rank in (4, 5, 6)
             and not region.source.same_as(out)
-            and _uses_var(region.region[3].min, x_var)
+            and _uses_var(region.region[rank - 2 if rank == 6 else 3].min, x_var)
         ):
             return index
     return None
@@ -1026,12 +1034,13 @@ def _packed_conv_blocks(
 ) -> tuple[SBlockRV, int, SBlockRV]:
     """A packed conv's blocks after inlining its injective producers: the conv (its loops
     must bind its iterators in order, of the given kinds: ``SSSSRRR`` for NCHW,
-    ``SSSSSRRR`` blocked), its packing block size, and its single epilogue."""
+    ``SSSSSRRR`` blocked, or with one more leading ``S``: a Winograd product's sample), its
+    packing block size, and its single epilogue."""
     main_name = sch.get(main).name_hint
     block = _packed_block(sch, main)
     _inline_injective(sch, keep={main_name})
     main = sch.get_sblock(main_name)
-    if not _loops_match_iters(sch, main) or _iter_kinds(sch, main) != kinds:
+    if not _loops_match_iters(sch, main) or _iter_kinds(sch, main) not in (kinds, "S" + kinds):
         raise ValueError(f"packed conv loops are not {kinds}")
     return main, block, _single_epilogue(sch, main)
 
@@ -1073,7 +1082,7 @@ def packed_conv_tile(
 def _column_step(sch: s_tir.Schedule, main: SBlockRV) -> tuple[int, int]:
     """``(stride, dilation)`` along the output width, read off the input access ``x*s + rx*d``."""
     stmt = sch.get(main)
-    x_var, rx_var = stmt.iter_vars[3].var, stmt.iter_vars[6].var
+    x_var, rx_var = _column_iter(stmt).var, stmt.iter_vars[-1].var
     for region in stmt.reads:
         index = region.region[-1].min
         if _uses_var(index, x_var) and _uses_var(index, rx_var):
@@ -1366,6 +1375,11 @@ def _schedule_packed_conv_nchwc(
     (``_schedule_flat_conv_k_blocked``).
     """
     main, block, epilogue = _packed_conv_blocks(sch, main, "SSSSSRRR")
+    if len(sch.get_loops(main)) == 9:  # a Winograd product: its sample and point are the batch
+        if _extents(sch, sch.get_loops(epilogue)) != _extents(sch, sch.get_loops(main)[:6]):
+            raise ValueError("the epilogue is not elementwise on the Winograd product")
+        sch.fuse(*sch.get_loops(main)[:2])
+        sch.fuse(*sch.get_loops(epilogue)[:2])
     n, f, y, x, v, rc, ry, rx = sch.get_loops(main)
     ext_f, ext_y, ext_x, ext_v, ext_rc, ext_ry, ext_rx = _extents(sch, [f, y, x, v, rc, ry, rx])
     if ext_v != block or _extents(sch, sch.get_loops(epilogue)) != _extents(
@@ -1561,7 +1575,7 @@ def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.P
             main = _main_contraction(sch)
     if main is not None and _packed_block(sch, main) is not None:
         try:
-            if len(sch.get(main).iter_vars) == 8:
+            if len(sch.get(main).iter_vars) in (8, 9):  # 9: a Winograd product
                 _schedule_packed_conv_nchwc(sch, main, params)
             else:
                 _schedule_packed_conv(sch, main, params)

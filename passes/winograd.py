@@ -11,17 +11,19 @@ stride-1 convs. oneDNN, NNPACK and TVM's ARM/CUDA TOPI use the same algorithm.
 
 The three kernels
 -----------------
-With ``alpha = m + 2``, ``E = alpha^2`` points, ``P`` tiles of ``m x m`` outputs (over the
-batch and the plane, the plane's ragged edge padded), channels blocked by ``B``:
+With ``alpha = m + 2``, ``E = alpha^2`` points, ``P`` tiles of ``m x m`` outputs per sample
+(the plane's ragged edge padded), channels blocked by ``B``; the batch ``N`` is the leading
+dim of every buffer, so a dynamic batch's kernels run per sample (``passes/batch_outer.py``):
 
-1. **input transform** (``winograd_input_nchwc``): ``V[e, c/B, 0, p, B] =
+1. **input transform** (``winograd_input_nchwc``): ``V[n, e, c/B, 0, p, B] =
    (B^T d_p B)[e]`` for the ``alpha x alpha`` input tile ``d_p`` of tile ``p`` (stride ``m``;
    the conv's zero padding and the ragged edge read as zeros);
-2. **batched product** (``winograd_product_nchwc``): for each point ``e``,
-   ``M[e, k/B, 0, p, B] = sum_c V[e, c, p] U[e, c, k]`` -- a 1x1 conv over ``P`` "pixels"
-   per point, written as the blocked 1x1 conv with a weight per batch index and carrying
-   the packed-conv annotation: ``schedule_cpu_default`` gives it the register tile of
-   ``conv2d_nchwc_packed`` (vectors of output channels x tiles);
+2. **batched product** (``winograd_product_nchwc``): for each sample and point ``e``,
+   ``M[n, e, k/B, 0, p, B] = sum_c V[n, e, c, p] U[e, c, k]`` -- a 1x1 conv over ``P``
+   "pixels", written as the blocked 1x1 conv with a weight per point and carrying the
+   packed-conv annotation: ``schedule_cpu_default`` fuses sample and point into the conv's
+   batch and gives it the register tile of ``conv2d_nchwc_packed`` (vectors of output
+   channels x tiles);
 3. **output transform** (``winograd_output_nchwc``): ``Y = A^T M_p A``, the ``m x m`` tile
    of outputs (the ragged edge's outputs past the plane are not stored).
 
@@ -120,9 +122,10 @@ def _tiles(size: int, m: int) -> int:
 def winograd_tile(data_shape, weight_shape, attrs) -> int | None:
     """``m`` when a conv with these shapes (``data_shape[:4]``: ``N, C/B, H, W`` or NCHW;
     ``weight_shape``: OIHW) and ``relax.nn.conv2d`` attrs runs fastest as
-    ``F(m x m, 3 x 3)`` by the cost model above, else ``None``. Needs a static batch, a 3x3
-    weight, stride 1, dilation 1 and one group."""
-    if data_shape is None or not all(isinstance(d, int) for d in data_shape):
+    ``F(m x m, 3 x 3)`` by the cost model above, else ``None``. Needs a static plane, a 3x3
+    weight, stride 1, dilation 1 and one group; a dynamic batch (``"$n"``) is costed as one
+    sample (the kernels run per sample)."""
+    if data_shape is None or not all(isinstance(d, int) for d in data_shape[1:]):
         return None
     if tuple(int(v) for v in weight_shape[2:]) != (3, 3) or int(attrs.groups) != 1:
         return None
@@ -130,6 +133,7 @@ def winograd_tile(data_shape, weight_shape, attrs) -> int | None:
         return None
     k, c = int(weight_shape[0]), int(weight_shape[1])
     n, _c, h, w = data_shape[:4]
+    n = n if isinstance(n, int) else 1
     top, left, bottom, right = (int(v) for v in attrs.padding)
     out_h, out_w = h + top + bottom - 2, w + left + right - 2
     best, best_cost = None, MAX_COST_RATIO * 2 * 9 * c * k * n * out_h * out_w
@@ -168,12 +172,15 @@ def _select(index, exprs):
 def winograd_input_nchwc(
     data: te.Tensor, padding: tuple[int, int, int, int], m: int, r: int = 3
 ) -> te.Tensor:
-    """``V[alpha^2, C/B, 1, P, B]`` of a blocked input ``[N, C/B, H, W, B]`` for a stride-1
-    ``r x r`` conv with ``padding`` (top, left, bottom, right); tile ``p = (n * TH + ty) * TW
-    + tx``, point ``e = e1 * alpha + e2``. Two separable passes, each a sparse sum picked by
-    a ``Select`` on the (unrolled) index: rows ``R[e1, b] = sum_a B[a, e1] d[a, b]``, then
+    """``V[N, alpha^2, C/B, 1, P, B]`` of a blocked input ``[N, C/B, H, W, B]`` for a stride-1
+    ``r x r`` conv with ``padding`` (top, left, bottom, right); tile ``p = ty * TW + tx`` of
+    sample ``n``, point ``e = e1 * alpha + e2``. The batch ``N`` stays the leading dim of
+    every buffer (it may be a dynamic batch's var: ``passes/batch_outer.py`` then runs the
+    kernels per sample). Two separable passes, each a sparse sum picked by a ``Select`` on
+    the (unrolled) index: rows ``R[e1, b] = sum_a B[a, e1] d[a, b]``, then
     ``V[e1, e2] = sum_b R[e1, b] B[b, e2]``."""
-    n, cb, h, w, block = (int(v) for v in data.shape)
+    n = data.shape[0]
+    cb, h, w, block = (int(v) for v in data.shape[1:])
     top, left, bottom, right = padding
     oh, ow = h + top + bottom - r + 1, w + left + right - r + 1
     th, tw = _tiles(oh, m), _tiles(ow, m)
@@ -187,9 +194,8 @@ def winograd_input_nchwc(
     )
     _a, bm, _g = transform_matrices(m, r)
 
-    def rows_body(e1, c, p, col, v):
-        b, rest = p // (th * tw), p % (th * tw)
-        y, x = rest // tw * m, rest % tw * m
+    def rows_body(b, e1, c, p, col, v):
+        y, x = p // tw * m, p % tw * m
         return _select(
             e1,
             [
@@ -199,20 +205,22 @@ def winograd_input_nchwc(
         )
 
     rows = te.compute(
-        (alpha, cb, n * th * tw, alpha, block), rows_body, name="winograd_input_rows"
+        (n, alpha, cb, th * tw, alpha, block), rows_body, name="winograd_input_rows"
     )
 
-    def body(e, c, _z, p, v):
+    def body(b, e, c, _z, p, v):
         return _select(
             e % alpha,
             [
-                _sparse_sum((bm[col, j], rows[e // alpha, c, p, col, v]) for col in range(alpha))
+                _sparse_sum(
+                    (bm[col, j], rows[b, e // alpha, c, p, col, v]) for col in range(alpha)
+                )
                 for j in range(alpha)
             ],
         )
 
     return te.compute(
-        (alpha * alpha, cb, 1, n * th * tw, block),
+        (n, alpha * alpha, cb, 1, th * tw, block),
         body,
         name="winograd_input",
         attrs={WINOGRAD_ATTR: m},
@@ -220,17 +228,20 @@ def winograd_input_nchwc(
 
 
 def winograd_product_nchwc(data: te.Tensor, weight: te.Tensor) -> te.Tensor:
-    """``M[e, k/B, 1, p, B] = sum_c V[e, c/B, 0, p, c%B] * U[e, k/B, c, 0, 0, B]``: the
-    blocked 1x1 conv (``conv2d_nchwc_packed``'s loop nest) with a weight per point ``e``."""
-    e, cb, _one, p, bi = (int(v) for v in data.shape)
+    """``M[n, e, k/B, 1, p, B] = sum_c V[n, e, c/B, 0, p, c%B] * U[e, k/B, c, 0, 0, B]``:
+    per sample, the blocked 1x1 conv (``conv2d_nchwc_packed``'s loop nest) with a weight per
+    point ``e``; its schedule fuses the sample and the point into the conv's batch."""
+    n, e = data.shape[:2]
+    bi = int(data.shape[-1])
     _e, kb, c, _kh, _kw, block = (int(v) for v in weight.shape)
+    p = int(data.shape[4])
     rc = te.reduce_axis((0, c), "rc")
     ry = te.reduce_axis((0, 1), "ry")
     rx = te.reduce_axis((0, 1), "rx")
     return te.compute(
-        (e, kb, 1, p, block),
-        lambda t, f, y, x, v: te.sum(
-            data[t, rc // bi, y + ry, x + rx, rc % bi] * weight[t, f, rc, ry, rx, v],
+        (n, e, kb, 1, p, block),
+        lambda b, t, f, y, x, v: te.sum(
+            data[b, t, rc // bi, y + ry, x + rx, rc % bi] * weight[t, f, rc, ry, rx, v],
             axis=[rc, ry, rx],
         ),
         name="winograd_product",
@@ -239,42 +250,43 @@ def winograd_product_nchwc(data: te.Tensor, weight: te.Tensor) -> te.Tensor:
 
 
 def winograd_output_nchwc(
-    data: te.Tensor, batch: int, out_h: int, out_w: int, m: int, r: int = 3
+    data: te.Tensor, out_h: int, out_w: int, m: int, r: int = 3
 ) -> te.Tensor:
-    """``Y[N, K/B, OH, OW, B]`` from ``M[alpha^2, K/B, 1, P, B]``: ``A^T M_p A`` for tile
+    """``Y[N, K/B, OH, OW, B]`` from ``M[N, alpha^2, K/B, 1, P, B]``: ``A^T M_p A`` for tile
     ``p``, in two separable passes, each a sparse sum picked by a ``Select`` on the
     (unrolled) index: columns ``S[e1, j] = sum_e2 M[e1, e2] A[e2, j]``, then
     ``Y[i, j] = sum_e1 A[e1, i] S[e1, j]``."""
-    _e, kb, _one, tiles, block = (int(v) for v in data.shape)
-    th, tw = _tiles(out_h, m), _tiles(out_w, m)
+    n = data.shape[0]
+    kb, tiles, block = int(data.shape[2]), int(data.shape[4]), int(data.shape[5])
+    tw = _tiles(out_w, m)
     alpha = m + r - 1
     am, _b, _g = transform_matrices(m, r)
 
-    def cols_body(e1, k, p, j, v):
+    def cols_body(b, e1, k, p, j, v):
         return _select(
             j,
             [
                 _sparse_sum(
-                    (am[e2, jj], data[e1 * alpha + e2, k, 0, p, v]) for e2 in range(alpha)
+                    (am[e2, jj], data[b, e1 * alpha + e2, k, 0, p, v]) for e2 in range(alpha)
                 )
                 for jj in range(m)
             ],
         )
 
-    cols = te.compute((alpha, kb, tiles, m, block), cols_body, name="winograd_output_cols")
+    cols = te.compute((n, alpha, kb, tiles, m, block), cols_body, name="winograd_output_cols")
 
     def body(b, k, y, x, v):
-        p = (b * th + y // m) * tw + x // m
+        p = y // m * tw + x // m
         return _select(
             y % m,
             [
-                _sparse_sum((am[e1, i], cols[e1, k, p, x % m, v]) for e1 in range(alpha))
+                _sparse_sum((am[e1, i], cols[b, e1, k, p, x % m, v]) for e1 in range(alpha))
                 for i in range(m)
             ],
         )
 
     return te.compute(
-        (batch, kb, out_h, out_w, block),
+        (n, kb, out_h, out_w, block),
         body,
         name="winograd_output",
         attrs={WINOGRAD_ATTR: m},
@@ -298,9 +310,9 @@ def schedule_transform(sch, main, params) -> None:
     name = sch.get(main).name_hint
     first = sch.get_sblock(name + ("_rows" if name == "winograd_input" else "_cols"))
     if name == "winograd_input":
-        e, c, z, p, v = sch.get_loops(main)
-        sch.reorder(c, z, p, e, v)
-        outer = sch.fuse(c, z, p)
+        b, e, c, z, p, v = sch.get_loops(main)
+        sch.reorder(b, c, z, p, e, v)
+        outer = sch.fuse(b, c, z, p)
         sch.unroll(e)
     else:
         while True:

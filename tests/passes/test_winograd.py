@@ -87,8 +87,12 @@ def test_cost_model_picks_the_tile(c, k, hw, attrs, expect):
     assert winograd_tile((1, c // 16, hw, hw, 16), (k, c, 3, 3), attrs) == expect
 
 
-def test_cost_model_needs_static_shapes_and_a_3x3_weight():
-    assert winograd_tile(("$n", 4, 56, 56, 16), (64, 64, 3, 3), _Attrs()) is None
+def test_cost_model_costs_a_dynamic_batch_per_sample_and_needs_a_static_plane():
+    # the weights-bound 14x14 case picks F(2x2) for one sample, as for "$n"
+    assert winograd_tile(("$n", 16, 14, 14, 16), (256, 256, 3, 3), _Attrs()) == 2
+    assert winograd_tile(("$n", 4, 56, 56, 16), (64, 64, 3, 3), _Attrs()) == 4
+    assert winograd_tile((1, 4, "$h", 56, 16), (64, 64, 3, 3), _Attrs()) is None
+    assert winograd_tile(None, (64, 64, 3, 3), _Attrs()) is None
     assert winograd_tile((1, 4, 56, 56, 16), (64, 64, 1, 1), _Attrs(padding=(0, 0, 0, 0))) is None
     assert winograd_tile((1, 4, 56, 56, 16), (64, 64, 5, 5), _Attrs(padding=(2, 2, 2, 2))) is None
 
@@ -139,7 +143,7 @@ def test_scheduled_kernels_match_a_direct_conv(n, c, k, h, w, m, padding, caplog
     product = winograd_product_nchwc(v, weight)
     mm = te.placeholder(product.shape, "float32", "m")
     oh, ow = h + padding[0] + padding[2] - 2, w + padding[1] + padding[3] - 2
-    out = winograd_output_nchwc(mm, n, oh, ow, m)
+    out = winograd_output_nchwc(mm, oh, ow, m)
     bias = te.placeholder((1, k // 16, 1, 1, 16), "float32", "bias")
     relu = te.compute(out.shape, lambda *i: te.max(out(*i) + bias[0, i[1], 0, 0, i[4]], 0.0))
 
@@ -240,6 +244,41 @@ def test_model_runs_winograd_and_matches_onnxruntime(hw, channels, caplog):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
+def test_dynamic_batch_runs_winograd_per_sample_and_matches_onnxruntime(tmp_path):
+    """With a dynamic batch the three kernels keep the batch as their leading dim, so
+    ``batch_outer`` runs each as a loop over its batch-1 schedule; one artifact serves
+    batches 1 and 3."""
+    import onnxruntime as ort
+    from test_dynamic_batch import dynamic_batch
+
+    from tvmforge.passes.batch_outer import collect_declined
+    from tvmforge.passes.schedule_cpu_default import schedule_cpu_default
+    from tvmforge.runtime import LocalVM
+
+    model = dynamic_batch(_basic_blocks(13, 48))
+    loaded = frontend.load(model)
+    target = tvm.target.Target(X86)
+    with target, collect_declined() as declined:
+        inputs = frontend.resolve_inputs(loaded, {}, dynamic_batch=True)
+        mod = schedule_cpu_default()(to_kernels(frontend.to_relax(loaded, inputs), target))
+    assert declined == []
+    kernels = {g.name_hint: f for g, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    calls = re.findall(r"R\.call_tir\((\w+),", mod["main"].script())
+    for stage in ("winograd_input", "winograd_product", "winograd_output"):
+        found = [k for k in calls if stage in k]
+        assert len(found) == 5, (stage, calls)  # the five 3x3 convs
+        assert all("for b in range(N):" in kernels[k].script() for k in found), stage
+    built = build_model(model, "x86", threads=2)
+    built.executable.export_library(str(tmp_path / "lib.so"))
+    vm = LocalVM(tmp_path / "lib.so", "cpu")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 13, 13)).astype(np.float32)
+        (ours,) = vm.run([x])
+        (ref,) = sess.run(None, {"x": x})
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
 
 
 def test_direct_convs_on_request():
