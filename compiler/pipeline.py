@@ -83,18 +83,20 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     convs whose kernel equals their stride become a 1x1 conv and a depth-to-space instead of
     a conv over a zero-dilated input (``conv_transpose_direct``). After the caller's passes,
     float regions between NHWC producers and consumers (an int8 model's FPN) run in NHWC
-    (``sink_transposes``). Last,
-    after the caller's passes (which may still rewrite conv weights), CPU targets carry
-    activations between fp32 convs in the blocked ``NCHW{B}c`` layout (``nchwc_layout``: the
-    convs, with their weights packed for the vector width, and the elementwise ops, pools and
-    concats between them; ``pack_conv_weights``, which packs weights for NCHW activations,
-    is no longer needed here: every conv it would take ``nchwc_layout`` takes first, but a
-    caller can put it among its own passes), their constant matmul
-    weights packed in column panels (``pack_dense_weights``) and polynomial ``exp``/``erf``/
-    ``tanh``/``softmax`` (``fast_math_cpu``); all four are no-ops on other targets.
+    (``sink_transposes``), and a channel shuffle feeding a depthwise conv is read in place by
+    it (``fold_channel_shuffle``). Last, after the caller's passes (which may still rewrite
+    conv weights), CPU targets carry activations between fp32 convs in the blocked
+    ``NCHW{B}c`` layout (``nchwc_layout``: the convs, with their weights packed for the vector
+    width, and the elementwise ops, pools and concats between them; ``pack_conv_weights``,
+    which packs weights for NCHW activations, is no longer needed here: every conv it would
+    take ``nchwc_layout`` takes first, but a caller can put it among its own passes), their
+    constant matmul weights packed in column panels (``pack_dense_weights``) and polynomial
+    ``exp``/``erf``/``tanh``/``softmax`` (``fast_math_cpu``); these five are no-ops on other
+    targets.
     """
     from tvmforge.passes.conv_transpose_direct import conv_transpose_direct
     from tvmforge.passes.fast_math_cpu import fast_math_cpu
+    from tvmforge.passes.fold_channel_shuffle import fold_channel_shuffle
     from tvmforge.passes.fold_constants_numpy import fold_constants_numpy
     from tvmforge.passes.fold_conv_bn import fold_conv_bn
     from tvmforge.passes.nchwc_layout import nchwc_layout
@@ -114,6 +116,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         conv_transpose_direct(),
         *graph,
         sink_transposes(),
+        fold_channel_shuffle(),
         nchwc_layout(),
         pack_dense_weights(),
         fast_math_cpu(),

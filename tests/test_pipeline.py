@@ -47,13 +47,14 @@ def test_cuda_pipeline_schedules_every_kernel():
 
 
 def test_cpu_graph_passes_end_with_layouts_packing_and_fast_math():
-    """After the caller's passes (the quantizer makes NHWC regions): transposes sunk, then
-    blocked conv layouts, dense weight packing and fast math."""
+    """After the caller's passes (the quantizer makes NHWC regions): transposes sunk, channel
+    shuffles folded into depthwise convs, then blocked conv layouts, dense weight packing and
+    fast math."""
     marker = relax.transform.CanonicalizeBindings()
     names = [p.info.name for p in pipeline.graph_passes([marker])]
     caller = len(names) - 1 - names[::-1].index(marker.info.name)
     assert names[caller + 1 :] == [
-        "SinkTransposes", "NchwcLayout", "PackDenseWeights", "FastMathCpu"
+        "SinkTransposes", "FoldChannelShuffle", "NchwcLayout", "PackDenseWeights", "FastMathCpu"
     ]
     assert names.index("ConvTransposeDirect") < caller
 
