@@ -1010,7 +1010,60 @@ def _schedule_contraction(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
     epi_loops = sch.get_loops(epilogue)[len(outer) :]
     if epi_loops:
         sch.vectorize(epi_loops[-1])
+    _pad_per_tile(sch, main)
     _schedule_root_blocks(sch, main, params)
+
+
+# A padding producer computed inside the contraction's outermost loop may redo at most this
+# fraction more work than computing it once (the halo rows of neighbouring tiles).
+_PAD_PER_TILE_REDO = 1.25
+
+
+def _pad_per_tile(sch: s_tir.Schedule, main: SBlockRV) -> None:
+    """A depthwise conv's padding, computed per tile of the outermost (parallel) loop into a
+    buffer that stays in L1, instead of for the whole tensor before the conv: each channel
+    reads only its own input plane. Taken only when that redoes at most
+    ``_PAD_PER_TILE_REDO`` of the padding's work (a dense conv's tile reads every channel).
+    For a stride-2 conv the padded plane is also stored column-deinterleaved (even columns,
+    then odd) and written in that order, one vector per half row, so each tap reads a
+    contiguous vector instead of a stride-2 gather.
+
+    Measured on ShuffleNet's NCHW depthwise 3x3 convs (one thread, the padding before the conv
+    -> per channel): stride 2, 112 channels at 56x56 0.39 -> 0.18 ms (0.29 without the
+    deinterleave), 136 at 28x28 0.099 -> 0.042, 272 at 14x14 0.049 -> 0.024 (0.147 with the
+    deinterleaved plane written by scalars: vector loads right after scalar stores to the
+    same lines stall); stride 1, 136 at 28x28 0.093 -> 0.044, 272 at 14x14 0.037 -> 0.028,
+    544 at 7x7 0.033 -> 0.020. ShuffleNet's first conv (3 -> 24, stride 2, padding per row
+    tile) stays at 0.38 ms."""
+    loops = sch.get_loops(main)
+    if not loops:
+        return
+    for pad in sch.get_producers(main):
+        if not _is_padding(sch, pad) or not _is_root_level(sch, pad, main):
+            continue
+        total = math.prod(_extents(sch, sch.get_loops(pad)))
+        trial = sch.copy()
+        try:
+            trial.compute_at(pad, loops[0])
+        except _SCHEDULE_ERRORS:
+            continue
+        inside = trial.get_loops(pad)[1:]
+        if math.prod(_extents(trial, inside)) * _extents(sch, loops[:1])[0] > (
+            _PAD_PER_TILE_REDO * total
+        ):
+            continue
+        stride, dilation = _column_step(sch, main)
+        shape = sch.get(pad).writes[0].source.shape
+        if stride == 2 and dilation == 1 and int(shape[-1]) % 2 == 0:
+            split = tirx.IndexMap.from_func(
+                lambda *i: [*i[:-1], i[-1] % 2, i[-1] // 2], ndim=len(shape)
+            )
+            sch.transform_layout(pad, ("write", 0), split)
+            sch.transform_block_layout(pad, split)
+        sch.compute_at(pad, loops[0])
+        half_row = sch.get_loops(pad)[-1]
+        if _extents(sch, [half_row])[0] <= 16:
+            sch.vectorize(half_row)
 
 
 # --------------------------------------------------------------------------------------------
