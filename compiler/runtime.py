@@ -65,6 +65,13 @@ def set_threads(threads: int | None) -> None:
     # the kernels of one inference, and waking them costs: SqueezeNet 6.24 -> 4.92 ms median
     # on 2 threads with 1e5 (1e6: 4.88); after the last kernel a worker spins ~30 ms of CPU.
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
+    # TVM pins each worker to a core but leaves the calling thread, which runs a share of
+    # every parallel loop too, free on all of them: whenever the scheduler puts it on the
+    # pinned worker's core the two take turns there. Measured (ShuffleNet, 2 threads, 6
+    # rounds of 20 runs in each of 3 processes): pinned, medians 2.19-3.70 ms with a third
+    # of the rounds at 2.8-3.7; unpinned, 2.21-2.63 ms; ResNet-50 28 ms either way. The
+    # issue-4 table's small models had swung 0.67x <-> 1.23x ONNX Runtime between runs.
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
 
 
