@@ -48,17 +48,18 @@ class Built:
 
         from . import __version__
 
-        passes = pass_list(self.target, self.databases)
+        caller: list[dict[str, Any]] = []
+        extra: dict[str, Any] = {}
         if self.pruning is not None:
             settings = {k: self.pruning[k] for k in ("ratio", "method", "align", "min_channels")}
-            passes.insert(2, {"name": "prune_channels", **settings,
-                              "calibrated": self.pruning["calibrated_layers"] > 0})
-        extra = {"pruning": self.pruning} if self.pruning is not None else {}
+            caller.append({"name": "prune_channels", **settings,
+                           "calibrated": self.pruning["calibrated_layers"] > 0})
+            extra["pruning"] = self.pruning
         if self.quantization is not None:
             q = self.quantization
-            passes.insert(2 + (self.pruning is not None),
-                          {"name": "quantize_int8", **q["settings"]})
+            caller.append({"name": "quantize_int8", **q["settings"]})
             extra["quantization"] = q["report"]
+        passes = pass_list(self.target, self.databases, caller)
         return {
             "model": {
                 "source": self.model.path,
@@ -77,17 +78,43 @@ class Built:
         }
 
 
-def pass_list(target: ResolvedTarget, databases: Sequence[Path]) -> list[dict[str, Any]]:
-    """The passes applied, with their settings, as the manifest records them."""
-    schedules = "dlight-gpu" if target.device != "cpu" else "schedule_cpu_default"
-    steps: list[dict[str, Any]] = [
-        {"name": "DecomposeOpsForInference"},
-        {"name": "FoldConstant"},
-        {"name": "LegalizeOps"},
-        {"name": "FuseOps+FuseTIR"},
-        {"name": "MetaScheduleApplyDatabase", "databases": [str(d) for d in databases]},
-        {"name": "default_schedules", "kind": schedules},
-    ]
+# Graph passes that rewrite nothing unless the target is a CPU (each checks the current target).
+_CPU_ONLY_PASSES = frozenset({"FoldChannelShuffle", "NchwcLayout", "PackDenseWeights", "FastMathCpu"})
+
+
+def pass_list(
+    target: ResolvedTarget, databases: Sequence[Path], caller: Sequence[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The passes compile runs, in order, as the manifest records them.
+
+    Read off the pipeline itself (``pipeline.graph_passes``, the backend's library dispatch,
+    ``pipeline.legalize_passes``), so the record cannot drift from what runs: the graph
+    passes (those that act only on CPUs left out for other targets), ``caller``'s entries
+    (pruning, quantization, with their settings) where the pipeline runs the caller's graph
+    passes, the dispatch, legalization and fusion passes, the tuning databases applied, and
+    the default schedules.
+    """
+    import tvm
+
+    from .pipeline import _backend, graph_passes, legalize_passes
+
+    marker = "tvmforge.CallerPasses"
+    slot = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name=marker)
+    on_cpu = target.device == "cpu"
+    steps: list[dict[str, Any]] = []
+    for p in graph_passes([slot]):
+        name = p.info.name
+        if name == marker:
+            steps += [dict(c) for c in caller]
+        elif on_cpu or name not in _CPU_ONLY_PASSES:
+            steps.append({"name": name, **({"winograd": True} if name == "NchwcLayout" else {})})
+    tvm_target = target.tvm_target()
+    steps += [{"name": p.info.name} for p in _backend(tvm_target).library_dispatch_passes(tvm_target)]
+    steps += [{"name": p.info.name} for p in legalize_passes()]
+    steps.append({"name": "MetaScheduleApplyDatabase", "databases": [str(d) for d in databases]})
+    steps.append(
+        {"name": "default_schedules", "kind": "schedule_cpu_default" if on_cpu else "dlight-gpu"}
+    )
     return steps
 
 

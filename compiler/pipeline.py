@@ -91,7 +91,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     which packs weights for NCHW activations, is no longer needed here: every conv it would
     take ``nchwc_layout`` takes first, but a caller can put it among its own passes), their
     constant matmul weights packed in column panels (``pack_dense_weights``) and polynomial
-    ``exp``/``erf``/``tanh``/``softmax`` (``fast_math_cpu``); these five are no-ops on other
+    ``exp``/``erf``/``tanh``/``softmax`` (``fast_math_cpu``); these four are no-ops on other
     targets.
     """
     from tvmforge.passes.conv_transpose_direct import conv_transpose_direct

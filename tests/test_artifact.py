@@ -32,7 +32,30 @@ def test_manifest_records_io_target_passes_source_versions(built, tmp_path):
     assert m["target"]["key"] == "x86" and m["target"]["device"] == "cpu"
     assert m["model"]["sha256"] == hashlib.sha256(conv_relu_model().SerializeToString()).hexdigest()
     assert m["versions"] == {"tvmforge": tvmforge.__version__, "tvm": tvm.__version__}
-    assert [p["name"] for p in m["passes"]][:2] == ["DecomposeOpsForInference", "FoldConstant"]
+    # the record is what compile ran: the pipeline's passes before scheduling, then the
+    # databases applied and the default schedules
+    from tvmforge.pipeline import pre_schedule_passes
+
+    ran = [p.info.name for p in pre_schedule_passes(built.target.tvm_target())]
+    assert [p["name"] for p in m["passes"]] == [
+        *ran, "MetaScheduleApplyDatabase", "default_schedules"
+    ]
+    assert {"FoldConvBatchNorm", "FoldChannelShuffle", "NchwcLayout"} <= set(ran)
+    assert next(p for p in m["passes"] if p["name"] == "NchwcLayout")["winograd"] is True
+
+
+def test_manifest_leaves_out_cpu_only_passes_for_gpus_and_places_the_callers():
+    """On a GPU target the CPU-only graph passes rewrite nothing and are not recorded; pruning
+    and quantization sit where the pipeline runs the caller's graph passes."""
+    from tvmforge.build import pass_list
+    from tvmforge.targets import resolve
+
+    caller = [{"name": "prune_channels"}, {"name": "quantize_int8"}]
+    names = [p["name"] for p in pass_list(resolve("cuda"), [], caller)]
+    assert "NchwcLayout" not in names and "FoldChannelShuffle" not in names
+    assert names.index("ConvTransposeDirect") < names.index("prune_channels")
+    assert names.index("prune_channels") + 1 == names.index("quantize_int8")
+    assert names.index("quantize_int8") < names.index("SinkTransposes") < names.index("LegalizeOps")
 
 
 def test_weights_are_inside_the_library(built, tmp_path):
