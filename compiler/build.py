@@ -79,7 +79,9 @@ class Built:
 
 
 # Graph passes that rewrite nothing unless the target is a CPU (each checks the current target).
-_CPU_ONLY_PASSES = frozenset({"FoldChannelShuffle", "NchwcLayout", "PackDenseWeights", "FastMathCpu"})
+_CPU_ONLY_PASSES = frozenset(
+    {"FoldChannelShuffle", "NchwcLayout", "PackDenseWeights", "FastMathCpu"}
+)
 
 
 def pass_list(
@@ -109,7 +111,8 @@ def pass_list(
         elif on_cpu or name not in _CPU_ONLY_PASSES:
             steps.append({"name": name, **({"winograd": True} if name == "NchwcLayout" else {})})
     tvm_target = target.tvm_target()
-    steps += [{"name": p.info.name} for p in _backend(tvm_target).library_dispatch_passes(tvm_target)]
+    dispatch = _backend(tvm_target).library_dispatch_passes(tvm_target)
+    steps += [{"name": p.info.name} for p in dispatch]
     steps += [{"name": p.info.name} for p in legalize_passes()]
     steps.append({"name": "MetaScheduleApplyDatabase", "databases": [str(d) for d in databases]})
     steps.append(

@@ -634,7 +634,7 @@ def _schedule_pool(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParam
     if len(sch.get_consumers(main)) > 1:
         raise ValueError("pool with several consumers")
     n, c, y, x, ry, rx = sch.get_loops(main)
-    ext_n, ext_c, ext_y, ext_x = _extents(sch, [n, c, y, x])
+    ext_n, ext_c, _ext_y, ext_x = _extents(sch, [n, c, y, x])
     stmt = sch.get(main)
     x_var = stmt.iter_vars[3].var
     stride = None

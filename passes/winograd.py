@@ -103,7 +103,7 @@ def transform_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.n
 def winograd_weight(weight: np.ndarray, m: int, block: int) -> np.ndarray:
     """``W[K, C, 3, 3]`` -> ``U[alpha^2, ceil(K/B), C, 1, 1, B]`` (``U[e] = G W G^T``; zero
     filters pad ``K`` to a multiple of ``B``), the weight of ``winograd_product_nchwc``."""
-    k, c, kh, kw = weight.shape
+    k, c, kh, _kw = weight.shape
     _a, _b, g = transform_matrices(m, kh)
     alpha = m + kh - 1
     u = np.einsum("ei,kcij,uj->eukc", g, weight.astype(np.float64), g)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import onnx
+
 from onnx_builders import conv_relu_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,10 @@ def test_the_revision_is_what_its_builds_import(tmp_path):
     """``PYTHONPATH`` from ``_checkout`` imports the archived source, subpackages included,
     not the installed (editable) package."""
     path = _load()._checkout("HEAD", tmp_path)
-    code = "import tvmforge, tvmforge.passes.winograd as w; print(tvmforge.__file__); print(w.__file__)"
+    code = (
+        "import tvmforge, tvmforge.passes.winograd as w; "
+        "print(tvmforge.__file__); print(w.__file__)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(path)),
         capture_output=True, text=True, check=True, cwd=tmp_path,

@@ -71,7 +71,9 @@ def _unit(channels: int, groups: int, hw: int, stride: int, second_use: bool = F
     out = -(-hw // stride)
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, out, out])]
     if second_use:
-        outputs.append(helper.make_tensor_value_info("sh", TensorProto.FLOAT, [1, channels, hw, hw]))
+        outputs.append(
+            helper.make_tensor_value_info("sh", TensorProto.FLOAT, [1, channels, hw, hw])
+        )
     return make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, hw, hw])],

@@ -16,13 +16,12 @@ import onnx
 import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
-from tvm import relax, s_tir, te, tirx
+from tvm import relax, te, tirx
 
 from onnx_builders import make_model
 from tvmforge import build_model, frontend
 from tvmforge.passes.nchwc_layout import nchwc_layout, to_blocked
 from tvmforge.passes.schedule_cpu_default import CpuScheduleParams, schedule_prim_func
-from tvmforge.pipeline import to_kernels
 from tvmforge.passes.winograd import (
     transform_matrices,
     winograd_input_nchwc,
@@ -31,6 +30,7 @@ from tvmforge.passes.winograd import (
     winograd_tile,
     winograd_weight,
 )
+from tvmforge.pipeline import to_kernels
 
 X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
 LOGGER = "tvmforge.passes.schedule_cpu_default"
@@ -148,7 +148,7 @@ def test_scheduled_kernels_match_a_direct_conv(n, c, k, h, w, m, padding, caplog
     relu = te.compute(out.shape, lambda *i: te.max(out(*i) + bias[0, i[1], 0, 0, i[4]], 0.0))
 
     f_in, k_in = _scheduled([data, points], params, caplog)
-    f_prod, k_prod = _scheduled([v, weight, product], params, caplog)
+    _f_prod, k_prod = _scheduled([v, weight, product], params, caplog)
     f_out, k_out = _scheduled([mm, bias, relu], params, caplog)
     for func in (f_in, f_out):  # the transforms' own schedule: a parallel loop of tiles
         assert "T.parallel" in func.script() and "T.vectorized(16)" in func.script()
