@@ -372,21 +372,25 @@ def test_grouped_tile_prefers_channels_of_one_group_over_ragged_rows(v_ext, row_
     assert grouped_tile(v_ext, row_ext, group, 16) == tile
 
 
+def _scheduled_conv(cin: int, cout: int, k: int, stride: int, group: int, hw: int):
+    """The conv kernel of ``_conv_model(...)`` after the x86 default schedule."""
+    from tvmforge import frontend
+    from tvmforge.pipeline import to_kernels
+
+    model = frontend.load(_conv_model(cin, cout, k, stride, group, hw))
+    target = tvm.target.Target(X86)
+    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
+    (func,) = [f for g, f in kernels.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc) and "conv" in g.name_hint]
+    return s_tir.Schedule(_schedule(tvm.IRModule({"main": func}))["main"])
+
+
 def test_depthwise_padding_is_computed_per_channel_and_deinterleaved_at_stride_2():
     """ShuffleNet's depthwise conv of 136 channels at 28x28, stride 2: the padded plane is
     written per channel inside the parallel loop, even columns then odd, by vectors of a half
     row; the conv then reads its taps as contiguous vectors (0.099 -> 0.042 ms, one
     thread)."""
-    from tvmforge import frontend
-    from tvmforge.pipeline import to_kernels
-
-    model = frontend.load(_conv_model(136, 136, 3, 2, 136, 28))
-    target = tvm.target.Target(X86)
-    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
-    (func,) = [f for g, f in kernels.functions_items()
-               if isinstance(f, tvm.tirx.PrimFunc) and "conv" in g.name_hint]
-    after = _schedule(tvm.IRModule({"main": func}))["main"]
-    sch = s_tir.Schedule(after)
+    sch = _scheduled_conv(136, 136, 3, 2, 136, 28)
     pad, conv = sch.get_sblock("pad_temp"), sch.get_sblock("group_conv2d_nchw_update")
     pad_loops, conv_loops = sch.get_loops(pad), sch.get_loops(conv)
     assert sch.get(pad_loops[0]).same_as(sch.get(conv_loops[0]))  # inside the channel loop
@@ -399,16 +403,7 @@ def test_grouped_conv_tiles_channels_of_one_group():
     """ShuffleNet's grouped 1x1 convs (4 groups of 68): 17 output channels of the same group
     share each 14-wide input row in the register tile (2 x 7 rows before: 67 -> 104 GFLOP/s,
     one thread; the first channel tile, 2 x 7, had taken 0.96 -> 0.46 ms)."""
-    from tvmforge import frontend
-    from tvmforge.pipeline import to_kernels
-
-    model = frontend.load(_conv_model(272, 272, 1, 1, 4, 14))
-    target = tvm.target.Target(X86)
-    kernels = to_kernels(frontend.to_relax(model, frontend.resolve_inputs(model, {})), target)
-    (func,) = [f for g, f in kernels.functions_items()
-               if isinstance(f, tvm.tirx.PrimFunc) and "conv" in g.name_hint]
-    after = _schedule(tvm.IRModule({"main": func}))["main"]
-    sch = s_tir.Schedule(after)
+    sch = _scheduled_conv(272, 272, 1, 1, 4, 14)
     loops = sch.get_loops(sch.get_sblock("group_conv2d_nchw_update"))
     kinds = [sch.get(lp).kind for lp in loops]
     extents = [int(sch.get(lp).extent) for lp in loops]
