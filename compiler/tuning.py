@@ -678,6 +678,7 @@ def _traced_default_schedule(mod: Any, tvm_target: Any) -> Any:
     ]
     attempts.insert(0, lambda sch: cpu._schedule_pool(sch, cpu._window_pool(sch), params))
     winograd = importlib.import_module("tvmforge.passes.winograd")
+    weight_prefetch = importlib.import_module("tvmforge.passes.weight_prefetch")
     attempts.insert(
         0, lambda sch: winograd.schedule_transform(sch, cpu._winograd_transform(sch), params)
     )
@@ -689,7 +690,9 @@ def _traced_default_schedule(mod: Any, tvm_target: Any) -> Any:
             attempt(sch)
         except Exception:  # this recipe does not fit the kernel; the next one may
             continue
-        if tvm_ffi.structural_equal(bare(sch.mod["main"]), bare(want)):
+        # the schedule's marks become prefetch loops after scheduling, as in the pass
+        done = weight_prefetch.insert_weight_prefetches(sch.mod["main"])
+        if tvm_ffi.structural_equal(bare(done), bare(want)):
             return sch
     log.info("default schedule of %s not reproduced with a trace", mod["main"])
     return None
