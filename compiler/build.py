@@ -93,12 +93,12 @@ def pass_list(
     ``pipeline.legalize_passes``), so the record cannot drift from what runs: the graph
     passes (those that act only on CPUs left out for other targets), ``caller``'s entries
     (pruning, quantization, with their settings) where the pipeline runs the caller's graph
-    passes, the dispatch, legalization and fusion passes, the tuning databases applied, and
-    the default schedules.
+    passes, the dispatch, legalization and fusion passes, the tuning databases applied, the
+    default schedules, and the buffer passes on the lowered graph.
     """
     import tvm
 
-    from .pipeline import _backend, graph_passes, legalize_passes
+    from .pipeline import _backend, buffer_passes, graph_passes, legalize_passes
 
     marker = "tvmforge.CallerPasses"
     slot = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name=marker)
@@ -118,6 +118,7 @@ def pass_list(
     steps.append(
         {"name": "default_schedules", "kind": "schedule_cpu_default" if on_cpu else "dlight-gpu"}
     )
+    steps += [{"name": p.info.name} for p in buffer_passes()]
     return steps
 
 

@@ -142,6 +142,15 @@ def schedule_passes(
     return applied + scheduler(target)
 
 
+def buffer_passes() -> list[tvm.transform.Pass]:
+    """tvmforge's passes on the lowered graph, after ``CallTIRRewrite`` made every kernel's
+    output an explicit allocation and before memory planning: a dead residual's buffer
+    reused as the output of the kernel that adds it (``inplace_epilogue``)."""
+    from tvmforge.passes import inplace_epilogue
+
+    return [inplace_epilogue.reuse_residual_buffers()]
+
+
 def pre_schedule_passes(
     target: tvm.target.Target, graph: Sequence[tvm.transform.Pass] = ()
 ) -> list[tvm.transform.Pass]:
@@ -190,6 +199,7 @@ def tvmforge_pipeline(
                 pre_schedule_passes(target, graph)
                 + schedule_passes(target, databases)
                 + backend.dataflow_lower_passes(target)
+                + buffer_passes()
                 + backend.finalize_passes(target)
                 + [_restrict_host_funcs]
             )

@@ -33,12 +33,12 @@ def test_manifest_records_io_target_passes_source_versions(built, tmp_path):
     assert m["model"]["sha256"] == hashlib.sha256(conv_relu_model().SerializeToString()).hexdigest()
     assert m["versions"] == {"tvmforge": tvmforge.__version__, "tvm": tvm.__version__}
     # the record is what compile ran: the pipeline's passes before scheduling, then the
-    # databases applied and the default schedules
+    # databases applied, the default schedules and the buffer passes
     from tvmforge.pipeline import pre_schedule_passes
 
     ran = [p.info.name for p in pre_schedule_passes(built.target.tvm_target())]
     assert [p["name"] for p in m["passes"]] == [
-        *ran, "MetaScheduleApplyDatabase", "default_schedules"
+        *ran, "MetaScheduleApplyDatabase", "default_schedules", "ReuseResidualBuffers"
     ]
     assert {"FoldConvBatchNorm", "FoldChannelShuffle", "NchwcLayout"} <= set(ran)
     assert next(p for p in m["passes"] if p["name"] == "NchwcLayout")["winograd"] is True
