@@ -1164,6 +1164,7 @@ def packed_conv_tile(
     stride: int = 1,
     dilation: int = 1,
     max_blocks: int = 4,
+    accumulators: int | None = None,
 ) -> tuple[int, int]:
     """Register tile ``(nf, xi)``: ``nf`` vectors of output channels by ``xi`` output columns.
 
@@ -1176,7 +1177,7 @@ def packed_conv_tile(
     taps), for ``nf * xi * kernel_w`` FMAs. ``nf`` divides the channel blocks and ``xi`` the
     output width, so no loop has a tail.
     """
-    budget = max(registers // 2, 1)
+    budget = max(registers // 2 if accumulators is None else min(registers // 2, accumulators), 1)
     best: tuple[float, int, int, int] | None = None
     for nf in _divisors(channel_blocks):
         for xi in _divisors(width):
@@ -1371,13 +1372,16 @@ def _schedule_packed_conv(sch: s_tir.Schedule, main: SBlockRV, params: CpuSchedu
 _L1_WEIGHT_BLOCK_BYTES = 32 << 10
 
 
-def _flat_conv_tile(channel_blocks: int, plane: int, registers: int) -> tuple[int, int] | None:
+def _flat_conv_tile(
+    channel_blocks: int, plane: int, registers: int, accumulators: int | None = None
+) -> tuple[int, int] | None:
     """Register tile of a 1x1 stride-1 conv swept over the flattened plane block of channels
     by block: two vectors of channels by the largest divisor of the plane from 4 to 8 pixels
     (14-16 accumulators). Measured in ResNet-50 (1x1 256->1024 at 14x14 with its residual,
     x6, in the model): 2x7 by channel blocks 2.36 ms, the 4x4 input-tile order 2.86 ms."""
-    pixels = [d for d in _divisors(plane) if 4 <= d <= 8]
-    if channel_blocks % 2 or not pixels or 2 * max(pixels) > registers // 2:
+    limit = registers // 2 if accumulators is None else min(registers // 2, accumulators)
+    pixels = [d for d in _divisors(plane) if 4 <= d <= 8 and 2 * d <= limit]
+    if channel_blocks % 2 or not pixels:
         return None
     return 2, max(pixels)
 
@@ -1481,7 +1485,17 @@ _WEIGHT_PREFETCH = True
 # an alloca that LLVM keeps in registers. ResNet-50 in the model, interleaved: 26.81 ->
 # 26.55 ms; the Winograd product at 14x14 0.385 -> 0.376 ms.
 _ACC_SCOPE = "global"
+# ... and under 1 KiB (``kMaxStackAlloca``): a tile of 16 vectors of 16 floats is 1 KiB.
+_STACK_TILES = True
+
+
+def _stack_accumulators(block: int) -> int | None:
+    """The most float32 accumulator vectors of ``block`` lanes that stay under TVM's stack
+    limit (1 KiB: 15 of 16 lanes); ``None`` when tiles are not capped."""
+    return (1024 - 1) // (block * 4) if _STACK_TILES else None
 _K_BLOCKED_PREFETCH_DISTANCE = 2
+_DIRECT_PREFETCH_DISTANCE = 1
+_PREFETCH_WINOGRAD_PRODUCT = True
 
 
 def _prefetch_weights(
@@ -1529,7 +1543,8 @@ def _schedule_packed_conv_nchwc(
     (``_schedule_flat_conv_k_blocked``).
     """
     main, block, epilogue = _packed_conv_blocks(sch, main, "SSSSSRRR")
-    if len(sch.get_loops(main)) == 9:  # a Winograd product: its sample and point are the batch
+    winograd_product = len(sch.get_loops(main)) == 9
+    if winograd_product:  # its sample and point are the batch
         if _extents(sch, sch.get_loops(epilogue)) != _extents(sch, sch.get_loops(main)[:6]):
             raise ValueError("the epilogue is not elementwise on the Winograd product")
         sch.fuse(*sch.get_loops(main)[:2])
@@ -1544,15 +1559,17 @@ def _schedule_packed_conv_nchwc(
     weight_bytes = ext_f * block * ext_rc * ext_ry * ext_rx * 4
     flat = ext_ry == ext_rx == 1 and stride == 1 and not _is_padded(sch, main)
     width = ext_y * ext_x if flat else ext_x
+    stack = _stack_accumulators(block)
     nf, xi = packed_conv_tile(
-        ext_f, width, params.vector_registers, 1 if flat else ext_rx, stride, dilation
+        ext_f, width, params.vector_registers, 1 if flat else ext_rx, stride, dilation,
+        accumulators=stack,
     )
     weight_outer = weight_bytes > _WEIGHT_CACHE_BYTES
     if flat:
         # Swept block of channels by block of channels, a tile's weights are re-read at every
         # tile of the plane: from L1 when they fit it, and the input (re-read per block) from
         # L2 when it fits that. Otherwise the input tile stays put and the weights stream.
-        flat_tile = _flat_conv_tile(ext_f, width, params.vector_registers)
+        flat_tile = _flat_conv_tile(ext_f, width, params.vector_registers, stack)
         if (
             flat_tile is not None
             and flat_tile[0] * block * ext_rc * 4 <= _L1_WEIGHT_BLOCK_BYTES
@@ -1592,7 +1609,7 @@ def _schedule_packed_conv_nchwc(
     if params.num_cores > 1:
         sch.parallel(fused)
     sch.decompose_reduction(main, rc)
-    if _WEIGHT_PREFETCH:
+    if _WEIGHT_PREFETCH and (_PREFETCH_WINOGRAD_PRODUCT or not winograd_product):
         # the next block of weights, a share per output tile of the current block; skipped
         # (too many lines a tile) for the 3x3 convs whose block is re-read over few tiles:
         # spreading those over chunks of the reduction measured slower (3x3 512 at 7x7,
@@ -1605,6 +1622,7 @@ def _schedule_packed_conv_nchwc(
             block_elems=nf * block * ext_rc * ext_ry * ext_rx,
             rows=nf,
             steps_per_slice=iters_per_slice,
+            distance=_DIRECT_PREFETCH_DISTANCE,
         )
     epi_loops = sch.get_loops(epilogue)
     inner = epi_loops[-3:] if merged else epi_loops[-4:]  # the tile's [f, (y,) x, b]

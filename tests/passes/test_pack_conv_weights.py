@@ -146,7 +146,9 @@ def test_packed_conv_schedule_keeps_a_vector_of_channels_in_registers(caplog):
     assert extents[-1] == 16
     assert extents[-3:-1] == list(packed_conv_tile(2, 7, 32, kernel_w=3, stride=2))
     accumulator = sch.get(update).writes[0].source
-    assert accumulator.scope() == "local" and int(accumulator.shape[-1]) == 16
+    # global scope under 1 KiB: an alloca LLVM keeps in registers (local goes through
+    # TVMBackendAllocWorkspace once per tile)
+    assert accumulator.scope() == "global" and int(accumulator.shape[-1]) == 16
 
 
 @I.ir_module
@@ -217,7 +219,8 @@ def test_pointwise_conv_with_big_weights_packs_its_input_by_tile_columns():
         for buf in after.body.block.alloc_buffers
         if buf.scope() == "global"
     ]
-    assert allocated == [(1, 14, 14 // xi, 256, xi)]
+    # the input copy (the other global buffer is the register tile's accumulators)
+    assert (1, 14, 14 // xi, 256, xi) in allocated
     sch = s_tir.Schedule(after)
     loops = sch.get_loops(sch.get_sblock("conv2d_nchw_packed_update"))
     assert sch.get(loops[0]).kind == tirx.ForKind.PARALLEL

@@ -467,3 +467,25 @@ def test_row_reductions_are_vector_partials_and_match_onnxruntime(caplog):
         loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock(name))]
         assert loops[0].kind == tvm.tirx.ForKind.PARALLEL
         assert loops[-1].kind == tvm.tirx.ForKind.VECTORIZED and int(loops[-1].extent) == 16
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "hw"),
+    [
+        pytest.param(64, 256, 56, id="1x1-56x56"),  # a 2x8 tile (1 KiB) before: capped to 2x7
+        pytest.param(128, 512, 28, id="1x1-28x28"),
+        pytest.param(256, 1024, 14, id="1x1-14x14"),
+    ],
+)
+def test_register_tile_accumulators_live_on_the_stack(cin, cout, hw):
+    """The accumulators of a conv's register tile are an alloca under 1 KiB, not a workspace
+    allocation (``TVMBackendAllocWorkspace``, a memset and a free per tile: local scope, or a
+    tile of 1 KiB or more, gets one). ResNet-50: 26.81 -> 26.55 ms (scope), 26.40 -> 26.09 ms
+    (tiles under 1 KiB)."""
+    sch = _scheduled_conv(cin, cout, 1, 1, 1, hw)
+    func = sch.mod["main"]
+    tgt = tvm.target.Target(X86)
+    with tgt:
+        lib = tvm.tirx.build(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=tgt)
+    asm = lib.inspect_source("asm")
+    assert "TVMBackendAllocWorkspace" not in asm
