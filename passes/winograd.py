@@ -50,6 +50,7 @@ a tile. The transforms carry the block annotation ``tvmforge.winograd`` (the til
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import tvm
@@ -297,6 +298,15 @@ def winograd_output_nchwc(
 # CPU schedule of the two transforms
 
 
+# The first pass computed per row (input) or column (output) of the tile it feeds, on the
+# stack, instead of whole per tile in a workspace allocation.
+_TRANSFORM_ROWS = True
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
 def schedule_transform(sch, main, params) -> None:
     """One tile (``B`` channels of one ``alpha x alpha`` input tile, or of one ``m x m``
     output tile) per iteration of a parallel loop; its first pass (rows, columns) computed
@@ -313,7 +323,15 @@ def schedule_transform(sch, main, params) -> None:
         b, e, c, z, p, v = sch.get_loops(main)
         sch.reorder(b, c, z, p, e, v)
         outer = sch.fuse(b, c, z, p)
-        sch.unroll(e)
+        alpha = math.isqrt(_extent(sch, e))
+        if _TRANSFORM_ROWS:
+            e1, e2 = sch.split(e, factors=[alpha, alpha])
+            sch.unroll(e1)
+            sch.unroll(e2)
+            at = e1  # V[e1, :] reads row e1 of the first pass only
+        else:
+            sch.unroll(e)
+            at = outer
     else:
         while True:
             consumers = sch.get_consumers(main)
@@ -325,15 +343,23 @@ def schedule_transform(sch, main, params) -> None:
         b, k, y, x, v = sch.get_loops(main)
         ty, iy = sch.split(y, factors=[None, m])
         tx, ix = sch.split(x, factors=[None, m])
-        sch.reorder(b, k, ty, tx, iy, ix, v)
+        if _TRANSFORM_ROWS:
+            sch.reorder(b, k, ty, tx, ix, iy, v)
+            at = ix  # output column ix reads column ix of the first pass only
+        else:
+            sch.reorder(b, k, ty, tx, iy, ix, v)
         outer = sch.fuse(b, k, ty, tx)
+        if not _TRANSFORM_ROWS:
+            at = outer
         sch.unroll(iy)
         sch.unroll(ix)
     sch.vectorize(v)
     if params.num_cores > 1:
         sch.parallel(outer)
-    sch.compute_at(first, outer, preserve_unit_loops=True)
-    sch.set_scope(first, 0, "local")
+    sch.compute_at(first, at, preserve_unit_loops=True)
+    # global scope and one row of the first pass (under 1 KiB): an alloca in registers; a
+    # local buffer, or a whole 6x6 tile (2.3 KiB), is a TVMBackendAllocWorkspace per tile
+    sch.set_scope(first, 0, "global" if _TRANSFORM_ROWS else "local")
     *tile, first_v = sch.get_loops(first)[1:]
     for loop in tile:
         sch.unroll(loop)

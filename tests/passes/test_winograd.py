@@ -317,3 +317,38 @@ def test_tuning_replays_the_default_schedules_as_traces():
     for name in winograd:
         kernel = tvm.IRModule({"main": mod[name].with_attr("global_symbol", "main")})
         assert tuning._traced_default_schedule(kernel, target) is not None, name
+
+
+def test_transforms_compute_their_first_pass_a_row_at_a_time_on_the_stack():
+    """Each transform's first pass is computed per row (input) or column (output) of the tile
+    it feeds, into a global buffer under 1 KiB: an alloca that LLVM keeps in registers. Whole
+    per tile (6x6x16 floats, 2.3 KiB) or in local scope, it was a TVMBackendAllocWorkspace, a
+    memset and a free per tile: ResNet-50 26.47 -> 26.12 ms in the model, F(2x2) input
+    transform at 14x14 0.028 -> 0.018 ms."""
+    from tvm import s_tir
+
+    from tvmforge.passes.schedule_cpu_default import CpuScheduleParams, schedule_prim_func
+
+    loaded = frontend.load(_basic_blocks(28, 32))
+    target = tvm.target.Target(X86)
+    mod = to_kernels(frontend.to_relax(loaded, frontend.resolve_inputs(loaded, {})), target)
+    params = CpuScheduleParams.from_target(target)
+    seen = set()
+    for gvar, func in mod.functions_items():
+        name = gvar.name_hint
+        kind = next((k for k in ("input", "output") if f"winograd_{k}" in name), None)
+        if kind is None:
+            continue
+        sch = s_tir.Schedule(schedule_prim_func(func, params))
+        first = sch.get_sblock(f"winograd_{kind}_{'rows' if kind == 'input' else 'cols'}")
+        assert sch.get(first).writes[0].source.scope() == "global"
+        # what one iteration of the loop it is computed at writes: the buffer after compaction
+        main_loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock(f"winograd_{kind}"))]
+        own = [sch.get(lp) for lp in sch.get_loops(first)]
+        shared = max(i for i, lp in enumerate(own) if any(lp.same_as(m) for m in main_loops))
+        elements = 1
+        for lp in own[shared + 1 :]:
+            elements *= int(lp.extent)
+        assert elements * 4 < 1024, (name, elements)
+        seen.add(kind)
+    assert seen == {"input", "output"}
