@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import tvm
 from test_schedule_cpu_default import _assert_close, _conv_model, _run_both, _scheduled_conv
 from tvm import tirx
 from tvm.sym.analyzer import Analyzer
@@ -73,12 +74,23 @@ def test_streamed_weight_convs_prefetch_their_next_block_and_match_onnxruntime(c
     _assert_close(ours, ref)
 
 
-def test_a_block_reread_over_few_tiles_gets_no_prefetch_burst():
-    """A 3x3 conv with 512 input channels at 7x7 re-reads a 288 KiB block per row over only 7
-    tiles: one tile would have to issue hundreds of prefetches, so none are added."""
-    script = _scheduled_conv(512, 64, 3, 1, 1, 7).mod["main"].script()
-    assert _prefetch_lines(script) == 0
-    assert wp.PREFETCH_ATTR not in script
+def test_a_3x3_conv_with_streamed_weights_runs_its_reduction_in_prefetched_chunks():
+    """A 3x3 conv with 512 input channels at 7x7 (ResNet-50's last stage: 9.4 MB of weights
+    read at every inference) runs per block of two channel vectors, its reduction in chunks of
+    16 input channels (18 KiB of weights, held in L1 over the whole plane) with the chunk two
+    ahead prefetched: 3x3 512 at 7x7, two threads, cold weights 1.01 -> 0.81 ms; ResNet-50
+    in the model 26.28 -> 25.26 ms. It still computes the conv."""
+    sch = _scheduled_conv(512, 64, 3, 1, 1, 7)
+    update = sch.get_sblock("conv2d_nchwc_packed_update")
+    loops = sch.get_loops(update)
+    extents = [int(sch.get(lp).extent) for lp in loops]
+    assert sch.get(loops[0]).kind == tvm.tirx.ForKind.PARALLEL
+    assert extents[0] == 64 // 16 // 2  # blocks of two channel vectors
+    assert extents[1] == 512 // 16  # chunks of 16 input channels
+    assert extents[-6:-3] == [16, 3, 3]  # a chunk's [c, ky, kx], as the weights lie
+    assert _prefetch_lines(sch.mod["main"].script()) > 0
+    ours, ref = _run_both(_conv_model(512, 64, 3, 1, 1, 7))
+    _assert_close(ours, ref)
 
 
 def test_mark_declines_more_lines_a_step_than_the_limit():
