@@ -15,18 +15,24 @@ register tile: 0.35 / 0.43.
 What
 ----
 A schedule marks two loops with ``mark_weight_prefetch``: the *outer* loop (the kernel's
-parallel loop, whose iterations ``p`` each use one contiguous *slice* of the weight buffer,
-``R`` consecutive iterations sharing a slice) and the *step* loop (``S`` steps per
-iteration: the outer loop itself, or a loop inside it that runs outside the register tile's
-reduction). ``insert_weight_prefetches`` then puts at the head of the step loop's body::
+parallel loop) and the *step* loop (the outer loop itself, or a loop inside it that runs
+outside the register tile's reduction). The weight buffer is a sequence of *blocks* (one per
+block of output-channel vectors: ``rows`` rows of ``C * KH * KW * B`` floats), each read in
+``chunks`` consecutive chunks; a *slice* is one chunk of a block's rows, and the kernel's
+iterations use the slices in order, each for ``steps_per_slice`` consecutive steps.
+``insert_weight_prefetches`` then puts at the head of the step loop's body::
 
-    for i in range(lines):   # lines = ceil(slice lines / (R * S))
-        prefetch(W + next_slice + min(step * lines + i, slice lines - 1) * line)
+    for i in range(lines):                  # lines = ceil(chunk lines / steps_per_slice)
+        for r in range(rows):
+            prefetch(W + base(s + distance) + r * row + ((g % steps_per_slice) * lines + i) * 64B)
 
-with ``next_slice = ((p // R + 1) % slices) * slice`` and ``step = (p % R) * S + s``, so the
-``R * S`` steps that use one slice fetch the whole next slice into L2 (``prefetcht1``), a
-few lines per step. Each thread of TVM's static parallel split runs consecutive
-iterations, so the next slice is its own.
+where ``g`` is the step's global index (the outer loop's index, then the loops down to the
+step, linearised) and ``s = g // steps_per_slice`` the slice it uses; ``base`` wraps at the
+last slice. So the steps that use one slice fetch the whole slice ``distance`` ahead into L2
+(``prefetcht1``), a few lines per step. Each thread of TVM's static parallel split runs
+consecutive iterations, so the slice ahead is its own. The schedules: the blocked direct
+conv (a block of weights over the output tiles sharing it, one slice ahead) and the
+K-blocked convs (a chunk over the plane's tiles, two chunks ahead).
 
 The prefetch must not sit inside the loop that carries the register tile's accumulators:
 LLVM then stores every accumulator at every step (measured 2.6x slower), so a step loop is
