@@ -1408,14 +1408,17 @@ def _merge_blocked_plane(
     sch.transform_block_layout(epilogue, merge(5))
 
 
-def _reduction_chunk(channels: int, tile_channels: int) -> int | None:
-    """Input channels per reduction chunk of a K-blocked 1x1 conv: the largest divisor of
-    ``channels`` (a multiple of 16) whose weights for ``tile_channels`` output channels fit
-    half of ``_L1_WEIGHT_BLOCK_BYTES`` (128 for a tile of 32 channels); ``None`` when the
-    whole reduction fits (nothing to block) or no such divisor exists."""
-    if tile_channels * channels * 4 <= _L1_WEIGHT_BLOCK_BYTES:
+def _reduction_chunk(
+    channels: int, tile_channels: int, taps: int = 1, budget: int = _L1_WEIGHT_BLOCK_BYTES // 2
+) -> int | None:
+    """Input channels per reduction chunk of a K-blocked conv: the largest divisor of
+    ``channels`` (a multiple of 16) whose weights for ``tile_channels`` output channels and
+    ``taps`` window taps fit ``budget`` bytes (1x1: half of ``_L1_WEIGHT_BLOCK_BYTES``, 128
+    channels for a tile of 32; 3x3: all of it, 16 channels); ``None`` when the whole
+    reduction fits ``_L1_WEIGHT_BLOCK_BYTES`` (nothing to block) or no such divisor exists."""
+    if tile_channels * channels * taps * 4 <= _L1_WEIGHT_BLOCK_BYTES:
         return None
-    limit = _L1_WEIGHT_BLOCK_BYTES // 2 // (tile_channels * 4)
+    limit = budget // (tile_channels * taps * 4)
     fits = [d for d in _divisors(channels) if d <= limit and d % 16 == 0]
     return max(fits) if fits else None
 
@@ -1603,19 +1606,19 @@ def _schedule_packed_conv_nchwc(
         and not winograd_product
         and weight_outer
         and ext_f % 2 == 0
-        and 2 * block * ext_rc * ext_ry * ext_rx * 4 > _L1_WEIGHT_BLOCK_BYTES
         and 2 * ext_y * ext_x * block * 4 <= _K_BLOCKED_PLANE_BYTES
     ):
         # a windowed conv whose weights stream (3x3 with 256-512 channels at 7x7-14x14): the
         # same chunked reduction, each chunk's weights re-read from L1 over the whole plane
-        limit = _L1_WEIGHT_BLOCK_BYTES // (2 * block * ext_ry * ext_rx * 4)
-        fits = [d for d in _divisors(ext_rc) if d <= limit and d % 16 == 0]
+        chunk = _reduction_chunk(
+            ext_rc, 2 * block, ext_ry * ext_rx, budget=_L1_WEIGHT_BLOCK_BYTES
+        )
         tile = packed_conv_tile(
             ext_f, ext_x, params.vector_registers, ext_rx, stride, dilation, max_blocks=2,
             accumulators=stack,
         )
-        if fits and tile[0] == 2:
-            _schedule_flat_conv_k_blocked(sch, main, epilogue, tile, max(fits), None, params)
+        if chunk is not None and tile[0] == 2:
+            _schedule_flat_conv_k_blocked(sch, main, epilogue, tile, chunk, None, params)
             return
     merged = flat and ext_y > 1  # a plane of one row (Winograd's tiles) is flat already
     if merged:
