@@ -128,6 +128,7 @@ def _scheduled(tensors, params, caplog) -> tvm.runtime.Module:
         pytest.param(1, 16, 48, 13, 11, 2, (1, 1, 1, 1), id="13x11-F2"),
         pytest.param(1, 32, 16, 10, 10, 4, (0, 0, 0, 0), id="no-padding"),
         pytest.param(2, 16, 32, 8, 8, 4, (1, 1, 1, 1), id="batch-2"),
+        pytest.param(1, 256, 32, 14, 14, 2, (1, 1, 1, 1), id="14x14-F2-product-in-chunks"),
     ],
 )
 def test_scheduled_kernels_match_a_direct_conv(n, c, k, h, w, m, padding, caplog):
@@ -352,3 +353,34 @@ def test_transforms_compute_their_first_pass_a_row_at_a_time_on_the_stack():
         assert elements * 4 < 1024, (name, elements)
         seen.add(kind)
     assert seen == {"input", "output"}
+
+
+@pytest.mark.parametrize(
+    ("c", "hw", "m", "expect"),
+    [
+        # ResNet-50's stage 3: a block (2 vectors x 256 channels, 32 KiB) re-read over only 7
+        # tiles of 7 of the 49 tiles: the reduction runs in 4 chunks of 64 channels
+        pytest.param(256, 14, 2, [16 * 8, 4, 1, 7, 1, 1, 64, 2, 7, 16], id="256ch-14x14-chunked"),
+        # stage 2: 16 KiB blocks, swept whole over the tiles (16 points x 8 blocks x 7 tiles)
+        pytest.param(128, 28, 4, [36 * 4 * 7, 128, 1, 1, 2, 7, 16], id="128ch-28x28-swept"),
+    ],
+)
+def test_product_with_a_short_sweep_runs_its_reduction_in_chunks(c, hw, m, expect, caplog):
+    """A product whose weight block is re-read over at most ``_SHORT_SWEEP_TILES`` tiles
+    fetches each (cold) block faster than its few tiles of compute hide: it runs K-blocked,
+    in chunks of 8 KiB of the block's weights, with the chunk ahead prefetched. Measured at
+    256 channels, 14x14, two threads, cold weights: 0.499 -> 0.432 ms."""
+    from tvm import s_tir
+
+    tiles = (-(-hw // m)) ** 2
+    v = te.placeholder((1, (m + 2) ** 2, c // 16, 1, tiles, 16), "float32", "v")
+    u = te.placeholder(((m + 2) ** 2, c // 16, c, 1, 1, 16), "float32", "u")
+    func = te.create_prim_func([v, u, winograd_product_nchwc(v, u)])
+    params = CpuScheduleParams.from_target(tvm.target.Target(X86))
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        after = schedule_prim_func(func, params)
+    assert after is not None and "failed" not in caplog.text, caplog.text
+    sch = s_tir.Schedule(after)
+    loops = sch.get_loops(sch.get_sblock("winograd_product_update"))
+    assert [int(sch.get(lp).extent) for lp in loops] == expect
+    assert sch.get(loops[0]).kind == tirx.ForKind.PARALLEL
