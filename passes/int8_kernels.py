@@ -21,9 +21,12 @@ Padding inserts ``zx`` (a real zero), so the zero-point term ``zx * sum_k w_q`` 
 every output position, borders included.
 
 Schedule (:func:`schedule_vnni`): the output tile ``ow_i x oc_b_i`` pixels x 16-channel blocks is
-held in ``local`` int32 accumulators (registers); the reduction ``kh, kw, ic/4`` runs outside the
-tile; the innermost ``16 x 4`` is tensorized with :data:`VNNI_INTRIN` (``vpdpbusd``); the
-epilogue is computed per tile, vectorized over 16 channels; outer tiles run in parallel.
+held in int32 accumulators (registers); the reduction ``kh, kw, ic/4`` runs outside the tile; the
+innermost ``16 x 4`` is tensorized with :data:`VNNI_STACK_INTRIN` (``vpdpbusd``); the epilogue is
+computed per tile, vectorized over 16 channels; outer tiles run in parallel. The tile is at most
+15 accumulators in ``global`` scope: TVM puts such a buffer under 1 KiB on the stack, where LLVM
+keeps it in registers; a ``local`` one (the tuning space's :data:`VNNI_INTRIN`) is a workspace
+allocation, a memset and a free per tile.
 
 TVM's own ``dot_16x4_vnni`` intrinsic does not build with the LLVM in TVM 0.27 (the LLVM 22
 ``vpdpbusd`` intrinsic takes ``<64 x i8>`` operands, TVM passes ``<16 x i32>``), and it wants
@@ -101,12 +104,15 @@ def _vnni_intrin(scope: str):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_bytes = T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64")
+            # one expression: TVM 0.27 turns a named intermediate (``a = ...``) into a local
+            # buffer, a workspace allocation per tile
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], dtype="int32x16"),
-                a_bytes,
+                T.reinterpret(
+                    T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                    dtype="int8x64",
+                ),
                 B.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16",
             )
@@ -115,6 +121,12 @@ def _vnni_intrin(scope: str):
 
 
 TensorIntrin.register(VNNI_INTRIN, *_vnni_intrin("local"), override=True)
+# The same with a ``global`` accumulator: the default schedule's register tile. TVM 0.27's
+# LowerTVMBuiltin puts a CPU buffer on the stack (an alloca LLVM keeps in registers) only when
+# its scope is global and it is under 1 KiB; a ``local`` tile went through
+# TVMBackendAllocWorkspace, with a memset and a free, once per tile.
+VNNI_STACK_INTRIN = "tvmforge_dot_16x4_u8i8i32_vnni_stack"
+TensorIntrin.register(VNNI_STACK_INTRIN, *_vnni_intrin("global"), override=True)
 
 
 def has_vnni(target: tvm.target.Target) -> bool:
@@ -155,13 +167,16 @@ def _sdot_intrin(scope: str):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            a_bytes = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
+            # the input's 4 bytes inline in each call, not named (see _vnni_intrin); LLVM
+            # computes the broadcast once
             for j in T.unroll(0, 4):
                 C[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
                     C.vload([j * 4], dtype="int32x4"),
-                    a_bytes,
+                    T.reinterpret(
+                        T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                        dtype="int8x16",
+                    ),
                     B.vload([j * 4, 0], dtype="int8x16"),
                     dtype="int32x4",
                 )
@@ -504,16 +519,35 @@ def _largest_divisor(n: int, bound: int) -> int:
     return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(bound, 1))
 
 
-def _tile(ow: int, ob: int) -> tuple[int, int]:
-    """Register tile: ``ow_i`` pixels x ``ob_i`` 16-channel blocks, at most 24 accumulators
-    (of AVX-512's 32 registers; the rest hold the weights and the broadcast input)."""
+# A VNNI register tile of at most this many accumulators (15 vectors of 16 int32: 960 bytes,
+# under LowerTVMBuiltin's 1 KiB) is a ``global`` buffer on the stack; a bigger one stays
+# ``local`` (a workspace allocation per tile). ``None``: every tile local. Capping every tile
+# at 15 instead (10 x 2 -> 10 x 1, 8 x 3 -> 5 x 3) measured slower: PP-OCRv4 det int8 17.86
+# -> 18.91 ms.
+_VNNI_STACK_ACCUMULATORS: int | None = 15
+
+
+def _tile(ow: int, ob: int, limit: int = 24) -> tuple[int, int]:
+    """Register tile: ``ow_i`` pixels x ``ob_i`` 16-channel blocks, at most ``limit``
+    accumulators (24 of AVX-512's 32 registers; the rest hold the weights and the broadcast
+    input)."""
     best = (1, 1)
-    for ow_i in sorted({_largest_divisor(ow, b) for b in (4, 6, 7, 8, 12, 14, 16)}):
-        ob_i = _largest_divisor(ob, min(4, 24 // ow_i))
+    for ow_i in sorted({_largest_divisor(ow, b) for b in (4, 5, 6, 7, 8, 12, 14, 15, 16)}):
+        if ow_i > limit:
+            continue
+        ob_i = _largest_divisor(ob, min(4, limit // ow_i))
         score = (ow_i * ob_i, ow_i)
-        if score > (best[0] * best[1], best[0]) and ow_i * ob_i <= 24:
+        if score > (best[0] * best[1], best[0]) and ow_i * ob_i <= limit:
             best = (ow_i, ob_i)
     return best
+
+
+def _dot_intrin_for(tile: tuple[int, int]) -> str:
+    """The VNNI intrinsic the default schedule tensorizes a ``tile`` with: the stack one
+    (``global`` accumulators) when the tile fits under the stack limit."""
+    if _VNNI_STACK_ACCUMULATORS and tile[0] * tile[1] <= _VNNI_STACK_ACCUMULATORS:
+        return VNNI_STACK_INTRIN
+    return VNNI_INTRIN
 
 
 def _tile_neon(ow: int, ob: int) -> tuple[int, int]:
@@ -561,11 +595,13 @@ def _apply_dot(sch: s_tir.Schedule, num_cores: int, intrin: str, tile) -> None:
     n, oh, ow, ob, oi, kh, kw, icb, _ici = sch.get_loops(acc)
     ow_ext, ob_ext = (int(sch.get(lp).extent) for lp in (ow, ob))
     ow_i, ob_i = tile(ow_ext, ob_ext)
+    if intrin == VNNI_INTRIN:
+        intrin = _dot_intrin_for((ow_i, ob_i))
     ow_o, ow_in = sch.split(ow, [None, ow_i])
     ob_o, ob_in = sch.split(ob, [None, ob_i])
     sch.reorder(n, oh, ow_o, ob_o, kh, kw, icb, ow_in, ob_in, oi, _ici)
     sch.reverse_compute_at(out, ob_o, preserve_unit_loops=True)
-    sch.set_scope(acc, 0, "local")
+    sch.set_scope(acc, 0, "global" if intrin == VNNI_STACK_INTRIN else "local")
     outer = sch.fuse(n, oh, ow_o, ob_o)
     if num_cores > 1:
         sch.parallel(outer)
@@ -648,7 +684,8 @@ def _apply_depthwise(sch: s_tir.Schedule, num_cores: int) -> None:
     oc_o, oc_in = sch.split(oc, [None, v])
     sch.reorder(n, oh, ow_o, oc_o, kh, kw, icg, ow_in, oc_in)
     sch.reverse_compute_at(out, oc_o, preserve_unit_loops=True)
-    sch.set_scope(acc, 0, "local")
+    # at most 8 x 16 int32 (512 bytes): on the stack when global (see VNNI_STACK_INTRIN)
+    sch.set_scope(acc, 0, "global" if _VNNI_STACK_ACCUMULATORS else "local")
     outer = sch.fuse(n, oh)
     if num_cores > 1:
         sch.parallel(outer)
