@@ -318,3 +318,49 @@ def test_wide_1x1_conv_splits_its_reduction_into_chunks(caplog):
     # of output channels, 7 pixels, 16 lanes]
     assert extents == [16, 4, 28, 1, 1, 128, 2, 7, 16]
     assert kinds[-3:] == [tirx.ForKind.UNROLLED, tirx.ForKind.UNROLLED, tirx.ForKind.VECTORIZED]
+
+
+def _downsampling_block(hw: int) -> onnx.ModelProto:
+    """ResNet's downsampling block: conv 3x3 3 -> 32, relu; a 1x1 stride-2 shortcut 32 -> 64
+    beside a 3x3 stride-2 conv 32 -> 64; their sum, relu."""
+    rng = np.random.default_rng(hw)
+    n0, i0 = _conv("a", "x", "a", 3, 32, rng=rng)
+    n1, i1 = _conv("short", "ra", "s", 32, 64, k=1, stride=2, rng=rng)
+    n2, i2 = _conv("main", "ra", "m", 32, 64, k=3, stride=2, rng=rng)
+    nodes = [
+        n0, helper.make_node("Relu", ["a"], ["ra"]), n1, n2,
+        helper.make_node("Add", ["m", "s"], ["sum"]), helper.make_node("Relu", ["sum"], ["y"]),
+    ]
+    out = (hw - 1) // 2 + 1
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, out, out])],
+        [*i0, *i1, *i2],
+    )
+
+
+@pytest.mark.parametrize("hw", [14, 13])
+def test_strided_1x1_conv_runs_on_the_subsampled_plane(hw, caplog):
+    """The 1x1 stride-2 shortcut becomes a subsample kernel and a stride-1 1x1 conv (whose
+    flat plane gets the flat conv schedules); the 3x3 stride-2 conv keeps its stride. ResNet-50
+    (three such shortcuts), in the model, interleaved: 25.35 -> 24.81 ms and 25.30 -> 24.90."""
+    text = _graph(_downsampling_block(hw), tvm.target.Target(X86))["main"].script()
+    out = (hw - 1) // 2 + 1
+    (sub,) = [ln for ln in text.splitlines() if "subsample_nchwc" in ln]
+    assert f"R.Tensor((1, 2, {out}, {out}, 16)" in sub
+    model = frontend.load(_downsampling_block(hw))
+    mod = to_kernels(
+        frontend.to_relax(model, frontend.resolve_inputs(model, {})), tvm.target.Target(X86)
+    )
+    shapes = [
+        [tuple(int(d) for d in p.shape) for p in f.params[:2]]
+        for g, f in mod.functions_items()
+        if isinstance(f, tirx.PrimFunc) and "conv2d_nchwc_packed" in g.name_hint
+    ]
+    # the shortcut's 1x1 conv reads the subsampled plane
+    assert [(1, 2, out, out, 16), (4, 32, 1, 1, 16)] in shapes, shapes
+    x = np.random.default_rng(6).standard_normal((1, 3, hw, hw)).astype(np.float32)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        _assert_matches_onnxruntime(_downsampling_block(hw), x)
+    assert "packed conv schedule failed" not in caplog.text
