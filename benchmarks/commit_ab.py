@@ -1,6 +1,6 @@
 """End-to-end A/B of two versions of tvmforge: a git revision against the working tree.
 
-    python benchmarks/commit_ab.py REV MODEL... [--rounds N] [--threads T] [--no-tune]
+    python benchmarks/commit_ab.py REV MODEL... [--rounds N] [--threads T] [--no-tune] [--int8]
 
 Each model is compiled twice, each build in a fresh process: once by the source of ``REV``
 (``git archive`` into a temporary folder, imported through ``PYTHONPATH`` ahead of the
@@ -29,9 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _BUILD = """
 import sys
+import numpy as np
 from tvmforge import build
+kwargs = {}
+if sys.argv[5] == "int8":  # calibrated on 8 seeded random samples, the same for both builds
+    from tvmforge.calibration import load_samples
+    inputs = build.build_model(sys.argv[1], "x86", threads=int(sys.argv[3])).inputs
+    samples = load_samples("random", inputs, random_samples=8)
+    kwargs = {"quantize": "int8", "calibration": {
+        info.name: np.stack([s[k] for s in samples]) for k, info in enumerate(inputs)}}
 built = build.build_model(sys.argv[1], "x86", threads=int(sys.argv[3]),
-                          use_shipped_logs=sys.argv[4] == "1")
+                          use_shipped_logs=sys.argv[4] == "1", **kwargs)
 build.export(built, sys.argv[2])
 """
 
@@ -53,13 +61,16 @@ def _checkout(rev: str, into: Path) -> Path:
     return path
 
 
-def _build(model: str, out: Path, pythonpath: str | None, threads: int, logs: bool) -> float:
+def _build(
+    model: str, out: Path, pythonpath: str | None, threads: int, logs: bool, int8: bool = False
+) -> float:
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", _BUILD, model, str(out), str(threads), "1" if logs else "0"],
+        [sys.executable, "-c", _BUILD, model, str(out), str(threads), "1" if logs else "0",
+         "int8" if int8 else "float"],
         check=True, env=env, cwd=out.parent,
     )
     return time.perf_counter() - t0
@@ -72,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tune", action="store_true", help="apply no tuning records")
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="compare int8 builds (calibrated on 8 seeded random samples; the error and the "
+        "ratio are against ONNX Runtime's float model)",
+    )
     args = parser.parse_args(argv)
 
     from tvmforge import frontend, reference, runtime, zoo
@@ -83,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             artifacts = {}
             for tag, pythonpath in ((args.rev, str(old_path)), ("working tree", None)):
                 out = tmp_path / f"{len(artifacts)}.tar"
-                seconds = _build(spec, out, pythonpath, args.threads, not args.no_tune)
+                seconds = _build(
+                    spec, out, pythonpath, args.threads, not args.no_tune, args.int8
+                )
                 print(f"{spec}: built by {tag} in {seconds:.1f} s", flush=True)
                 artifacts[tag] = runtime.load(out, threads=args.threads)
             arrays = runtime.random_inputs(next(iter(artifacts.values())).inputs, 0)
@@ -91,14 +109,18 @@ def main(argv: list[str] | None = None) -> int:
             sess = reference.session(model, args.threads)
             feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
             refs = sess.run(None, feed)
+            results = []
             for tag, compiled in artifacts.items():
                 outs = compiled.run(arrays)
                 outs = list(outs.values()) if isinstance(outs, dict) else list(outs)
+                results.append([np.asarray(a) for a in outs])
                 err = max(
                     float(np.abs(np.asarray(a) - r).max()) / max(float(np.abs(r).max()), 1e-30)
                     for a, r in zip(outs, refs, strict=True)
                 )
                 print(f"  {tag}: max error relative to the largest output {err:.1e}")
+            same = all(np.array_equal(a, b) for a, b in zip(*results, strict=True))
+            print(f"  the two builds' outputs are {'identical' if same else 'different'}")
             times: dict[str, list[float]] = {tag: [] for tag in [*artifacts, "onnxruntime"]}
             for _ in range(args.rounds):
                 for tag, compiled in artifacts.items():

@@ -52,3 +52,14 @@ def test_both_builds_run_and_are_timed_against_onnxruntime(tmp_path, capsys):
     assert out.count("max error relative to the largest output") == 2
     last = out.strip().splitlines()[-1]
     assert "HEAD" in last and "working tree" in last and "onnxruntime" in last
+
+
+def test_int8_builds_are_compared_and_checked_for_identical_outputs(tmp_path, capsys):
+    """``--int8``: both revisions quantize with the same seeded calibration samples, so the
+    same source gives bit-identical outputs (how a kernel change is shown to be exact)."""
+    model = tmp_path / "conv.onnx"
+    onnx.save(conv_relu_model(), model)
+    assert _load().main(["HEAD", str(model), "--rounds", "1", "--no-tune", "--int8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("max error relative to the largest output") == 2
+    assert "the two builds' outputs are identical" in out
