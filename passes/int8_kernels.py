@@ -22,11 +22,12 @@ every output position, borders included.
 
 Schedule (:func:`schedule_vnni`): the output tile ``ow_i x oc_b_i`` pixels x 16-channel blocks is
 held in int32 accumulators (registers); the reduction ``kh, kw, ic/4`` runs outside the tile; the
-innermost ``16 x 4`` is tensorized with :data:`VNNI_STACK_INTRIN` (``vpdpbusd``); the epilogue is
-computed per tile, vectorized over 16 channels; outer tiles run in parallel. The tile is at most
-15 accumulators in ``global`` scope: TVM puts such a buffer under 1 KiB on the stack, where LLVM
-keeps it in registers; a ``local`` one (the tuning space's :data:`VNNI_INTRIN`) is a workspace
-allocation, a memset and a free per tile.
+innermost ``16 x 4`` is tensorized with ``vpdpbusd``; the epilogue is computed per tile,
+vectorized over 16 channels; outer tiles run in parallel. A tile of at most 15 accumulators is
+tensorized with :data:`VNNI_STACK_INTRIN`, its accumulators in ``global`` scope: TVM puts such a
+buffer under 1 KiB on the stack, where LLVM keeps it in registers. A bigger tile (up to 24) uses
+:data:`VNNI_INTRIN`, as the tuning space does: ``local`` accumulators, a workspace allocation, a
+memset and a free per tile.
 
 TVM's own ``dot_16x4_vnni`` intrinsic does not build with the LLVM in TVM 0.27 (the LLVM 22
 ``vpdpbusd`` intrinsic takes ``<64 x i8>`` operands, TVM passes ``<16 x i32>``), and it wants
