@@ -60,7 +60,7 @@ import logging
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te
 from tvm.ir.expr import Constant
 
 from tvmforge.passes._shapes import dims, static_but_batch
@@ -136,8 +136,6 @@ SUBSAMPLE_STRIDED_1X1 = True
 def subsample_nchwc(data, strides: tuple[int, int]):
     """``data[N, C/B, H, W, B]`` at every ``strides``-th row and column (what a 1x1 conv with
     these strides and no padding reads)."""
-    from tvm import te
-
     n, cb, h, w, b = data.shape
     sh, sw = strides
     return te.compute(

@@ -1433,7 +1433,12 @@ def _short_sweep_chunk(
         return None
     if block_bytes < _SHORT_SWEEP_MIN_BLOCK_BYTES:
         return None
-    limit = _SHORT_SWEEP_CHUNK_BYTES // (nf * block * 4)
+    return _largest_chunk(channels, _SHORT_SWEEP_CHUNK_BYTES // (nf * block * 4))
+
+
+def _largest_chunk(channels: int, limit: int) -> int | None:
+    """The largest proper divisor of ``channels`` that is a multiple of 16 and at most
+    ``limit``, or ``None``."""
     fits = [d for d in _divisors(channels) if d <= limit and d % 16 == 0 and d < channels]
     return max(fits) if fits else None
 
@@ -1448,9 +1453,8 @@ def _reduction_chunk(
     reduction fits ``_L1_WEIGHT_BLOCK_BYTES`` (nothing to block) or no such divisor exists."""
     if tile_channels * channels * taps * 4 <= _L1_WEIGHT_BLOCK_BYTES:
         return None
-    limit = budget // (tile_channels * taps * 4)
-    fits = [d for d in _divisors(channels) if d <= limit and d % 16 == 0]
-    return max(fits) if fits else None
+    # (the whole reduction overflows the budget here, so a fitting chunk is a proper divisor)
+    return _largest_chunk(channels, budget // (tile_channels * taps * 4))
 
 
 def _schedule_flat_conv_k_blocked(
