@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 _BUILD = """
 import sys
 import numpy as np
-from tvmforge import build
+from tvmforge.driver import build
 kwargs = {}
 if sys.argv[5] == "int8":  # calibrated on 8 seeded random samples, the same for both builds
-    from tvmforge.calibration import load_samples
+    from tvmforge.driver.calibration import load_samples
     inputs = build.build_model(sys.argv[1], "x86", threads=int(sys.argv[3])).inputs
     samples = load_samples("random", inputs, random_samples=8)
     kwargs = {"quantize": "int8", "calibration": {
@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from tvmforge import frontend, reference, runtime, zoo
+    from tvmforge.bench import reference
+    from tvmforge.frontend import importer as frontend
+    from tvmforge.frontend import zoo
+    from tvmforge.runtime import executor as runtime
 
     with tempfile.TemporaryDirectory(prefix="commit_ab_") as tmp:
         tmp_path = Path(tmp)

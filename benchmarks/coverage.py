@@ -23,7 +23,7 @@ import numpy as np
 
 
 def _real_models():
-    from tvmforge import zoo
+    from tvmforge.frontend import zoo
 
     for name in sorted(zoo.WHEEL_MODELS):
         yield f"zoo:{name}", f"zoo:{name}", {}, {}
@@ -40,7 +40,10 @@ def _real_models():
 
 
 def real_rows() -> list[dict]:
-    from tvmforge import build, frontend, reference, runtime
+    from tvmforge.bench import reference
+    from tvmforge.driver import build
+    from tvmforge.frontend import importer as frontend
+    from tvmforge.runtime import executor as runtime
 
     rows = []
     for label, spec, shapes, frozen in _real_models():
@@ -73,7 +76,7 @@ def real_rows() -> list[dict]:
 
 
 def onnx_test_rows() -> list[dict]:
-    from tvmforge import onnx_tests
+    from tvmforge.bench import onnx_tests
 
     rows = []
     for case in onnx_tests.cases():

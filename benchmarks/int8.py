@@ -112,8 +112,8 @@ def bench_model(spec: str, args) -> dict:
     import tvm
     from tvm import relax
 
-    from tvmforge.build import build_model
-    from tvmforge.calibration import load_samples
+    from tvmforge.driver.build import build_model
+    from tvmforge.driver.calibration import load_samples
 
     t0 = time.perf_counter()
     f = build_model(spec, "x86", threads=args.threads)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", type=Path, default=None, help="append the table to this file")
     args = ap.parse_args(argv)
 
-    from tvmforge.runtime import set_threads
+    from tvmforge.runtime.executor import set_threads
 
     set_threads(args.threads)
     rows = []

@@ -16,10 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tvmforge import build_model, frontend, load, reference, runtime
-from tvmforge.build import export
-from tvmforge.passes.nchwc_layout import nchwc_layout
-from tvmforge.passes.pack_conv_weights import pack_conv_weights
+from tvmforge import build_model, load
+from tvmforge.bench import reference
+from tvmforge.driver.build import export
+from tvmforge.frontend import importer as frontend
+from tvmforge.passes.graph.nchwc_layout import nchwc_layout
+from tvmforge.passes.graph.pack_conv_weights import pack_conv_weights
+from tvmforge.runtime import executor as runtime
 
 ROUND = 5
 

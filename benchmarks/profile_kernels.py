@@ -31,7 +31,8 @@ from pathlib import Path
 
 def tvmforge_profile(spec: str, threads: int, runs: int, use_logs: bool) -> tuple[float, dict]:
     """``(median run ms, {kernel: (ms per run, calls per run)})``."""
-    from tvmforge import build, runtime
+    from tvmforge.driver import build
+    from tvmforge.runtime import executor as runtime
 
     built = build.build_model(spec, "x86", threads=threads, use_shipped_logs=use_logs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +76,8 @@ def ort_profile(spec: str, threads: int, runs: int) -> tuple[float, dict]:
     import numpy as np
     import onnxruntime as ort
 
-    from tvmforge import frontend, zoo
+    from tvmforge.frontend import importer as frontend
+    from tvmforge.frontend import zoo
 
     model = frontend.load(zoo.load(spec[4:]) if spec.startswith("zoo:") else spec)
     opts = ort.SessionOptions()

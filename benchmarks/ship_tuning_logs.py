@@ -69,7 +69,8 @@ def _model_workloads(spec: str, target) -> list:
     """The tuning workloads (one per kernel) of ``spec`` compiled for ``target``."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmforge import frontend, pipeline
+    from tvmforge.driver import pipeline
+    from tvmforge.frontend import importer as frontend
 
     model = frontend.load(spec)
     kernels = pipeline.to_kernels(
@@ -82,7 +83,7 @@ def distil(src: Path, dest: Path, min_gain: float, exclude: list[str] = ()) -> l
     import tvm_ffi
 
     from tvmforge.targets import resolve
-    from tvmforge.tuning import _traced_default_schedule
+    from tvmforge.tuning.tune import _traced_default_schedule
 
     excluded = [w for spec in exclude for w in _model_workloads(spec, resolve("x86").tvm_target())]
 
@@ -170,9 +171,9 @@ def revalidate(folder: Path, min_gain: float) -> list[dict]:
     import tvm_ffi
 
     from tvmforge.targets import resolve
-    from tvmforge.tuning import _traced_default_schedule
+    from tvmforge.tuning.tune import _traced_default_schedule
 
-    cpu = importlib.import_module("tvmforge.passes.schedule_cpu_default")
+    cpu = importlib.import_module("tvmforge.passes.schedule.rules")
     target = resolve("x86").tvm_target()
     params = cpu.CpuScheduleParams.from_target(target)
     db = _open(folder)

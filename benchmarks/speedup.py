@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-method", default="minmax")
     args = ap.parse_args(argv)
 
-    from tvmforge.build import build_model
-    from tvmforge.runtime import random_inputs, set_threads
+    from tvmforge.driver.build import build_model
+    from tvmforge.runtime.executor import random_inputs, set_threads
 
     set_threads(args.threads)
     variant = {

@@ -11,8 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tvmforge import build_model, load, runtime
-from tvmforge.build import export
+from tvmforge import build_model, load
+from tvmforge.driver.build import export
+from tvmforge.runtime import executor as runtime
 
 args = [a for a in sys.argv[1:]]
 logs = None

@@ -6,15 +6,28 @@ Python API::
     tvmforge.compile_model("model.onnx", target="x86", output="model.tar")
     model = tvmforge.load("model.tar")
     outputs = model(input_name=array)      # dict: ONNX output name -> numpy array
+
+Names are imported on first use: ``tvmforge.load`` brings in the runtime only (no onnx, no
+compiler), ``tvmforge.compile_model`` the whole compiler.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .build import build_model, compile_model
-from .errors import CompileError, InputError, TvmforgeError
-from .runtime import CompiledModel, load
+# public name -> the module that defines it
+_LAZY = {
+    "build_model": "tvmforge.driver.build",
+    "compile_model": "tvmforge.driver.build",
+    "CompiledModel": "tvmforge.runtime.executor",
+    "load": "tvmforge.runtime.executor",
+    "CompileError": "tvmforge.errors",
+    "InputError": "tvmforge.errors",
+    "TvmforgeError": "tvmforge.errors",
+}
 
 __all__ = [
     "CompileError",
@@ -26,3 +39,17 @@ __all__ = [
     "compile_model",
     "load",
 ]
+
+if TYPE_CHECKING:
+    from tvmforge.driver.build import build_model, compile_model
+    from tvmforge.errors import CompileError, InputError, TvmforgeError
+    from tvmforge.runtime.executor import CompiledModel, load
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tvmforge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from .errors import InputError, TvmforgeError
+from tvmforge.errors import InputError, TvmforgeError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -31,7 +31,7 @@ class Shape(click.ParamType):
     name = "NAME=SHAPE"
 
     def convert(self, value: Any, param, ctx) -> tuple[str, tuple[int | str, ...]]:
-        from .frontend import parse_input_shape
+        from tvmforge.frontend.importer import parse_input_shape
 
         if isinstance(value, tuple):
             return value
@@ -65,7 +65,7 @@ class Freeze(click.ParamType):
     name = "NAME=VALUE"
 
     def convert(self, value: Any, param, ctx) -> tuple[str, list[float]]:
-        from .frontend import parse_freeze
+        from tvmforge.frontend.importer import parse_freeze
 
         if isinstance(value, tuple):
             return value
@@ -172,7 +172,7 @@ def _reports_errors(func: Callable) -> Callable:
         except Exception as err:
             if verbose:
                 traceback.print_exc()
-            from .frontend import _first_line
+            from tvmforge.frontend.importer import _first_line
 
             click.echo(
                 f"error: {ctx.info_name} failed: {type(err).__name__}: {_first_line(err)}; "
@@ -243,7 +243,9 @@ def compile_cmd(
     transforms: dict[str, Any],
 ) -> None:
     """Compile MODEL (.onnx, or zoo:NAME) into a deployable artifact (.tar)."""
-    from . import build, reference, runtime
+    from tvmforge.bench import reference
+    from tvmforge.driver import build
+    from tvmforge.runtime import executor as runtime
 
     output = output or _default_output(model)
     progress = _progress()
@@ -286,7 +288,7 @@ def compile_cmd(
         for r in results:
             click.echo(f"  {r.line()}")
         if not all(r.ok for r in results):
-            from .errors import CompileError
+            from tvmforge.errors import CompileError
 
             bad = ", ".join(r.name for r in results if not r.ok)
             raise CompileError(
@@ -312,7 +314,7 @@ def _tune_first(
 ) -> tuple[Path, ...]:
     """``compile --tune-trials``: tune the kernels this compile builds (pruned, int8 with
     ``transforms``) into the first --tuning-log (or the user cache)."""
-    from . import tuning
+    from tvmforge.tuning import tune as tuning
 
     work_dir = tuning_logs[0] if tuning_logs else tuning.user_cache()
     with _reports_interrupted_tuning():
@@ -339,7 +341,7 @@ def _tuning_echo(msg: str) -> None:
 @contextlib.contextmanager
 def _reports_interrupted_tuning() -> Iterator[None]:
     """Ctrl-C while tuning: one line saying how many records were kept where; exit 130."""
-    from .tuning import TuningInterrupted
+    from tvmforge.tuning.tune import TuningInterrupted
 
     try:
         yield
@@ -351,7 +353,7 @@ def _reports_interrupted_tuning() -> Iterator[None]:
 def _print_compiled(path: Path, built) -> None:
     pruning = getattr(built, "pruning", None)
     if pruning:
-        from tvmforge.passes.prune_channels import layer_table, summary_line
+        from tvmforge.passes.prune.prune_channels import layer_table, summary_line
 
         ctx = click.get_current_context(silent=True)
         verbose = bool(ctx and (ctx.find_root().params or {}).get("verbose"))
@@ -422,7 +424,7 @@ def tune_cmd(
 
     With --quantize/--prune (and the same --calibration), the kernels tuned are those of the
     int8 and/or pruned model, which a compile with the same flags looks up."""
-    from . import tuning
+    from tvmforge.tuning import tune as tuning
 
     with _reports_interrupted_tuning():
         res = tuning.tune(
@@ -483,7 +485,7 @@ def run_cmd(
     """Run a compiled artifact."""
     import numpy as np
 
-    from . import runtime
+    from tvmforge.runtime import executor as runtime
 
     compiled = runtime.load(artifact_path, threads=threads)
     if inputs_path is None:
@@ -535,7 +537,9 @@ def _read_npz(path: Path) -> dict[str, Any]:
 @_reports_errors
 def inspect_cmd(path: str, input_shapes: tuple, as_json: bool) -> None:
     """Show a model's inputs, outputs, ops, FLOPs and support, or an artifact's manifest."""
-    from . import analysis, artifact, frontend
+    from tvmforge.frontend import analysis
+    from tvmforge.frontend import importer as frontend
+    from tvmforge.runtime import artifact
 
     if Path(path).is_file() and artifact.is_artifact(path):
         manifest = artifact.read_manifest(path)
@@ -650,7 +654,7 @@ def bench_cmd(
     transforms: dict[str, Any],
 ) -> None:
     """Time MODEL compiled by tvmforge against ONNX Runtime, same inputs and threads."""
-    from .bench import bench
+    from tvmforge.bench.benchmark import bench
 
     res = bench(
         model,

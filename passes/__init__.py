@@ -1,7 +1,7 @@
 """tvmforge's Relax passes, one per file, registered here by name.
 
 The import list is the registry: ``PASSES`` maps a pass's name to its factory, and
-``compiler/pipeline.py`` decides the order. Every pass is a plain Relax transform that works in
+``compiler/driver/pipeline.py`` decides the order. Every pass is a plain Relax transform that works in
 any TVM pipeline, not only tvmforge's.
 """
 
@@ -11,20 +11,19 @@ from collections.abc import Callable
 
 import tvm
 
-from .conv_transpose_direct import conv_transpose_direct
-from .fast_math_cpu import fast_math_cpu
-from .fold_constants_numpy import fold_constants_numpy
-from .fold_conv_bn import fold_conv_bn
-from .nchwc_layout import nchwc_layout
-from .pack_conv_weights import pack_conv_weights
-from .pack_dense_weights import pack_dense_weights
-from .prune_channels import prune_channels
-from .quantize_int8 import quantize_int8
-from .schedule_cpu_default import schedule_cpu_default
-from .schedule_int8 import schedule_int8
-from .simplify_power import simplify_power
-from .sink_transposes import sink_transposes
-from .stack_sum_to_add import stack_sum_to_add
+from tvmforge.passes.graph.conv_transpose_direct import conv_transpose_direct
+from tvmforge.passes.graph.fast_math_cpu import fast_math_cpu
+from tvmforge.passes.graph.fold_constants_numpy import fold_constants_numpy
+from tvmforge.passes.graph.fold_conv_bn import fold_conv_bn
+from tvmforge.passes.graph.nchwc_layout import nchwc_layout
+from tvmforge.passes.graph.pack_conv_weights import pack_conv_weights
+from tvmforge.passes.graph.pack_dense_weights import pack_dense_weights
+from tvmforge.passes.graph.simplify_power import simplify_power
+from tvmforge.passes.graph.sink_transposes import sink_transposes
+from tvmforge.passes.graph.stack_sum_to_add import stack_sum_to_add
+from tvmforge.passes.prune.prune_channels import prune_channels
+from tvmforge.passes.quantize.quantize_int8 import quantize_int8
+from tvmforge.passes.schedule.rules import schedule_cpu_default
 
 PassFactory = Callable[..., tvm.transform.Pass]
 
@@ -38,7 +37,6 @@ PASSES["pack_dense_weights"] = pack_dense_weights
 PASSES["fast_math_cpu"] = fast_math_cpu
 PASSES["conv_transpose_direct"] = conv_transpose_direct
 PASSES["schedule_cpu_default"] = schedule_cpu_default
-PASSES["schedule_int8"] = schedule_int8
 PASSES["prune_channels"] = prune_channels
 PASSES["quantize_int8"] = quantize_int8
 PASSES["sink_transposes"] = sink_transposes

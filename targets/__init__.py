@@ -11,8 +11,8 @@ import json
 import shutil
 from types import ModuleType
 
-from . import arm, cuda, x86
-from .base import Capability, ResolvedTarget, TargetFamily
+from tvmforge.targets import arm, cuda, x86
+from tvmforge.targets.base import Capability, ResolvedTarget, TargetFamily
 
 REGISTRY: dict[str, TargetFamily] = {m.key: m for m in (x86, arm, cuda)}  # type: ignore[misc]
 

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .base import Capability, ResolvedTarget
+from tvmforge.targets.base import Capability, ResolvedTarget
 
 key = "arm"
 summary = "aarch64 Linux CPU (LLVM, NEON), cross-compiled; runs here under qemu"
@@ -87,6 +87,6 @@ def can_build() -> Capability:
 def can_run() -> Capability:
     if platform.machine() in ("aarch64", "arm64"):
         return Capability(True)
-    from . import qemu
+    from tvmforge.targets import qemu
 
     return qemu.available()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import shutil
 
-from .base import Capability, ResolvedTarget
+from tvmforge.targets.base import Capability, ResolvedTarget
 
 key = "cuda"
 summary = "NVIDIA GPU (CUDA); builds here without a GPU"

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Capability
+from tvmforge.targets.base import Capability
 
 QEMU = "qemu-aarch64-static"
 MMDEBSTRAP = "mmdebstrap"

@@ -1,17 +1,17 @@
 """x86-64 CPUs: the host's own CPU (``native``) or a named ISA level.
 
-``native`` asks LLVM for the host CPU and its features (``mcpu: native`` is rejected by the
-wheel's LLVM, STACK.md). The tuning key names the ISA level, not the CPU model, so tuning
+``native`` compiles for LLVM's name of the host CPU (``mcpu: native`` is rejected by the
+wheel's LLVM); its ISA level comes from the host's CPUID flags (``features.detect_host``). The tuning key names the ISA level, not the CPU model, so tuning
 records are shared between CPUs with the same vector and dot-product instructions and never
 applied to one that lacks them.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
-from .base import Capability, ResolvedTarget
+from tvmforge.targets.base import Capability, ResolvedTarget
+from tvmforge.targets.features import detect_host, host_llvm_cpu
 
 key = "x86"
 summary = "x86-64 CPU (LLVM); runs on this machine"
@@ -27,25 +27,14 @@ presets = {name: desc for name, (_, desc) in _LEVELS.items()}
 default_preset = "native"
 
 
-@functools.cache
-def host_cpu() -> tuple[str, frozenset[str]]:
-    """The host CPU's LLVM name and feature set."""
-    import tvm
-    from tvm.target import codegen
-
-    cpu = codegen.llvm_get_system_cpu()
-    with tvm.target.Target({"kind": "llvm", "mcpu": cpu}):
-        features = frozenset(codegen.llvm_get_cpu_features())
-    return cpu, features
+LEVELS = ("generic", "avx2", "avx512", "avx512-vnni")  # weakest first
 
 
-def isa_level(features: frozenset[str]) -> str:
-    """The best ISA level (a preset name) that a feature set supports."""
-    if {"avx512f", "avx512bw", "avx512vl"} <= features:
-        return "avx512-vnni" if "avx512vnni" in features else "avx512"
-    if {"avx2", "fma"} <= features:
-        return "avx2"
-    return "generic"
+def level_at_least(have: str, need: str) -> bool:
+    """Whether a CPU at ISA level ``have`` runs code built for level ``need``."""
+    if have not in LEVELS or need not in LEVELS:
+        return have == need
+    return LEVELS.index(have) >= LEVELS.index(need)
 
 
 def resolve(preset: str | None, threads: int | None) -> ResolvedTarget:
@@ -53,8 +42,8 @@ def resolve(preset: str | None, threads: int | None) -> ResolvedTarget:
     if preset not in _LEVELS:
         raise KeyError(preset)
     if preset == "native":
-        mcpu, features = host_cpu()
-        level = isa_level(features)
+        mcpu = host_llvm_cpu()
+        level = detect_host().x86_level
     else:
         mcpu, level = _LEVELS[preset][0], preset
     target: dict = {"kind": "llvm", "mcpu": mcpu}

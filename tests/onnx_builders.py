@@ -60,3 +60,44 @@ def two_io_model() -> onnx.ModelProto:
         ],
         [two],
     )
+
+
+def dynamic_batch(model: onnx.ModelProto, name: str = "N") -> onnx.ModelProto:
+    """``model`` as an exporter with a dynamic batch axis writes it: the leading dim of every
+    input and output becomes ``name``, and each ``Reshape`` to a constant ``[1, ...]`` reshapes
+    to ``Concat(Gather(Shape(x), [0]), [...])`` instead (what ``torch.onnx.export`` emits for
+    ``x.view(x.size(0), ...)``; ops of opset 1, as the light models are old)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    for vi in [*g.input, *g.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name not in inits and dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = name
+    nodes = []
+    for n in g.node:
+        target = inits.get(n.input[1]) if n.op_type == "Reshape" else None
+        if target is not None and numpy_helper.to_array(target)[0] == 1:
+            p = f"{n.output[0]}_dyn"
+            rest = numpy_helper.to_array(target)[1:].astype(np.int64)
+            g.initializer.extend(
+                [
+                    numpy_helper.from_array(rest, f"{p}_rest"),
+                    numpy_helper.from_array(np.array([0], np.int64), f"{p}_index"),
+                ]
+            )
+            nodes += [
+                helper.make_node("Shape", [n.input[0]], [f"{p}_shape"]),
+                helper.make_node("Gather", [f"{p}_shape", f"{p}_index"], [f"{p}_n"], axis=0),
+                helper.make_node("Concat", [f"{p}_n", f"{p}_rest"], [f"{p}_target"], axis=0),
+            ]
+            n.input[1] = f"{p}_target"
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return model
+
+
+# --- parsing and resolving -------------------------------------------------------------------

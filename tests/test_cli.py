@@ -302,7 +302,7 @@ def test_paired_ratio_cancels_a_load_that_drifts_between_rounds():
     """Round 1 quiet, round 2 under load (both runtimes 3x slower, ONNX Runtime's round
     longer): tvmforge is 0.8x ONNX Runtime in every round, and the paired ratio says so; the
     ratio of the overall medians would depend on which round dominates each median."""
-    from tvmforge.bench import paired_ratio
+    from tvmforge.bench.benchmark import paired_ratio
 
     quiet = ([8.0, 8.1, 7.9], [10.0, 10.1, 9.9])
     loaded = ([24.0, 24.2, 23.8], [30.0, 30.3, 29.7, 30.1, 29.9])

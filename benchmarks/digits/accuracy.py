@@ -37,7 +37,7 @@ def accuracy(built, x_test, y_test) -> float:
 
 
 def main() -> int:
-    from tvmforge.build import build_model
+    from tvmforge.driver.build import build_model
 
     data = _train_module().split()
     rows = []

@@ -16,7 +16,7 @@ from accuracy import HERE, _train_module, accuracy
 
 
 def main() -> int:
-    from tvmforge.build import build_model
+    from tvmforge.driver.build import build_model
 
     data = _train_module().split()
     print(

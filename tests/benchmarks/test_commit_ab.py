@@ -28,7 +28,7 @@ def test_the_revision_is_what_its_builds_import(tmp_path):
     not the installed (editable) package."""
     path = _load()._checkout("HEAD", tmp_path)
     code = (
-        "import tvmforge, tvmforge.passes.winograd as w; "
+        "import tvmforge, tvmforge.passes.graph.winograd as w; "
         "print(tvmforge.__file__); print(w.__file__)"
     )
     out = subprocess.run(

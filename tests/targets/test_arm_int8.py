@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tvmforge
-from tvmforge.passes import int8_kernels as K
+from tvmforge.passes.schedule import int8_kernels as K
 from tvmforge.targets import arm, qemu, resolve
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
@@ -85,7 +85,7 @@ def test_arm_int8_model_matches_x86_int8(aarch64_root, tmp_path, x86_int8, prese
     model, x, want = x86_int8
     path = tvmforge.compile_model(model, f"arm:{preset}", tmp_path / f"{preset}.tar",
                                   quantize="int8", calibration="random")
-    report = tvmforge.artifact.read_manifest(path)["quantization"]
+    report = tvmforge.runtime.artifact.read_manifest(path)["quantization"]
     assert [layer["kernel"] for layer in report["layers"]] == [kind, kind]
     assert report.get("sdot", False) == (kind == "sdot")
     asm = _disassembly(path, tmp_path)

@@ -1,0 +1,139 @@
+"""tvmforge against ONNX Runtime on the same model, inputs and thread count.
+
+Both run a warm-up, then ``repeat`` timed calls each, alternating in rounds of a few calls
+(the machine's load then falls on both alike); the report gives medians, the spread
+(interquartile range), the ratio tvmforge/ONNX Runtime (below 1 means tvmforge is faster) and
+the largest output difference.
+
+The ratio is paired: the median over rounds of (tvmforge's median in the round / ONNX
+Runtime's median in the same round). On shared cores the load drifts within a run; a round's
+two halves run within a few hundred milliseconds of each other, so each round's ratio sees one
+load, where the ratio of the two overall medians mixes rounds that saw different loads.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tvmforge.bench import reference
+from tvmforge.driver.build import build_model, export
+from tvmforge.runtime.executor import load, random_inputs
+
+
+@dataclass
+class BenchResult:
+    model: str
+    target: str
+    threads: int | None
+    repeat: int
+    compile_s: float
+    tvmforge_ms: float
+    tvmforge_iqr_ms: float
+    ort_ms: float
+    ort_iqr_ms: float
+    ratio: float
+    max_abs_err: float
+    max_rel_err: float
+    outputs_match: bool
+    lossy: bool = False  # pruned/quantized: compared with the float model, differences expected
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# After its last kernel a worker of TVM's pool spins (``runtime.SPIN_COUNT``, ~30 ms here)
+# before it sleeps; ONNX Runtime is timed after it has.
+SETTLE_S = 0.2
+
+# Runs per runtime and round: ``bench`` alternates tvmforge and ONNX Runtime in rounds.
+ROUND = 5
+
+
+def paired_ratio(rounds: list[tuple[list[float], list[float]]]) -> float:
+    """Median over rounds of (median of the first runtime's times / median of the second's)."""
+    ratios = [
+        statistics.median(a) / statistics.median(b) for a, b in rounds if a and b and min(b) > 0
+    ]
+    return statistics.median(ratios) if ratios else float("inf")
+
+
+def _median_iqr(seconds: list[float]) -> tuple[float, float]:
+    ms = sorted(s * 1e3 for s in seconds)
+    if len(ms) < 4:
+        return statistics.median(ms), 0.0
+    q = statistics.quantiles(ms, n=4)
+    return statistics.median(ms), q[2] - q[0]
+
+
+def bench(
+    model_spec: str,
+    target: str = "x86",
+    *,
+    threads: int | None = None,
+    repeat: int = 20,
+    warmup: int = 2,
+    seed: int = 0,
+    **build_options: Any,
+) -> BenchResult:
+    """Compile ``model_spec`` and time it against ONNX Runtime: ``repeat`` runs of each, in
+    alternating rounds of ``ROUND``, after ``warmup`` runs."""
+    t0 = time.perf_counter()
+    built = build_model(model_spec, target, threads=threads, **build_options)
+    with tempfile.TemporaryDirectory(prefix="tvmforge-bench-") as tmp:
+        path = export(built, Path(tmp) / "bench.tar")
+        compile_s = time.perf_counter() - t0
+        compiled = load(path, threads=threads)
+        arrays = random_inputs(compiled.inputs, seed)
+        ours = compiled.run(arrays)
+        ref = reference.run_onnxruntime(built.model, arrays, threads)
+        cmp = reference.compare(ours, ref)
+        for _ in range(max(warmup - 1, 0)):
+            compiled.run(arrays)
+        sess = reference.session(built.model, threads)
+        feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
+        for _ in range(warmup):
+            sess.run(None, feed)
+        # Interleaved in rounds of ROUND runs each, so that a neighbour's load on the shared
+        # cores falls on both runtimes alike rather than on whichever ran during it.
+        tvm_times, ort_times = [], []
+        rounds: list[tuple[list[float], list[float]]] = []
+        while len(tvm_times) < repeat:
+            n = min(ROUND, repeat - len(tvm_times))
+            compiled.run(arrays)  # the pool's workers were asleep during ONNX Runtime
+            ours_round = compiled.time(arrays, n)
+            time.sleep(SETTLE_S)  # tvmforge's idle workers stop spinning before ORT runs
+            sess.run(None, feed)
+            ort_round = []
+            for _ in range(n):
+                t1 = time.perf_counter()
+                sess.run(None, feed)
+                ort_round.append(time.perf_counter() - t1)
+            tvm_times += ours_round
+            ort_times += ort_round
+            rounds.append((ours_round, ort_round))
+    tvm_med, tvm_iqr = _median_iqr(tvm_times)
+    ort_med, ort_iqr = _median_iqr(ort_times)
+    return BenchResult(
+        model=model_spec,
+        target=built.target.spec(),
+        threads=threads,
+        repeat=repeat,
+        compile_s=round(compile_s, 2),
+        tvmforge_ms=round(tvm_med, 3),
+        tvmforge_iqr_ms=round(tvm_iqr, 3),
+        ort_ms=round(ort_med, 3),
+        ort_iqr_ms=round(ort_iqr, 3),
+        ratio=round(paired_ratio(rounds), 2),
+        max_abs_err=float(max((c.max_abs for c in cmp), default=0.0)),
+        max_rel_err=float(max((c.max_rel for c in cmp), default=0.0)),
+        outputs_match=all(c.ok for c in cmp),
+        lossy=bool(build_options.get("quantize")) or bool(build_options.get("prune")),
+    )
+
+
+__all__ = ["BenchResult", "bench", "paired_ratio"]

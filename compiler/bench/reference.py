@@ -1,0 +1,105 @@
+"""ONNX Runtime as the reference: run the same model on the same inputs and compare.
+
+The error measure: ``max_abs`` is the largest absolute difference; ``max_rel`` divides it by the
+largest magnitude in the reference output (a per-output relative error that stays meaningful when
+single elements are near zero). An output matches when ``max_abs <= atol + rtol * max|ref|``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from tvmforge.errors import CompileError
+from tvmforge.frontend.importer import OnnxModel, _first_line
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+def session(model: OnnxModel, threads: int | None = None):
+    """An ONNX Runtime CPU session for the model (``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(
+            model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:
+        raise CompileError(
+            f"{model.path}: ONNX Runtime cannot load the model for comparison: {_first_line(err)}"
+        ) from None
+
+
+def run_onnxruntime(
+    model: OnnxModel, arrays: Mapping[str, np.ndarray], threads: int | None = None
+) -> dict[str, np.ndarray]:
+    """Outputs of ONNX Runtime, by ONNX output name."""
+    sess = session(model, threads)
+    names = [o.name for o in sess.get_outputs()]
+    feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
+    return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How one output compares with the reference."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    ref_max: float
+    ok: bool
+    note: str = ""
+
+    def line(self) -> str:
+        status = "ok" if self.ok else "MISMATCH"
+        extra = f" ({self.note})" if self.note else ""
+        return (
+            f"{self.name}: max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g} "
+            f"(max |ref| {self.ref_max:.3g}) {status}{extra}"
+        )
+
+
+def compare(
+    outputs: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    *,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> list[Comparison]:
+    """Compare every reference output with ours."""
+    result = []
+    for name, ref in reference.items():
+        ref = np.asarray(ref)
+        ours = outputs.get(name)
+        if ours is None:
+            result.append(Comparison(name, np.inf, np.inf, 0.0, False, "missing"))
+            continue
+        ours = np.asarray(ours)
+        if ours.shape != ref.shape:
+            note = f"shape {list(ours.shape)} vs {list(ref.shape)}"
+            result.append(Comparison(name, np.inf, np.inf, 0.0, False, note))
+            continue
+        if ref.dtype == bool or ours.dtype == bool:
+            diff = float(np.count_nonzero(ours != ref))
+            result.append(Comparison(name, diff, diff / max(ref.size, 1), 1.0, diff == 0))
+            continue
+        a, b = ours.astype(np.float64), ref.astype(np.float64)
+        ref_max = float(np.max(np.abs(b))) if b.size else 0.0
+        if not np.all(np.isfinite(a) == np.isfinite(b)):
+            result.append(Comparison(name, np.inf, np.inf, ref_max, False, "non-finite values"))
+            continue
+        finite = np.isfinite(b)
+        max_abs = float(np.max(np.abs(a[finite] - b[finite]))) if finite.any() else 0.0
+        max_rel = max_abs / ref_max if ref_max > 0 else max_abs
+        ok = max_abs <= atol + rtol * ref_max
+        result.append(Comparison(name, max_abs, max_rel, ref_max, ok))
+    return result

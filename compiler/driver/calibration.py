@@ -1,0 +1,457 @@
+"""Calibration: activation ranges for ``quantize_int8``, from data run through the float model.
+
+Data (``--calibration DATA``): an ``.npz`` keyed by ONNX input name whose arrays are
+``[num_samples, *input_shape]``, or a folder of such files (read in name order and joined along
+the sample axis), or a mapping of the same. ``"random"`` (asked for explicitly) draws seeded
+uniform ``[0, 1)`` inputs: it makes quantization *run* (for speed measurements), not accurate.
+
+The float model, with the tensors ``quantize_int8`` wants to observe as extra outputs (its
+``probe`` module), is compiled with tvmforge's pipeline for this machine and run on every
+sample. Each tensor's range is then, by ``method``:
+
+- ``minmax``: the smallest and largest value seen.
+- ``percentile``: the ``percentile``-th percentile ``T`` of ``|x|`` over all samples (from a
+  2048-bin histogram of ``|x|`` on ``[0, max|x|]``); the range is ``[max(min, -T), min(max, T)]``.
+- ``entropy``: TensorRT's KL calibration: the threshold ``T`` on the same histogram whose
+  clipped, quantized distribution (128 levels, or 255 for a non-negative tensor stored as
+  ``uint8``) has the smallest KL divergence from the clipped reference distribution; the range is
+  clipped to ``±T`` as for ``percentile``.
+
+Histogram methods run the samples twice (the first pass finds ``max|x|``).
+
+Per-channel ranges (``quantize_int8`` asks for them for depthwise convs' inputs): the probe's
+last outputs are each sample's per-channel minima and maxima, ``[2, C]``; the range of channel
+``c`` is the smallest minimum and largest maximum over the samples, whatever the method.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tvmforge.errors import InputError
+from tvmforge.runtime.tensors import TensorInfo
+
+__all__ = [
+    "METHODS",
+    "Calibrator",
+    "entropy_threshold",
+    "host_runner",
+    "load_samples",
+    "onnx_layer_names",
+    "percentile_threshold",
+    "quantize_pass",
+]
+
+METHODS = ("minmax", "percentile", "entropy")
+RANDOM = "random"
+HIST_BINS = 2048
+RANDOM_SAMPLES = 8
+
+Sample = list[np.ndarray]
+# compile(mod) -> run(list of input arrays) -> list of output arrays
+Runner = Callable[[Any], Callable[[Sequence[np.ndarray]], list[np.ndarray]]]
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"calibration data {path}: cannot read it as .npz ({err})") from None
+
+
+def _read(data: str | Path) -> dict[str, np.ndarray]:
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+        if not files:
+            raise InputError(f"calibration data {path}: the folder holds no .npz file")
+        parts = [_read_npz(f) for f in files]
+        keys = set(parts[0])
+        for f, p in zip(files[1:], parts[1:], strict=True):
+            if set(p) != keys:
+                raise InputError(f"calibration data {f}: its keys {sorted(p)} differ from "
+                                 f"{files[0].name}'s {sorted(keys)}")
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in sorted(keys)}
+    if not path.exists():
+        raise InputError(f"calibration data {path}: no such file or folder")
+    return _read_npz(path)
+
+
+def load_samples(
+    data: str | Path | Mapping[str, Any],
+    inputs: Sequence[TensorInfo],
+    *,
+    random_samples: int = RANDOM_SAMPLES,
+    seed: int = 0,
+) -> list[Sample]:
+    """Calibration samples: one list of input arrays (in ``inputs`` order) per sample.
+
+    Parameters
+    ----------
+    data:
+        ``"random"``, an ``.npz`` path, a folder of ``.npz`` files, or ``{input name: array}``;
+        arrays are ``[num_samples, *input_shape]`` (for an input whose first dimension is 1,
+        ``[num_samples, *input_shape[1:]]`` is accepted too).
+    inputs:
+        The model's inputs with static shapes.
+    random_samples, seed:
+        How many seeded random samples ``"random"`` draws.
+
+    Raises
+    ------
+    InputError
+        For data that cannot be read or does not fit the inputs; the message names the input.
+    """
+    if isinstance(data, str) and data == RANDOM:
+        rng = np.random.default_rng(seed)
+        return [[_random(info, rng) for info in inputs] for _ in range(random_samples)]
+    arrays = _read(data) if isinstance(data, str | Path) else dict(data)
+    source = f"calibration data {data}" if isinstance(data, str | Path) else "calibration data"
+    missing = [i.name for i in inputs if i.name not in arrays]
+    if missing:
+        raise InputError(
+            f"{source} has no array for input(s) {', '.join(missing)} "
+            f"(it has {', '.join(sorted(arrays)) or 'none'})",
+            hint="key the arrays by ONNX input name, shape [num_samples, *input_shape]",
+        )
+    per_input = []
+    for info in inputs:
+        a = np.asarray(arrays[info.name])
+        shape = tuple(int(d) for d in info.shape)
+        if a.shape[1:] == shape:
+            samples = [a[i] for i in range(a.shape[0])]
+        elif shape and shape[0] == 1 and a.shape[1:] == shape[1:]:
+            samples = [a[i:i + 1] for i in range(a.shape[0])]
+        else:
+            raise InputError(
+                f"{source}: the array for input {info.name} has shape {list(a.shape)}; "
+                f"expected [num_samples, {', '.join(map(str, shape))}]")
+        per_input.append([np.ascontiguousarray(s, dtype=info.dtype) for s in samples])
+    counts = {len(s) for s in per_input}
+    if len(counts) != 1:
+        raise InputError(f"{source}: the inputs have different numbers of samples "
+                         f"({', '.join(str(len(s)) for s in per_input)})")
+    if counts == {0}:
+        raise InputError(f"{source}: no samples")
+    return [list(sample) for sample in zip(*per_input, strict=True)]
+
+
+def _random(info: TensorInfo, rng: np.random.Generator) -> np.ndarray:
+    shape = tuple(int(d) for d in info.shape)
+    dtype = np.dtype(info.dtype)
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    return rng.integers(0, 2, shape).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds from a histogram of |x| on [0, amax]
+
+
+def percentile_threshold(hist: np.ndarray, amax: float, percentile: float) -> float:
+    """The value below which ``percentile`` % of the histogram's mass lies."""
+    total = hist.sum()
+    if total == 0 or amax == 0:
+        return float(amax)
+    cdf = np.cumsum(hist) / total
+    i = int(np.searchsorted(cdf, percentile / 100.0))
+    return float(min(i + 1, len(hist)) * amax / len(hist))
+
+
+def _smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
+    zero = p == 0
+    nonzero = p.size - int(zero.sum())
+    if nonzero == 0:
+        return None
+    return p + eps * zero - (eps * zero.sum() / nonzero) * ~zero
+
+
+def entropy_threshold(hist: np.ndarray, amax: float, levels: int = 128,
+                      stride: int | None = None) -> float:
+    """TensorRT's KL-divergence threshold for a histogram of ``|x|`` on ``[0, amax]``.
+
+    For each candidate ``i`` (bins kept), the reference ``P`` is ``hist[:i]`` with the mass
+    beyond added to its last bin; ``Q`` is ``hist[:i]`` merged into ``levels`` bins and spread
+    back evenly over each merged bin's non-empty bins. The ``i`` with the smallest
+    ``KL(P || Q)`` gives ``T = i * amax / bins``.
+    """
+    hist = np.asarray(hist, np.float64)
+    bins = len(hist)
+    if amax == 0 or hist.sum() == 0 or bins <= levels:
+        return float(amax)
+    stride = stride or max(1, (bins - levels) // 240)
+    best, best_i = math.inf, bins
+    tail = np.cumsum(hist[::-1])[::-1]  # tail[i] = hist[i:].sum()
+    for i in range(levels, bins + 1, stride):
+        ref = hist[:i].copy()
+        if i < bins:
+            ref[-1] += tail[i]
+        chunk = (np.arange(i) * levels) // i
+        nonzero = hist[:i] > 0
+        sums = np.bincount(chunk, weights=hist[:i], minlength=levels)
+        counts = np.bincount(chunk, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, sums[chunk] / np.maximum(counts[chunk], 1), 0.0)
+        p_s = _smooth(ref / ref.sum())
+        q_s = _smooth(q / q.sum()) if q.sum() > 0 else None
+        if p_s is None or q_s is None:
+            continue
+        mask = p_s > 0
+        kl = float(np.sum(p_s[mask] * np.log(p_s[mask] / np.maximum(q_s[mask], 1e-30))))
+        if kl < best:
+            best, best_i = kl, i
+    return float(best_i * amax / bins)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the probe
+
+
+def host_runner(threads: int | None = None) -> Runner:
+    """Compile a module for this machine with tvmforge's (float) pipeline; a function running
+    it on a list of input arrays that returns the outputs as numpy arrays."""
+
+    def compile_for_host(mod):
+        import tvm
+        from tvm import relax
+
+        from tvmforge.driver.pipeline import tvmforge_pipeline
+        from tvmforge.runtime.executor import set_threads
+        from tvmforge.targets import resolve
+
+        host = resolve("x86", threads=threads).tvm_target()
+        executable = tvm.compile(mod, target=host, relax_pipeline=tvmforge_pipeline(target=host))
+        set_threads(threads)
+        vm = relax.VirtualMachine(executable, tvm.cpu())
+
+        def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+            out = vm["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in arrays])
+            if hasattr(out, "numpy"):
+                return [out.numpy()]
+            return [o.numpy() for o in out]
+
+        return run
+
+    return compile_for_host
+
+
+class Calibrator:
+    """Ranges of a probe module's outputs over calibration samples (``quantize_int8``'s
+    ``calibrator``).
+
+    Parameters
+    ----------
+    samples:
+        From :func:`load_samples`.
+    method:
+        ``minmax``, ``percentile`` or ``entropy`` (see the module docstring).
+    percentile:
+        For ``percentile``: the percentile of ``|x|`` kept [default 99.99].
+    runner:
+        ``runner(mod)(arrays) -> outputs`` [default: :func:`host_runner`].
+    activation:
+        ``uint8`` or ``int8``: how the ranges will be used (``entropy``'s level count).
+    progress:
+        Show a progress bar on stderr; ``None``: only when stderr is a terminal.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        method: str = "minmax",
+        *,
+        percentile: float = 99.99,
+        runner: Runner | None = None,
+        activation: str = "uint8",
+        bins: int = HIST_BINS,
+        progress: bool | None = None,
+    ):
+        if method not in METHODS:
+            raise InputError(f"calibration method {method!r}: use one of {', '.join(METHODS)}")
+        if not 0.0 < percentile <= 100.0:
+            raise InputError(f"percentile {percentile}: must be in (0, 100]")
+        if not samples:
+            raise InputError("calibration needs at least one sample")
+        self.samples = list(samples)
+        self.method, self.percentile, self.bins = method, float(percentile), int(bins)
+        self.runner = runner or host_runner()
+        self.activation = activation
+        self.progress = progress
+        self.ranges: list[tuple[float, float]] = []
+
+    def _bar(self, desc: str):
+        from tqdm import tqdm
+
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        return tqdm(self.samples, desc=desc, unit="sample", disable=not show, leave=False)
+
+    def sums(self, probe) -> list[float]:
+        """Each output of ``probe`` summed over all samples (``quantize_int8``'s sensitivity)."""
+        run = self.runner(probe)
+        totals: list[float] | None = None
+        for sample in self._bar("measuring layer errors"):
+            values = [float(np.sum(o, dtype=np.float64)) for o in run(sample)]
+            totals = values if totals is None else [
+                a + b for a, b in zip(totals, values, strict=True)]
+        return totals or []
+
+    supports_channels = True  # quantize_int8 may ask for per-channel ranges
+
+    def __call__(self, probe, channels: int = 0) -> list[tuple[Any, Any]]:
+        """One ``(lo, hi)`` per output of ``probe``. The last ``channels`` outputs are
+        per-channel statistics ``[2, C]`` (each sample's minima, maxima): their ranges are
+        arrays, the elementwise min of the minima and max of the maxima over all samples
+        (min/max whatever ``method``)."""
+        run = self.runner(probe)
+        lo: list[Any] | None = None
+        hi: list[Any] | None = None
+        for sample in self._bar("calibrating"):
+            outs = run(sample)
+            plain, stats = outs[:len(outs) - channels], outs[len(outs) - channels:]
+            mins = [float(np.min(o)) if o.size else 0.0 for o in plain] + [o[0] for o in stats]
+            maxs = [float(np.max(o)) if o.size else 0.0 for o in plain] + [o[1] for o in stats]
+            lo = mins if lo is None else [np.minimum(a, b) for a, b in zip(lo, mins, strict=True)]
+            hi = maxs if hi is None else [np.maximum(a, b) for a, b in zip(hi, maxs, strict=True)]
+        assert lo is not None and hi is not None
+        lo = [float(a) if np.ndim(a) == 0 else a for a in lo]
+        hi = [float(b) if np.ndim(b) == 0 else b for b in hi]
+        n = len(lo) - channels
+        if self.method == "minmax":
+            self.ranges = list(zip(lo, hi, strict=True))
+            return self.ranges
+        amax = [max(-a, b) for a, b in zip(lo[:n], hi[:n], strict=True)]
+        hists = [np.zeros(self.bins, np.int64) for _ in amax]
+        for sample in self._bar(f"calibrating ({self.method})"):
+            for h, m, o in zip(hists, amax, run(sample)[:n], strict=True):
+                if m > 0:
+                    h += np.histogram(np.abs(o), bins=self.bins, range=(0.0, m))[0]
+        ranges = []
+        for a, b, m, h in zip(lo[:n], hi[:n], amax, hists, strict=True):
+            if self.method == "percentile":
+                t = percentile_threshold(h, m, self.percentile)
+            else:
+                levels = 255 if a >= 0 and self.activation == "uint8" else 128
+                t = entropy_threshold(h, m, levels)
+            ranges.append((max(a, -t), min(b, t)))
+        ranges += list(zip(lo[n:], hi[n:], strict=True))
+        self.ranges = ranges
+        return ranges
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up for build_model(quantize=...)
+
+
+QUANTIZE_MODES = ("int8",)
+# ``skip_layers=["auto"]``: leave float the layers whose own relative error exceeds this
+AUTO_SENSITIVITY = 0.05
+
+
+def onnx_layer_names(proto) -> dict[str, str]:
+    """``weight_key(weight) -> ONNX node name`` for Conv/Gemm/MatMul initializer weights (and
+    their transposes), so reports and ``skip_layers`` use the ONNX names. A conv whose weight a
+    BatchNorm was folded into no longer matches and keeps its ``conv2d_<i>`` name."""
+    import onnx
+
+    from tvmforge.passes.prune.prune_channels import weight_key
+
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    names: dict[str, str] = {}
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            for w in (weights.get(n) for n in node.input[:2]):
+                if w is not None and w.dtype == np.float32:
+                    label = node.name or node.output[0]
+                    names[weight_key(w)] = label
+                    if w.ndim == 2:
+                        names[weight_key(np.ascontiguousarray(w.T))] = label
+    return names
+
+
+def quantize_pass(
+    model,
+    inputs: Sequence[TensorInfo],
+    mode: str,
+    calibration: str | Path | Mapping[str, Any] | None,
+    method: str = "minmax",
+    skip_layers: Sequence[str] = (),
+    threads: int | None = None,
+    activation: str = "uint8",
+):
+    """``quantize_int8`` set up for a model: its data, calibrator and ONNX layer names.
+
+    ``skip_layers`` holds layer names, and may hold ``"auto"`` or ``"auto:ERROR"``: measure
+    each layer's own relative error on the calibration data and leave float those above
+    ``ERROR`` (default :data:`AUTO_SENSITIVITY`). Returns the pass and the settings the
+    manifest records.
+
+    A model with ``QuantizeLinear`` nodes (QDQ) may come without data: the scales of its Q/DQ
+    pairs are used, and building fails if a layer's input has none.
+
+    Raises
+    ------
+    InputError
+        For an unknown mode or method, missing or unusable calibration data.
+    """
+    from tvmforge.passes.quantize.quantize_int8 import quantize_int8
+
+    if mode not in QUANTIZE_MODES:
+        raise InputError(f"--quantize {mode}: use one of {', '.join(QUANTIZE_MODES)}")
+    if method not in METHODS:
+        raise InputError(f"--calibration-method {method}: use one of {', '.join(METHODS)}")
+    qdq = any(n.op_type == "QuantizeLinear" for n in model.proto.graph.node)
+    if calibration is None and not qdq:
+        raise InputError(
+            "--quantize int8 needs calibration data to choose activation ranges",
+            hint="pass --calibration DATA (.npz keyed by input name, arrays [num_samples, "
+                 "*input_shape], or a folder of them); --calibration random quantizes with "
+                 "random inputs (for speed measurements only: accuracy is not kept)",
+        )
+    static = [i for i in inputs if not i.static]
+    if static:
+        raise InputError(f"--quantize: input {static[0].name} has a dynamic shape "
+                         f"{list(static[0].shape)}", hint="fix it with --input-shape")
+    sensitivity = None
+    names = []
+    for entry in skip_layers:
+        if entry == "auto" or entry.startswith("auto:"):
+            try:
+                sensitivity = float(entry[5:]) if entry != "auto" else AUTO_SENSITIVITY
+            except ValueError:
+                raise InputError(f"skip layer {entry!r}: write auto or auto:ERROR, "
+                                 "e.g. auto:0.05") from None
+        else:
+            names.append(entry)
+    calibrator = None  # a QDQ model without data: its Q/DQ pairs give every range it has
+    samples: list[Sample] = []
+    if calibration is not None:
+        samples = load_samples(calibration, inputs)
+        calibrator = Calibrator(samples, method, runner=host_runner(threads),
+                                activation=activation)
+    source = calibration if isinstance(calibration, str) else (
+        str(calibration) if isinstance(calibration, Path) else
+        "arrays" if calibration is not None else "qdq")
+    settings = {
+        "mode": mode,
+        "activation": activation,
+        "calibration": source,
+        "calibration_method": method,
+        "samples": len(samples),
+        "skip_layers": names,
+        "sensitivity": sensitivity,
+    }
+    qpass = quantize_int8(
+        calibrator, skip_layers=names, layer_names=onnx_layer_names(model.proto),
+        activation=activation, sensitivity=sensitivity,
+    )
+    return qpass, settings

@@ -1,0 +1,822 @@
+"""ONNX graph simplification before import: fixed input shapes, shape inference, constant folding.
+
+Real models compute the targets of Reshape / Expand / Resize / Pad / Slice at run time from
+``Shape → Gather → Concat`` chains; TVM's importer needs those as constants ("Reshape requires
+the input new shape to be Shape"). With the input shapes fixed, every such chain is a constant,
+and this pre-pass turns it into one:
+
+1. the model's input dims are set to the resolved shapes and ONNX shape inference runs;
+2. ``Shape`` / ``Size`` of a tensor with a static inferred shape become constants;
+3. a node whose inputs are all constants is evaluated (``onnx.reference``) and replaced by its
+   value; except quantization boundaries (``QuantizeLinear``/``DequantizeLinear``, which the
+   int8 path must see), random ops, and nodes whose output would be very large;
+4. an ``If`` whose condition is constant is replaced by the nodes of the branch it takes, a
+   ``Loop`` with a constant trip count whose condition passes through (a for-loop) and a
+   ``Scan`` whose sequence length is static are unrolled (up to ``MAX_UNROLL`` iterations;
+   scan outputs stacked on their axis, in their direction);
+5. nodes that no graph output depends on are dropped;
+
+repeated until nothing changes. It runs on a copy: the user's model (and its sha256) is untouched.
+
+A dynamic batch dimension (an input dim given as a name, see ``frontend.resolve_inputs``) stays
+a ``dim_param``, so shape inference carries it as a symbol. Values that depend on it are never
+folded: they are *probed* instead, evaluated with the symbol set to a few sizes (``PROBES``).
+A value that comes out the same for every size is a constant after all (``Shape(x)[1:]``) and
+is folded; one that differs stays computed at run time, except where a batch-free form exists:
+a ``Reshape`` target becomes ``0`` (copy the input's dim) where it follows the input's dynamic
+dim and ``-1`` for one remaining dynamic entry (``[batch, -1]`` → ``[0, -1]``), and an
+``Expand`` target ``1`` where it repeats the input's dim.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from tvmforge.runtime.tensors import TensorInfo
+
+log = logging.getLogger(__name__)
+
+# Never folded: the int8 path needs the Q/DQ boundaries, random ops are not constants.
+_KEEP = frozenset(
+    {
+        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
+        "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+        "If", "Loop", "Scan", "SequenceConstruct", "SequenceAt", "SequenceInsert",
+        "SequenceEmpty", "SplitToSequence", "ConcatFromSequence",
+    }
+)  # fmt: skip
+MAX_FOLDED_ELEMENTS = 1 << 24  # 64 MB of float32: beyond that a folded tensor bloats the model
+
+
+@dataclass
+class SimplifyReport:
+    """What the pre-pass did."""
+
+    folded_nodes: int = 0
+    inlined_ifs: int = 0
+    unrolled_loops: int = 0
+    unrolled_scans: int = 0
+    batch_free_targets: int = 0  # Reshape/Expand targets rewritten without the dynamic batch
+    removed_dead: int = 0
+    rounds: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _fix_input_shapes(model: onnx.ModelProto, inputs: list[TensorInfo]) -> None:
+    by_name = {i.name: i for i in inputs}
+    for vi in model.graph.input:
+        info = by_name.get(vi.name)
+        if info is None:
+            continue
+        shape = vi.type.tensor_type.shape
+        shape.ClearField("dim")
+        for d in info.shape:
+            if isinstance(d, str):
+                shape.dim.add().dim_param = d
+            else:
+                shape.dim.add().dim_value = int(d)
+    if any(isinstance(d, str) for i in inputs for d in i.shape):
+        # Exporters often declare outputs at the batch they traced with ([1, 1000]): with a
+        # dynamic batch that is stale, and inference must not take it as given.
+        for vi in model.graph.output:
+            vi.type.tensor_type.ClearField("shape")
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    g = model.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+    return shapes
+
+
+def _symbolic_shapes(model: onnx.ModelProto, symbols) -> dict[str, tuple[int | str, ...]]:
+    """Inferred shapes made of static dims and the given symbols, with at least one symbol."""
+    shapes = {}
+    g = model.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims: list[int | str] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param in symbols:
+                dims.append(d.dim_param)
+            else:
+                break
+        else:
+            if any(isinstance(d, str) for d in dims):
+                shapes[vi.name] = tuple(dims)
+    return shapes
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    g = model.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as err:  # inference is a help, not a requirement
+        log.info("shape inference failed: %s", err)
+        return model
+
+
+def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
+    if node.op_type == "Size":
+        return np.array(int(np.prod(shape)), dtype=np.int64)
+    start, end = 0, len(shape)
+    for a in node.attribute:
+        if a.name == "start":
+            start = a.i
+        elif a.name == "end":
+            end = a.i
+    rank = len(shape)
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
+    return np.array(shape[start:end], dtype=np.int64)
+
+
+def _evaluate(node: onnx.NodeProto, consts: dict[str, np.ndarray], opsets) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [n for n in node.input if n]
+    g = helper.make_graph(
+        [node],
+        "fold",
+        [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(consts[n].dtype), None)
+            for n in dict.fromkeys(inputs)
+        ],
+        [
+            helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+            for o in node.output
+            if o
+        ],
+    )
+    m = helper.make_model(g, opset_imports=opsets, ir_version=9)
+    feeds = {n: consts[n] for n in dict.fromkeys(inputs)}
+    return ReferenceEvaluator(m).run(None, feeds)
+
+
+def _inline_if(node: onnx.NodeProto, cond: bool, prefix: str) -> list[onnx.NodeProto]:
+    """The taken branch's nodes, then ``Identity`` from each branch output to the If's output.
+
+    Value names stay as they are: ONNX forbids a subgraph to reuse a name of its outer
+    scopes, so the branch's names cannot clash with the graph's.
+    """
+    branch = next(
+        a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch")
+    )
+    nodes = []
+    for t in branch.initializer:
+        nodes.append(helper.make_node("Constant", [], [t.name], value=t))
+    for n in branch.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(n)
+        new.name = f"{prefix}{n.name}" if n.name else ""
+        nodes.append(new)
+    for vo, target in zip(branch.output, node.output, strict=False):
+        if target:
+            nodes.append(
+                helper.make_node("Identity", [vo.name], [target], name=f"{prefix}{target}")
+            )
+    return nodes
+
+
+MAX_UNROLL = 256  # iterations; beyond that the graph grows too much to be worth it
+# Probe sizes for dynamic dims: probe 0 sets every symbol to 1 (the usual special case), the
+# others to distinct primes, so a value that is the same in every probe is batch-free.
+PROBES = 4
+MAX_PROBE_ELEMENTS = 1 << 16  # shape arithmetic is small; bigger values are data, not probed
+
+
+def _probe_sizes(symbols: list[str]) -> list[dict[str, int]]:
+    primes: list[int] = []
+    n = 2
+    while len(primes) < (PROBES - 1) * len(symbols):
+        if all(n % p for p in primes):
+            primes.append(n)
+        n += 1
+    sizes = [dict.fromkeys(symbols, 1)]
+    for k in range(PROBES - 1):
+        sizes.append({sym: primes[k + (PROBES - 1) * j] for j, sym in enumerate(symbols)})
+    return sizes
+
+
+@dataclass
+class _Folding:
+    """What one folding round knows: constants, probed values, inferred shapes."""
+
+    opsets: list
+    opset: int
+    report: SimplifyReport
+    sizes: list[dict[str, int]]  # one per probe: a size per dynamic symbol
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    probes: dict[str, list[np.ndarray]] = field(default_factory=dict)  # one value per probe
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    symshapes: dict[str, tuple[int | str, ...]] = field(default_factory=dict)
+    elem_types: dict[str, int] = field(default_factory=dict)  # ONNX element type by value
+
+    def set_shape(self, name: str, per_probe: list[tuple[int, ...]]) -> None:
+        """Record ``name``'s shape from its shape in each probe: a dim that differs must be
+        one symbol's size in every probe, else the shape stays unknown."""
+        if len({len(s) for s in per_probe}) != 1:
+            return
+        dims: list[int | str] = []
+        for column in zip(*per_probe, strict=True):
+            if len(set(column)) == 1:
+                dims.append(int(column[0]))
+                continue
+            sym = next(
+                (
+                    y
+                    for y in self.sizes[0]
+                    if all(s[y] == c for s, c in zip(self.sizes, column, strict=True))
+                ),
+                None,
+            )
+            if sym is None:
+                return
+            dims.append(sym)
+        if all(isinstance(d, int) for d in dims):
+            self.shapes[name] = tuple(dims)  # type: ignore[arg-type]
+        else:
+            self.symshapes[name] = tuple(dims)
+
+    def probe_shapes(self, name: str) -> list[tuple[int, ...]] | None:
+        """``name``'s shape in each probe, when inference knows it."""
+        if name in self.shapes:
+            return [self.shapes[name]] * len(self.sizes)
+        sym = self.symshapes.get(name)
+        if sym is None:
+            return None
+        return [tuple(sizes[d] if isinstance(d, str) else d for d in sym) for sizes in self.sizes]
+
+
+def _passes_cond_through(body: onnx.GraphProto) -> bool:
+    """True when the body's condition output is its condition input (a for-loop)."""
+    cond_in, cond_out = body.input[1].name, body.output[0].name
+    if cond_out == cond_in:
+        return True
+    producer = next((n for n in body.node if cond_out in n.output), None)
+    return producer is not None and producer.op_type == "Identity" and producer.input[0] == cond_in
+
+
+def _retag_graph(graph: onnx.GraphProto, rename: dict[str, str], tag: str) -> None:
+    """Rename, in place, a nested subgraph's own values (``tag`` + name) and its reads of the
+    values ``rename`` maps: one unrolled iteration's copy must not clash with another's."""
+    inner = dict(rename)
+    for vi in graph.input:
+        inner[vi.name] = tag + vi.name
+    for t in graph.initializer:
+        inner[t.name] = tag + t.name
+    for n in graph.node:
+        inner.update({o: tag + o for o in n.output if o})
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        vi.name = inner.get(vi.name, vi.name)
+    for t in graph.initializer:
+        t.name = inner[t.name]
+    for n in graph.node:
+        _retag_node(n, inner, tag)
+
+
+def _retag_node(node: onnx.NodeProto, rename: dict[str, str], tag: str) -> None:
+    names = [rename.get(x, x) if x else "" for x in node.input]
+    del node.input[:]
+    node.input.extend(names)
+    names = [rename.get(x, x) if x else "" for x in node.output]
+    del node.output[:]
+    node.output.extend(names)
+    node.name = f"{tag}{node.name}" if node.name else ""
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            _retag_graph(sub, rename, tag)
+
+
+def _const_node(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+
+def _body_iteration(
+    body: onnx.GraphProto, tag: str, feeds: list[str | np.ndarray], nodes: list[onnx.NodeProto]
+) -> list[str]:
+    """Append one copy of ``body`` to ``nodes``, its values prefixed with ``tag``; ``feeds``
+    bind its inputs in order (an outer value's name, or a constant). Returns the names of
+    its outputs."""
+    local = {vi.name for vi in body.input} | {t.name for t in body.initializer}
+    local |= {o for n in body.node for o in n.output if o}
+    rename = {name: tag + name for name in local}
+    for vi, feed in zip(body.input, feeds, strict=True):
+        if isinstance(feed, str):
+            nodes.append(helper.make_node("Identity", [feed], [rename[vi.name]]))
+        else:
+            nodes.append(_const_node(rename[vi.name], feed))
+    for t in body.initializer:
+        nodes.append(_const_node(rename[t.name], numpy_helper.to_array(t)))
+    for n in body.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(n)
+        _retag_node(new, rename, tag)
+        nodes.append(new)
+    return [rename.get(o.name, o.name) for o in body.output]
+
+
+def _stack(parts: list[str], out: str, axis: int, prefix: str, opset: int) -> list[onnx.NodeProto]:
+    """Nodes that stack ``parts`` along a new ``axis`` into ``out`` (Unsqueeze + Concat)."""
+    nodes, names = [], []
+    for j, name in enumerate(parts):
+        unsq = f"{prefix}{j}"
+        if opset >= 13:
+            axes = f"{prefix}{j}/axes"
+            nodes.append(_const_node(axes, np.array([axis], np.int64)))
+            nodes.append(helper.make_node("Unsqueeze", [name, axes], [unsq]))
+        else:
+            nodes.append(helper.make_node("Unsqueeze", [name], [unsq], axes=[axis]))
+        names.append(unsq)
+    nodes.append(helper.make_node("Concat", names, [out], axis=axis))
+    return nodes
+
+
+def _unroll_loop(
+    node: onnx.NodeProto, trip_count: int, prefix: str, opset: int
+) -> list[onnx.NodeProto]:
+    """A for-loop (constant trip count, condition passed through) as straight-line nodes.
+
+    Body inputs are (iteration, cond, carried...); outputs (cond, carried..., scan...). Each
+    iteration's values get the prefix ``{prefix}{i}/``; scan outputs are stacked on a new axis 0.
+    """
+    body = next(a.g for a in node.attribute if a.name == "body")
+    n_carried = len(node.input) - 2
+    carried: list[str] = list(node.input[2:])
+    scans: list[list[str]] = [[] for _ in range(len(body.output) - 1 - n_carried)]
+    nodes: list[onnx.NodeProto] = []
+    for i in range(trip_count):
+        feeds = [np.array(i, np.int64), np.array(True), *carried]
+        outs = _body_iteration(body, f"{prefix}{i}/", feeds, nodes)
+        carried = outs[1 : 1 + n_carried]
+        for k, name in enumerate(outs[1 + n_carried :]):
+            scans[k].append(name)
+    for outer, value in zip(node.output[:n_carried], carried, strict=False):
+        if outer:
+            nodes.append(helper.make_node("Identity", [value], [outer]))
+    for k, outer in enumerate(node.output[n_carried:]):
+        if outer:
+            nodes.extend(_stack(scans[k], outer, 0, f"{prefix}scan{k}_", opset))
+    return nodes
+
+
+def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints)
+    return default
+
+
+def _scan_iterations(
+    body: onnx.GraphProto,
+    states: list[str],
+    scan_inputs: list[str],
+    length: int,
+    axes: tuple[list[int], list[int], list[int], list[int]],
+    prefix: str,
+    opset: int,
+    nodes: list[onnx.NodeProto],
+) -> tuple[list[str], list[str]]:
+    """``length`` copies of a Scan body; returns (final states, stacked scan outputs).
+
+    ``axes``: scan input axes, input directions, output axes, output directions (ONNX Scan-9).
+    Iteration ``t`` reads slice ``t`` (``length - 1 - t`` for a reverse input) of each scan
+    input; a reverse scan output puts iteration ``t``'s value at ``length - 1 - t``.
+    """
+    in_axes, in_dirs, out_axes, out_dirs = axes
+    n_out = len(body.output) - len(states)
+    per_iteration: list[list[str]] = [[] for _ in range(n_out)]
+    for t in range(length):
+        tag = f"{prefix}{t}/"
+        slices = []
+        for j, (name, axis, reverse) in enumerate(zip(scan_inputs, in_axes, in_dirs, strict=True)):
+            index, out = f"{tag}scan_in{j}/index", f"{tag}scan_in{j}"
+            nodes.append(_const_node(index, np.array(length - 1 - t if reverse else t, np.int64)))
+            nodes.append(helper.make_node("Gather", [name, index], [out], axis=axis))
+            slices.append(out)
+        outs = _body_iteration(body, tag, [*states, *slices], nodes)
+        states = outs[: len(states)]
+        for k, name in enumerate(outs[len(states) :]):
+            per_iteration[k].append(name)
+    stacked = []
+    for k, parts in enumerate(per_iteration):
+        out = f"{prefix}out{k}"
+        order = parts[::-1] if out_dirs[k] else parts
+        nodes.extend(_stack(order, out, out_axes[k], f"{out}/", opset))
+        stacked.append(out)
+    return states, stacked
+
+
+def _unroll_scan(node: onnx.NodeProto, ctx: _Folding, prefix: str) -> list[onnx.NodeProto] | None:
+    """A Scan whose sequence length is static as straight-line nodes; ``None`` when it is not
+    (or the unrolled graph would be too long)."""
+    body = next(a.g for a in node.attribute if a.name == "body")
+    n_scan = next(a.i for a in node.attribute if a.name == "num_scan_inputs")
+    opset8 = ctx.opset < 9
+    first = 1 if opset8 else 0  # Scan-8's optional sequence_lens input
+    n_state = len(node.input) - first - n_scan
+    states = list(node.input[first : first + n_state])
+    scan_inputs = list(node.input[first + n_state :])
+    n_out = len(body.output) - n_state
+    if n_scan < 1 or n_state < 0 or n_out < 0:
+        return None
+    if opset8:
+        # Batched: axis 0 of every state and scan input is the batch, axis 1 the sequence.
+        axes = ([0] * n_scan, _ints(node, "directions", [0] * n_scan), [0] * n_out, [0] * n_out)
+        in_axes = [1] * n_scan
+    else:
+        in_axes = _ints(node, "scan_input_axes", [0] * n_scan)
+        axes = (
+            in_axes,
+            _ints(node, "scan_input_directions", [0] * n_scan),
+            _ints(node, "scan_output_axes", [0] * n_out),
+            _ints(node, "scan_output_directions", [0] * n_out),
+        )
+    lengths, batches = set(), set()
+    for name, axis in zip(scan_inputs, in_axes, strict=True):
+        shape = ctx.shapes.get(name) or ctx.symshapes.get(name)
+        if shape is None or not -len(shape) <= axis < len(shape):
+            return None
+        lengths.add(shape[axis])
+        batches.add(shape[0])
+    if len(lengths) != 1 or not isinstance(length := lengths.pop(), int) or length < 1:
+        return None
+    nodes: list[onnx.NodeProto] = []
+    if not opset8:
+        if length > MAX_UNROLL:
+            return None
+        finals, outs = _scan_iterations(
+            body, states, scan_inputs, length, axes, prefix, ctx.opset, nodes
+        )
+    else:
+        batch = batches.pop() if len(batches) == 1 else None
+        if not isinstance(batch, int) or batch * length > MAX_UNROLL:
+            return None
+        if node.input[0]:
+            seq_lens = ctx.consts.get(node.input[0])
+            if seq_lens is None or np.any(seq_lens != length):
+                return None  # ragged sequences
+        per_batch: list[list[str]] = [[] for _ in range(n_state + n_out)]
+        for b in range(batch):
+            tag = f"{prefix}b{b}/"
+            index = f"{tag}index"
+            nodes.append(_const_node(index, np.array(b, np.int64)))
+            row = []
+            for j, name in enumerate(states + scan_inputs):
+                nodes.append(helper.make_node("Gather", [name, index], [f"{tag}in{j}"], axis=0))
+                row.append(f"{tag}in{j}")
+            fin, out = _scan_iterations(
+                body, row[:n_state], row[n_state:], length, axes, tag, ctx.opset, nodes
+            )
+            for k, name in enumerate(fin + out):
+                per_batch[k].append(name)
+        finals, outs = [], []
+        for k, parts in enumerate(per_batch):
+            name = f"{prefix}batched{k}"
+            nodes.extend(_stack(parts, name, 0, f"{name}/", ctx.opset))
+            (finals if k < n_state else outs).append(name)
+    for outer, value in zip(node.output, finals + outs, strict=False):
+        if outer:
+            nodes.append(helper.make_node("Identity", [value], [outer]))
+    return nodes
+
+
+def _drop_dead(model: onnx.ModelProto) -> int:
+    g = model.graph
+    needed = {o.name for o in g.output}
+    keep = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for a in node.attribute:  # subgraphs read outer-scope values
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    needed.update(_outer_reads(sub))
+    removed = len(g.node) - len(keep)
+    if removed:
+        del g.node[:]
+        g.node.extend(reversed(keep))
+        live = [t for t in g.initializer if t.name in needed]
+        dropped = {t.name for t in g.initializer} - {t.name for t in live}
+        del g.initializer[:]
+        g.initializer.extend(live)
+        # Old IR lists initializers among the inputs too: a dropped one must not turn into
+        # a real input.
+        kept = [vi for vi in g.input if vi.name not in dropped]
+        del g.input[:]
+        g.input.extend(kept)
+    return removed
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    reads = set()
+    for n in graph.node:
+        reads.update(i for i in n.input if i)
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                reads |= _outer_reads(sub)
+    reads.update(o.name for o in graph.output)
+    return reads
+
+
+def simplify(
+    model: onnx.ModelProto, inputs: list[TensorInfo], *, max_rounds: int = 8
+) -> tuple[onnx.ModelProto, SimplifyReport]:
+    """Fold shape computations and constants for the given input shapes (see module doc)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.ir_version = max(model.ir_version, 4)
+    _fix_input_shapes(model, inputs)
+    report = SimplifyReport()
+    opsets = list(model.opset_import)
+    opset = next((int(o.version) for o in opsets if o.domain in ("", "ai.onnx")), 1)
+    graph_inputs = {i.name for i in inputs}
+    symbols = sorted({d for i in inputs for d in i.shape if isinstance(d, str)})
+    sizes = _probe_sizes(symbols) if symbols else []
+    for _ in range(max_rounds):
+        report.rounds += 1
+        model = _infer(model)
+        g = model.graph
+        ctx = _Folding(opsets, opset, report, sizes)
+        ctx.shapes = _static_shapes(model)
+        ctx.symshapes = _symbolic_shapes(model, symbols) if symbols else {}
+        ctx.elem_types = _elem_types(model)
+        ctx.consts = {
+            t.name: numpy_helper.to_array(t) for t in g.initializer if t.name not in graph_inputs
+        }
+        new_nodes: list[onnx.NodeProto] = []
+        new_inits: list[onnx.TensorProto] = []
+        changed = False
+        for index, node in enumerate(g.node):
+            replacement = _fold_node(node, ctx, index)
+            if replacement is None:
+                new_nodes.append(node)
+                _forward_shapes(node, ctx)
+                continue
+            changed = True
+            if isinstance(replacement, list):  # inlined If, unrolled loop, rewritten node
+                new_nodes.extend(replacement)
+                continue
+            for name, value in replacement.items():
+                ctx.consts[name] = value
+                new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+        if new_inits:
+            g.initializer.extend(new_inits)
+        if changed:
+            del g.node[:]
+            g.node.extend(new_nodes)
+        removed = _drop_dead(model)
+        report.removed_dead += removed
+        if not changed and not removed:
+            break
+    # Value infos from an earlier round may describe tensors that no longer exist; the
+    # importer only needs inputs and outputs.
+    del model.graph.value_info[:]
+    return model, report
+
+
+def _fold_node(node: onnx.NodeProto, ctx: _Folding, index: int):
+    """``None`` (keep), ``{name: value}`` (fold to constants) or a node list (replacement)."""
+    op = node.op_type
+    consts = ctx.consts
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if op == "If":
+        cond = consts.get(node.input[0])
+        if cond is None or cond.size != 1:
+            return None
+        ctx.report.inlined_ifs += 1
+        return _inline_if(node, bool(cond.reshape(())), f"{node.name or f'if{index}'}/")
+    if op == "Loop":
+        trip = consts.get(node.input[0]) if node.input and node.input[0] else None
+        cond = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        body = next(a.g for a in node.attribute if a.name == "body")
+        if (
+            trip is None
+            or int(trip) > MAX_UNROLL
+            or (node.input[1] and (cond is None or not bool(cond)))
+            or not _passes_cond_through(body)
+        ):
+            return None
+        ctx.report.unrolled_loops += 1
+        return _unroll_loop(node, int(trip), f"{node.name or f'loop{index}'}/", ctx.opset)
+    if op == "Scan":
+        nodes = _unroll_scan(node, ctx, f"{node.name or f'scan{index}'}/")
+        if nodes is not None:
+            ctx.report.unrolled_scans += 1
+        return nodes
+    if op in ("Shape", "Size"):
+        if node.input[0] in ctx.shapes:
+            ctx.report.folded_nodes += 1
+            return {node.output[0]: _shape_value(node, ctx.shapes[node.input[0]])}
+        shapes = ctx.probe_shapes(node.input[0])
+        if shapes is None:
+            return None
+        return _probed(node, [[_shape_value(node, s)] for s in shapes], ctx)
+    if op in _KEEP or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
+        return None
+    if op == "Constant":
+        try:
+            values = _evaluate(node, consts, ctx.opsets)
+        except Exception:
+            return None
+        ctx.report.folded_nodes += 1
+        return {node.output[0]: values[0]}
+    inputs = [i for i in node.input if i]
+    if not inputs:
+        return None
+    outputs = [o for o in node.output if o]
+    if all(i in consts for i in inputs):
+        for o in outputs:
+            if o in ctx.shapes and int(np.prod(ctx.shapes[o])) > MAX_FOLDED_ELEMENTS:
+                return None
+        try:
+            values = _evaluate(node, consts, ctx.opsets)
+        except Exception as err:
+            log.info("could not fold %s (%s): %s", node.name or op, op, err)
+            return None
+        ctx.report.folded_nodes += 1
+        return {o: np.asarray(v) for o, v in zip(outputs, values, strict=False)}
+    if (
+        op in ("Reshape", "Expand")
+        and len(node.input) > 1
+        and node.input[1] in ctx.probes
+        and node.input[0] not in ctx.probes  # else shape arithmetic: probed below
+    ):
+        return _batch_free_target(node, ctx)
+    if all(i in consts or i in ctx.probes for i in inputs):
+        results = []
+        for k in range(len(ctx.sizes)):
+            feeds = {i: consts[i] if i in consts else ctx.probes[i][k] for i in inputs}
+            try:
+                results.append([np.asarray(v) for v in _evaluate(node, feeds, ctx.opsets)])
+            except Exception as err:
+                log.info("could not probe %s (%s): %s", node.name or op, op, err)
+                return None
+        return _probed(node, results, ctx)
+    return None
+
+
+def _probed(node: onnx.NodeProto, results: list[list[np.ndarray]], ctx: _Folding):
+    """A node evaluated once per probe: folded when every probe agrees (the value does not
+    depend on the dynamic dims), else kept, its values remembered for the nodes after it."""
+    outputs = [o for o in node.output if o]
+    if any(v.size > MAX_PROBE_ELEMENTS for r in results for v in r):
+        return None
+    first = results[0]
+    same = all(
+        len(r) == len(first)
+        and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(r, first, strict=True))
+        for r in results
+    )
+    if same:
+        ctx.report.folded_nodes += 1
+        return dict(zip(outputs, first, strict=False))
+    for j, o in enumerate(outputs):
+        ctx.probes[o] = [r[j] for r in results]
+    return None
+
+
+def _batch_free_target(node: onnx.NodeProto, ctx: _Folding) -> list[onnx.NodeProto] | None:
+    """A Reshape/Expand whose target depends on the dynamic dims, rewritten with a constant
+    target that means the same for every size (module doc); ``None`` when there is none."""
+    values = [np.asarray(v).reshape(-1).tolist() for v in ctx.probes[node.input[1]]]
+    if len({len(v) for v in values}) != 1:
+        return None
+    data = ctx.probe_shapes(node.input[0])
+    target: list[int] = []
+    if node.op_type == "Reshape":
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        loose = 0
+        for i, column in enumerate(zip(*values, strict=True)):
+            if len(set(column)) == 1:
+                target.append(column[0])
+            elif (
+                not allowzero
+                and data is not None
+                and all(i < len(s) and c == s[i] for c, s in zip(column, data, strict=True))
+            ):
+                target.append(0)  # copies the input's dim
+            else:
+                target.append(-1)
+                loose += 1
+        if loose > 1 or (loose and target.count(-1) > 1):
+            return None
+    else:  # Expand: broadcasting a target 1 keeps the input's dim
+        if data is None:
+            return None
+        for i, column in enumerate(zip(*values, strict=True)):
+            j = i - len(values[0]) + len(data[0])
+            if len(set(column)) == 1:
+                target.append(column[0])
+            elif j >= 0 and all(c == s[j] for c, s in zip(column, data, strict=True)):
+                target.append(1)
+            else:
+                return None
+    name = f"{node.output[0]}/batch_free_{node.op_type.lower()}_target"
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = name
+    ctx.report.batch_free_targets += 1
+    if data is not None and node.output[0] not in ctx.shapes:
+        # Known now, not only after the next round's inference: the nodes after it need it.
+        try:
+            ctx.set_shape(
+                node.output[0],
+                [_target_shape(node.op_type, v, s) for v, s in zip(values, data, strict=True)],
+            )
+        except ValueError:
+            pass
+        if node.input[0] in ctx.elem_types:
+            ctx.elem_types[node.output[0]] = ctx.elem_types[node.input[0]]
+    return [_const_node(name, np.array(target, np.int64)), new]
+
+
+def _target_shape(op: str, target: list[int], data: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of Reshape (without allowzero) / Expand for a concrete input shape."""
+    if op == "Expand":
+        return tuple(np.broadcast_shapes(tuple(data), tuple(target)))
+    dims = [data[i] if t == 0 else t for i, t in enumerate(target)]
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1]))
+        dims[dims.index(-1)] = int(np.prod(data)) // known if known else 0
+    return tuple(int(d) for d in dims)
+
+
+def _forward_shapes(node: onnx.NodeProto, ctx: _Folding) -> None:
+    """Infer a kept node's output shapes from its inputs' (static or symbolic) shapes.
+
+    ONNX shape inference runs once per round on the whole graph and knows no shape after a
+    Reshape whose target is computed (it loses track of shape values through some chains);
+    once the round has folded that target (or made it batch-free), this carries the shapes on
+    through the nodes after it, so one round reaches the next Reshape instead of one round
+    per Reshape (ShuffleNet has 33 in a row).
+    """
+    outputs = [o for o in node.output if o]
+    if all(o in ctx.shapes or o in ctx.symshapes for o in outputs):
+        return
+    if node.domain not in ("", "ai.onnx") or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
+        return
+    types, data = {}, {}
+    for i in (i for i in node.input if i):
+        if i in ctx.consts:
+            value = ctx.consts[i]
+            types[i] = helper.make_tensor_type_proto(
+                helper.np_dtype_to_tensor_dtype(value.dtype), value.shape
+            )
+            if value.size <= 1024:
+                data[i] = numpy_helper.from_array(value, i)
+            continue
+        shape = ctx.shapes.get(i) or ctx.symshapes.get(i)
+        if shape is None or i not in ctx.elem_types:
+            return
+        types[i] = helper.make_tensor_type_proto(ctx.elem_types[i], shape)
+    try:
+        schema = onnx.defs.get_schema(node.op_type, ctx.opset, node.domain)
+        inferred = onnx.shape_inference.infer_node_outputs(
+            schema, node, types, data, opset_imports=ctx.opsets
+        )
+    except Exception as err:  # inference is a help, not a requirement
+        log.debug("no shape for %s (%s): %s", node.name, node.op_type, err)
+        return
+    for name, tp in inferred.items():
+        tt = tp.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims: list[int | str] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and ctx.sizes and d.dim_param in ctx.sizes[0]:
+                dims.append(d.dim_param)
+            else:
+                break
+        else:
+            if all(isinstance(d, int) for d in dims):
+                ctx.shapes.setdefault(name, tuple(dims))  # type: ignore[arg-type]
+            else:
+                ctx.symshapes.setdefault(name, tuple(dims))
+            ctx.elem_types[name] = tt.elem_type

@@ -1,0 +1,336 @@
+"""Loading and running an artifact: ``tvmforge.load(path)(**arrays) -> {output name: array}``.
+
+An x86 or CUDA artifact runs in-process on TVM's Relax VM. An aarch64 artifact runs in-process on
+an ARM machine, and on an x86 machine under qemu user emulation when an aarch64 TVM runtime has
+been prepared (``tvmforge.targets.qemu``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from tvmforge.errors import CompileError, InputError, TvmforgeError
+from tvmforge.runtime import artifact
+from tvmforge.runtime.tensors import TensorInfo
+from tvmforge.targets import x86
+from tvmforge.targets.features import detect_host, host_arch
+
+
+def default_threads() -> int | None:
+    """Worker threads when none are asked for: the physical cores this process may run on.
+
+    ``None`` when ``TVM_NUM_THREADS`` or ``OMP_NUM_THREADS`` is set (TVM reads them itself).
+    TVM's own default halves the logical CPU count on x86 to skip hyper-threads; on a machine
+    (or VM) without hyper-threading that is half the cores: a 2-core VM ran ResNet-50 on one
+    thread, 71.5 ms against 37.8 ms with two. ONNX Runtime's default is the physical cores too.
+    """
+    if os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or usable
+    except Exception:  # psutil missing or unable to read the topology
+        physical = usable
+    return max(1, min(usable, physical))
+
+
+SPIN_COUNT = 100_000
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` worker threads in TVM's runtime thread pool (``None``: the physical
+    cores available, ``default_threads``, unless the environment sets a count)."""
+    if not threads:
+        threads = default_threads()
+        if not threads:
+            return
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    # Workers spin this long for the next kernel before sleeping (TVM reads it when it builds
+    # the pool, which config_threadpool does). TVM's default lets them fall asleep between
+    # the kernels of one inference, and waking them costs: SqueezeNet 6.24 -> 4.92 ms median
+    # on 2 threads with 1e5 (1e6: 4.88); after the last kernel a worker spins ~30 ms of CPU.
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
+    # TVM pins each worker to a core but leaves the calling thread, which runs a share of
+    # every parallel loop too, free on all of them: whenever the scheduler puts it on the
+    # pinned worker's core the two take turns there. Measured (ShuffleNet, 2 threads, 6
+    # rounds of 20 runs in each of 3 processes): pinned, medians 2.19-3.70 ms with a third
+    # of the rounds at 2.8-3.7; unpinned, 2.21-2.63 ms; ResNet-50 28 ms either way. The
+    # issue-4 table's small models had swung 0.67x <-> 1.23x ONNX Runtime between runs.
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+
+
+def pool_threads() -> int:
+    """Worker threads TVM's runtime thread pool runs parallel kernels on, in this process."""
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+DEFAULT_BATCH = 1  # the size random inputs give a dynamic (batch) dimension
+
+
+def random_inputs(
+    infos: list[TensorInfo], seed: int = 0, batch: int = DEFAULT_BATCH
+) -> dict[str, np.ndarray]:
+    """Seeded random arrays of the right shapes and dtypes (floats in [0, 1), ints in [0, 2));
+    a dynamic dimension (a name in the shape) gets the size ``batch``."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for info in infos:
+        shape = tuple(int(d) if isinstance(d, int) else batch for d in info.shape)
+        dtype = np.dtype(info.dtype)
+        if dtype.kind == "f":
+            arrays[info.name] = rng.random(shape).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[info.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            arrays[info.name] = rng.integers(0, 2, shape).astype(dtype)
+    return arrays
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_inputs(
+    infos: list[TensorInfo], arrays: Mapping[str, Any], source: str = "inputs"
+) -> list[np.ndarray]:
+    """The arrays in input order, checked against the model's inputs.
+
+    A dynamic dimension (a name in the input's shape, e.g. ``batch``) takes any size of at
+    least 1, the same in every input that names it.
+
+    Raises
+    ------
+    InputError
+        For a missing input, an unknown name, or a shape that does not match.
+    """
+    names = [i.name for i in infos]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(
+            f"{source}: missing array(s) for input(s) {', '.join(map(repr, missing))}",
+            hint=f"the model's inputs are {', '.join(names)}",
+        )
+    unknown = [k for k in arrays if k not in names]
+    if unknown:
+        raise InputError(
+            f"{source}: {', '.join(map(repr, unknown))} is not an input of the model",
+            hint=f"the model's inputs are {', '.join(names)}",
+        )
+    ordered = []
+    sizes: dict[str, tuple[int, str]] = {}  # dynamic dim -> (size, the input that set it)
+    for info in infos:
+        arr = np.asarray(arrays[info.name])
+        fits = arr.ndim == len(info.shape) and all(
+            have == want if isinstance(want, int) else have >= 1
+            for have, want in zip(arr.shape, info.shape, strict=False)
+        )
+        if not fits:
+            dynamic = " (any size >= 1 for a named dimension)" if not info.static else ""
+            raise InputError(
+                f"{source}: input {info.name!r} has shape {list(arr.shape)}, "
+                f"the model expects {_fmt(info.shape)}{dynamic}",
+                hint="reshape the array or recompile with --input-shape",
+            )
+        for have, want in zip(arr.shape, info.shape, strict=True):
+            if isinstance(want, int):
+                continue
+            size, first = sizes.setdefault(want, (have, info.name))
+            if size != have:
+                raise InputError(
+                    f"{source}: input {info.name!r} has {want} = {have}, but input {first!r} "
+                    f"has {want} = {size}",
+                    hint=f"every input that has the dimension {want!r} needs the same size",
+                )
+        if arr.dtype != np.dtype(info.dtype):
+            if np.can_cast(arr.dtype, info.dtype, casting="same_kind"):
+                arr = arr.astype(info.dtype)
+            else:
+                raise InputError(
+                    f"{source}: input {info.name!r} has dtype {arr.dtype}, "
+                    f"the model expects {info.dtype}"
+                )
+        ordered.append(np.ascontiguousarray(arr))
+    return ordered
+
+
+class Executor(Protocol):
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def time(self, args: list[np.ndarray], repeat: int) -> list[float]: ...
+
+
+def _flatten(result: Any) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out: list[np.ndarray] = []
+    for item in result:
+        out.extend(_flatten(item))
+    return out
+
+
+class LocalVM:
+    """The artifact's library on this process's Relax VM."""
+
+    _DEVICES: ClassVar[dict[str, str]] = {"cpu": "cpu", "cuda": "cuda"}
+
+    def __init__(self, lib_path: Path, device: str) -> None:
+        import tvm
+        from tvm import relax
+
+        dev_kind = self._DEVICES.get(device, device)
+        self.dev = tvm.device(dev_kind, 0)
+        if not self.dev.exist:
+            raise TvmforgeError(
+                f"{lib_path}: built for {device}, but this machine has no {device} device",
+                hint="run it on a machine with that device",
+            )
+        if dev_kind == "cuda":
+            from tvmforge.targets import cuda
+
+            cuda.prepare_runtime()
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.dev)
+
+    def _tensors(self, args: list[np.ndarray]):
+        import tvm
+
+        return [tvm.runtime.tensor(a, self.dev) for a in args]
+
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        return _flatten(self.vm["main"](*self._tensors(args)))
+
+    def time(self, args: list[np.ndarray], repeat: int) -> list[float]:
+        tensors = self._tensors(args)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.vm["main"](*tensors)
+            self.dev.sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+class QemuVM:
+    """An aarch64 library run under qemu user emulation on an x86 machine."""
+
+    def __init__(self, lib_path: Path, qemu_cpu: str) -> None:
+        self.lib_path = lib_path
+        self.qemu_cpu = qemu_cpu
+
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        from tvmforge.targets import qemu
+
+        outs, _ = qemu.run_library(self.lib_path, args, qemu_cpu=self.qemu_cpu)
+        return outs
+
+    def time(self, args: list[np.ndarray], repeat: int) -> list[float]:
+        from tvmforge.targets import qemu
+
+        _, times = qemu.run_library(self.lib_path, args, qemu_cpu=self.qemu_cpu, repeat=repeat)
+        return times
+
+
+class CompiledModel:
+    """A loaded artifact: call it with numpy arrays named after the ONNX inputs."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], executor: Executor, tmp) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.inputs = [TensorInfo.from_json(d) for d in manifest["inputs"]]
+        self.outputs = [TensorInfo.from_json(d) for d in manifest["outputs"]]
+        self._executor = executor
+        self._tmp = tmp  # keeps the extracted library alive as long as the model
+
+    def run(self, arrays: Mapping[str, Any], source: str = "inputs") -> dict[str, np.ndarray]:
+        """Run once; returns ``{ONNX output name: array}``."""
+        args = check_inputs(self.inputs, arrays, source)
+        outs = self._executor.run(args)
+        return {info.name: out for info, out in zip(self.outputs, outs, strict=True)}
+
+    def __call__(self, **arrays: Any) -> dict[str, np.ndarray]:
+        return self.run(arrays)
+
+    def time(self, arrays: Mapping[str, Any], repeat: int = 10) -> list[float]:
+        """Seconds per call for ``repeat`` calls (after one warm-up call)."""
+        args = check_inputs(self.inputs, arrays)
+        self._executor.run(args)
+        return self._executor.time(args, repeat)
+
+
+def _check_host_can_run(path: Path, target: dict[str, Any]) -> None:
+    """Refuse an x86 artifact built for an ISA level this CPU lacks (read from CPUID)."""
+    key = str(target.get("tuning_key", ""))
+    if target.get("arch") != "x86_64" or target.get("device") != "cpu":
+        return
+    level = key.removeprefix("x86-")
+    if not key.startswith("x86-") or level not in x86.LEVELS:
+        return
+    host = detect_host().x86_level
+    if not x86.level_at_least(host, level):
+        raise TvmforgeError(
+            f"{path}: built for {target.get('preset')} ({key}), but this CPU only has x86-{host}",
+            hint="recompile with --target x86 on this machine, or --target x86:avx2",
+        )
+
+
+def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:
+    """Load an artifact written by ``tvmforge compile``.
+
+    Raises
+    ------
+    InputError
+        When the file is not a tvmforge artifact.
+    TvmforgeError
+        When this machine cannot run it (wrong architecture, no GPU, missing CPU features).
+    """
+    path = Path(path)
+    manifest = artifact.read_manifest(path)
+    target = manifest["target"]
+    tmp = tempfile.TemporaryDirectory(prefix="tvmforge-run-")
+    lib = artifact.extract_library(path, tmp.name)
+    host = host_arch()
+    set_threads(threads)
+    try:
+        if target["arch"] == host:
+            _check_host_can_run(path, target)
+            executor: Executor = LocalVM(lib, target["device"])
+        elif target["arch"] == "aarch64":
+            from tvmforge.targets import arm, qemu
+
+            ok = qemu.available()
+            if not ok:
+                raise TvmforgeError(
+                    f"{path}: built for aarch64; this {host} machine can run it only under "
+                    f"qemu, which is not ready ({ok.reason})"
+                )
+            preset = target.get("preset")
+            cpu = arm.qemu_cpu(preset) if preset in arm.presets else "max"
+            executor = QemuVM(lib, cpu)
+        else:
+            raise TvmforgeError(
+                f"{path}: built for {target['arch']}, this machine is {host}",
+                hint="run it on a machine of that architecture",
+            )
+    except Exception:
+        tmp.cleanup()
+        raise
+    return CompiledModel(path, manifest, executor, tmp)
+
+
+__all__ = ["CompileError", "CompiledModel", "check_inputs", "load", "random_inputs"]

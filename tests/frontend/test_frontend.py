@@ -1,0 +1,124 @@
+"""Loading, input shapes and the unsupported-op report of ``tvmforge.frontend.importer``."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_builders import conv_relu_model, make_model
+from tvmforge import CompileError, InputError
+from tvmforge.frontend.importer import (
+    check_supported,
+    load,
+    parse_input_shape,
+    resolve_inputs,
+    unsupported_nodes,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "dims"),
+    [
+        ("x=1x3x224x224", "x", (1, 3, 224, 224)),
+        ("gpu_0/data_0=1,3,8,8", "gpu_0/data_0", (1, 3, 8, 8)),
+        ("a=b=7", "a=b", (7,)),
+    ],
+)
+def test_parse_input_shape(text, name, dims):
+    assert parse_input_shape(text) == (name, dims)
+
+
+@pytest.mark.parametrize("text", ["x", "x=", "=1x2", "x=1xx2", "x=a"])
+def test_parse_input_shape_rejects(text):
+    with pytest.raises(InputError):
+        parse_input_shape(text)
+
+
+def test_initializers_listed_as_inputs_are_not_inputs(tmp_model):
+    model = conv_relu_model()
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 3, 3, 3]))
+    loaded = load(tmp_model(model))
+    assert [i.name for i in loaded.inputs] == ["x"]
+
+
+def test_dynamic_dims_all_named(tmp_model):
+    loaded = load(tmp_model(conv_relu_model(batch="N")))
+    assert loaded.inputs[0].shape == ("N", 3, 16, 16)
+    with pytest.raises(InputError, match=r"dynamic dimension 0 \('N'\)"):
+        resolve_inputs(loaded, {})
+    fixed = resolve_inputs(loaded, {"x": (2, 3, 16, 16)})
+    assert fixed[0].shape == (2, 3, 16, 16)
+    with pytest.raises(InputError, match="rank 4"):
+        resolve_inputs(loaded, {"x": (2, 3)})
+
+
+def test_unsupported_ops_inside_subgraphs_are_found():
+    then_g = helper.make_graph(
+        [helper.make_node("Det", ["m"], ["d"], name="inner_det")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, [])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("ReduceSum", ["m"], ["d2"], name="inner_sum", keepdims=0)],
+        "else",
+        [],
+        [helper.make_tensor_value_info("d2", TensorProto.FLOAT, [])],
+    )
+    model = make_model(
+        [
+            helper.make_node(
+                "If", ["c"], ["out"], name="branch", then_branch=then_g, else_branch=else_g
+            )
+        ],
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 3]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [])],
+    )
+    loaded = load(model)
+    assert unsupported_nodes(loaded) == [("branch/then_branch/inner_det", "Det")]
+    with pytest.raises(CompileError, match="inner_det"):
+        check_supported(loaded)
+
+
+def test_foreign_domain_ops_are_unsupported():
+    model = make_model(
+        [
+            helper.make_node(
+                "ZipMap", ["x"], ["y"], name="zip", domain="ai.onnx.ml", classlabels_int64s=[0, 1]
+            )
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    assert unsupported_nodes(load(model)) == [("zip", "ai.onnx.ml.ZipMap")]
+
+
+def test_external_data_is_loaded(tmp_path):
+    model = conv_relu_model()
+    ref = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}["w"]
+    onnx.save(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
+    loaded = load(tmp_path / "ext.onnx")
+    w = {t.name: numpy_helper.to_array(t) for t in loaded.proto.graph.initializer}["w"]
+    np.testing.assert_array_equal(w, ref)
+    (tmp_path / "ext.data").unlink()
+    with pytest.raises(InputError, match="external data"):
+        load(tmp_path / "ext.onnx")
+
+
+def test_zoo_names(tmp_path):
+    assert load("zoo:squeezenet").path == "zoo:squeezenet"
+    with pytest.raises(InputError, match=r"known: .*resnet50"):
+        load("zoo:lenet")

@@ -1,0 +1,143 @@
+"""tvmforge.load(path)(**arrays): names, dtypes, shape checks, timing."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tvmforge
+from onnx_builders import conv_relu_model, two_io_model
+from tvmforge.bench.reference import compare, run_onnxruntime
+from tvmforge.frontend.importer import TensorInfo
+from tvmforge.runtime import executor as runtime
+from tvmforge.runtime.executor import check_inputs, random_inputs
+
+
+@pytest.fixture(scope="module")
+def conv_artifact(tmp_path_factory):
+    return tvmforge.compile_model(
+        conv_relu_model(), "x86", tmp_path_factory.mktemp("a") / "conv.tar"
+    )
+
+
+def test_call_returns_dict_by_onnx_output_name(conv_artifact):
+    model = tvmforge.load(conv_artifact)
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    out = model(x=x)
+    assert list(out) == ["y"] and out["y"].shape == (1, 5)
+    ref = run_onnxruntime(tvmforge.frontend.importer.load(conv_relu_model()), {"x": x})
+    assert all(c.ok for c in compare(out, ref))
+
+
+def test_float64_input_is_cast_int_to_float_is_not(conv_artifact):
+    model = tvmforge.load(conv_artifact)
+    x = np.random.default_rng(0).random((1, 3, 16, 16))
+    np.testing.assert_allclose(model(x=x)["y"], model(x=x.astype(np.float32))["y"])
+    infos = [TensorInfo("k", (2,), "int64")]
+    with pytest.raises(tvmforge.InputError, match="dtype float32"):
+        check_inputs(infos, {"k": np.zeros(2, np.float32)})
+
+
+def test_time_returns_one_figure_per_repeat(conv_artifact):
+    model = tvmforge.load(conv_artifact, threads=1)
+    times = model.time(random_inputs(model.inputs), repeat=4)
+    assert len(times) == 4 and all(t > 0 for t in times)
+
+
+def test_random_inputs_follow_dtypes():
+    infos = [
+        TensorInfo("f", (2, 2), "float16"),
+        TensorInfo("i", (3,), "int32"),
+        TensorInfo("b", (1,), "bool"),
+    ]
+    arrays = random_inputs(infos, seed=1)
+    assert arrays["f"].dtype == np.float16 and arrays["i"].dtype == np.int32
+    assert arrays["b"].dtype == bool
+    assert set(np.unique(arrays["i"])) <= {0, 1}
+
+
+def test_multiple_outputs_in_order(tmp_path):
+    model = tvmforge.load(tvmforge.compile_model(two_io_model(), "x86", tmp_path / "t.tar"))
+    out = model(
+        a=np.ones((2, 3), np.float32), b=np.ones((2, 3), np.float32), k=np.arange(4, dtype=np.int64)
+    )
+    assert list(out) == ["s", "c"]
+    np.testing.assert_array_equal(out["c"], np.arange(4) * 2.0)
+
+
+def test_artifact_for_a_cpu_this_host_lacks_is_refused(tmp_path, monkeypatch):
+    from tvmforge.runtime import executor
+    from tvmforge.targets.features import from_flags
+
+    path = tvmforge.compile_model(two_io_model(), "x86:avx512-vnni", tmp_path / "v.tar")
+    haswell = from_flags({"avx", "avx2", "fma"}, arch="x86_64")
+    monkeypatch.setattr(executor, "detect_host", lambda: haswell)
+    with pytest.raises(tvmforge.TvmforgeError, match="this CPU only has x86-avx2"):
+        tvmforge.load(path)
+
+
+def test_default_threads_are_the_usable_physical_cores(monkeypatch):
+    import psutil
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    expected = min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False))
+    assert runtime.default_threads() == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert runtime.default_threads() is None  # the environment's count wins, TVM reads it
+
+
+def test_load_without_threads_uses_every_physical_core(conv_artifact, monkeypatch):
+    """TVM alone halves the logical CPUs on x86: one thread on a 2-core VM without SMT."""
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    expected = runtime.default_threads()
+    runtime.load(conv_artifact)
+    assert runtime.pool_threads() == expected
+
+
+def _thread_cpus() -> dict[str, str]:
+    """Each thread of this process: the CPUs it may run on (``Cpus_allowed_list``)."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                out[task.name] = line.split()[-1]
+    return out
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").exists() or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux's /proc and at least two usable CPUs",
+)
+def test_pool_workers_are_not_pinned_to_cores(conv_artifact, monkeypatch):
+    """TVM pins its workers but not the calling thread, which then shares a worker's core
+    whenever the scheduler puts it there (ShuffleNet: 2.2 or 3.7 ms from round to round);
+    the pool's threads may run on every CPU the process may, unless the user says so."""
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    model = runtime.load(conv_artifact, threads=2)
+    model.run(runtime.random_inputs(model.inputs, 0))  # the workers exist and ran
+    assert os.environ["TVM_BIND_THREADS"] == "0"
+    cpus = _thread_cpus()
+    everywhere = cpus[str(threading.get_native_id())]  # the calling thread's CPUs
+    assert len(cpus) >= 2 and all(c == everywhere for c in cpus.values()), cpus
+    # a user's own setting is kept ("00" also unpins: a "1" here would leave this process's
+    # workers pinned for the tests after this one)
+    monkeypatch.setenv("TVM_BIND_THREADS", "00")
+    runtime.load(conv_artifact, threads=2)
+    assert os.environ["TVM_BIND_THREADS"] == "00"
+
+
+def test_pool_workers_spin_between_kernels_unless_told_otherwise(conv_artifact, monkeypatch):
+    """TVM's default lets workers sleep between the kernels of one inference (SqueezeNet
+    6.24 -> 4.92 ms on 2 threads with the spin); a user's own setting is kept."""
+    monkeypatch.delenv("TVM_THREAD_POOL_SPIN_COUNT", raising=False)
+    runtime.load(conv_artifact, threads=2)
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == str(runtime.SPIN_COUNT)
+    monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    runtime.load(conv_artifact, threads=2)
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "0"
