@@ -596,7 +596,10 @@ def _print_tensors(title: str, tensors: list[dict]) -> None:
 def targets_cmd(as_json: bool) -> None:
     """List known targets and what this machine can build and run."""
     from tvmforge.targets import REGISTRY
+    from tvmforge.targets.features import detect_host, host_arch
 
+    host = detect_host()
+    host_family = {"x86_64": "x86", "aarch64": "arm"}.get(host_arch())
     rows = []
     for fam in REGISTRY.values():
         build, run = fam.can_build(), fam.can_run()
@@ -609,10 +612,19 @@ def targets_cmd(as_json: bool) -> None:
             "build_note": build.reason,
             "run": run.ok,
             "run_note": run.reason,
+            **({"host_cpu": host.describe()} if fam.key == host_family else {}),
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    kib = lambda n: f"{n >> 10} KiB" if n < (4 << 20) else f"{n >> 20} MiB"  # noqa: E731
+    click.echo(
+        f"this CPU: {host.model_name or 'unknown'} ({host.arch}, {host.cores} usable)\n"
+        f"  {host.lanes} fp32 lanes x {host.vector_registers} vector registers; "
+        f"int8 dot product: {host.int8_dot}; bf16: {host.bf16}; fp16: {'yes' if host.fp16 else 'no'}; "
+        f"AMX: {'yes' if host.amx else 'no'}\n"
+        f"  caches: L1d {kib(host.l1d_bytes)}, L2 {kib(host.l2_bytes)}, L3 {kib(host.l3_bytes)}"
+    )
     for r in rows:
         build = "yes" if r["build"] else f"no ({r['build_note']})"
         run = "yes" if r["run"] else f"no ({r['run_note']})"

@@ -281,8 +281,11 @@ def test_targets_lists_families_and_capabilities(cli):
     assert rows["x86"]["build"] and rows["x86"]["run"]
     assert {"sm_75", "sm_80", "sm_86", "sm_89", "sm_90"} <= set(rows["cuda"]["presets"])
     assert {"cortex-a72", "cortex-a76", "neoverse-n1"} <= set(rows["arm"]["presets"])
+    host = rows["x86"]["host_cpu"]  # this machine is x86-64: its facts, from CPUID
+    assert host["lanes"] in (4, 8, 16) and host["cores"] >= 1
     text = cli("targets").stdout
     assert "build here: yes" in text
+    assert "this CPU:" in text and f"{host['lanes']} fp32 lanes" in text
 
 
 def test_bench_no_tune_times_both_and_matches(cli, tmp_model):

@@ -37,10 +37,10 @@ def test_the_revision_is_what_its_builds_import(tmp_path):
     ).stdout.split()
     assert all(Path(p).resolve().is_relative_to(tmp_path.resolve()) for p in out), out
     committed = subprocess.run(
-        ["git", "-C", str(ROOT), "show", "HEAD:passes/winograd.py"],
+        ["git", "-C", str(ROOT), "show", "HEAD:passes/graph/winograd.py"],
         capture_output=True, text=True, check=True,
     ).stdout
-    assert (tmp_path / "src" / "passes" / "winograd.py").read_text() == committed
+    assert (tmp_path / "src" / "passes" / "graph" / "winograd.py").read_text() == committed
 
 
 def test_both_builds_run_and_are_timed_against_onnxruntime(tmp_path, capsys):

@@ -141,3 +141,25 @@ def test_pool_workers_spin_between_kernels_unless_told_otherwise(conv_artifact, 
     monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "0")
     runtime.load(conv_artifact, threads=2)
     assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "0"
+
+
+def test_loading_and_running_an_artifact_imports_no_compiler_and_no_onnx(tmp_path):
+    import subprocess
+    import sys
+
+    path = tvmforge.compile_model(conv_relu_model(), "x86", tmp_path / "m.tar")
+    script = (
+        "import sys, numpy as np, tvmforge\n"
+        f"m = tvmforge.load({str(path)!r})\n"
+        "out = m(**{i.name: np.ones(i.shape, i.dtype) for i in m.inputs})\n"
+        "assert all(np.isfinite(v).all() for v in out.values())\n"
+        "compiler = ('tvmforge.frontend', 'tvmforge.driver', 'tvmforge.passes',\n"
+        "            'tvmforge.tuning', 'tvmforge.bench', 'tvmforge.cli')\n"
+        "bad = [k for k in sys.modules if k == 'onnx' or k.startswith('onnx.')\n"
+        "       or k == 'onnxruntime' or k.startswith(compiler)]\n"
+        "print('LOADED', sorted(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout, result.stdout
