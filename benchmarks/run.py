@@ -62,9 +62,9 @@ def load_average() -> str:
 
 
 def machine() -> str:
-    from tvmforge.targets import x86
+    from tvmforge.targets.features import host_llvm_cpu
 
-    cpu, _ = x86.host_cpu()
+    cpu = host_llvm_cpu()
     try:
         name = next(
             line.split(":", 1)[1].strip()
