@@ -10,7 +10,10 @@ point is hashed with sha256. Two runs, before and after a change, are compared w
 
 The build is stopped right after scheduling (no LLVM code generation), so the eight default
 models hash in a few minutes on two cores. ``--target`` takes any tvmforge target string; a
-preset of another CPU (``x86:avx512-vnni``) hashes the kernels that CPU would get.
+preset of another CPU (``x86:avx512-vnni``) hashes the kernels that CPU would get, on any
+machine: ``benchmarks/results/kernel_hashes_avx512-vnni.json`` is the reference the tests
+compare with (``tests/benchmarks/test_kernel_hashes.py``; regenerate it with ``--out`` when a
+kernel changes on purpose, and say why in the commit).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ DEFAULT_MODELS = (
 )
 # The last pass of the schedule stage: the module after it is what the hashes are taken of.
 _LAST_SCHEDULE_PASS = "ScheduleCpuDefault"
+
+
+_STOP = "tvmforge-kernel-hashes: kernels captured"
 
 
 class _Scheduled(Exception):
@@ -64,10 +70,12 @@ class _CaptureSchedules:
                 kernels[gvar.name_hint] = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.kernels = kernels
         if self.stop:
-            raise _Scheduled
+            raise _Scheduled(_STOP)
 
 
-def model_hashes(model: str, target: str, quantize: str | None = None) -> dict[str, str]:
+def model_hashes(
+    model: str, target: str, quantize: str | None = None, threads: int = 2
+) -> dict[str, str]:
     """The hash of each scheduled kernel of ``model`` built for ``target``."""
     import tvmforge
 
@@ -77,9 +85,16 @@ def model_hashes(model: str, target: str, quantize: str | None = None) -> dict[s
         options = {"quantize": quantize, "calibration": "random"}
     with tvm.transform.PassContext(opt_level=3, instruments=[capture]):
         try:
-            tvmforge.build_model(model, target, use_shipped_logs=False, **options)
-        except Exception:
-            if capture.kernels is None:
+            tvmforge.build_model(
+                model, target, threads=threads, use_shipped_logs=False, **options
+            )
+        except _Scheduled:
+            pass
+        except Exception as err:  # a stop raised inside TVM arrives wrapped
+            if not capture.stop or capture.kernels is None:
+                raise
+            cause = err.__cause__ if err.__cause__ is not None else err
+            if _STOP not in f"{err!s}{cause!s}{cause!r}" and not isinstance(cause, _Scheduled):
                 raise
     if capture.kernels is None:
         raise RuntimeError(f"{model}: the schedule stage ({_LAST_SCHEDULE_PASS}) never ran")
@@ -90,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
     ap.add_argument("--target", default="x86")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="num-cores the parallel loops are split for (part of the kernel)")
     ap.add_argument(
         "--int8",
         action="append",
@@ -105,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for model, quantize in jobs:
         key = f"{model} [{quantize}]" if quantize else model
         t0 = time.perf_counter()
-        result[key] = model_hashes(model, args.target, quantize)
+        result[key] = model_hashes(model, args.target, quantize, args.threads)
         print(f"{key}: {len(result[key])} kernels, {time.perf_counter() - t0:.1f} s", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"target": args.target, "models": result}, indent=1))

@@ -1,4 +1,5 @@
-"""The ``tvmforge`` command line (DESIGN.md holds the contract).
+"""The ``tvmforge`` command line: ``compile``, ``tune``, ``run``, ``bench``, ``inspect``,
+``targets`` (the options they share live in ``cli_options``).
 
 Exit status: 0 on success, 2 for bad usage or bad input, 1 for a compile failure or a failed
 check. Every failure prints one line naming the file, node or op and what to do; ``--verbose``
@@ -8,180 +9,27 @@ adds the traceback.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
-import sys
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tvmforge.errors import InputError, TvmforgeError
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class Shape(click.ParamType):
-    """``NAME=1x3x224x224``; ``NAME=Nx3x224x224`` for a dynamic batch."""
-
-    name = "NAME=SHAPE"
-
-    def convert(self, value: Any, param, ctx) -> tuple[str, tuple[int | str, ...]]:
-        from tvmforge.frontend.importer import parse_input_shape
-
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_input_shape(value)
-        except InputError as err:
-            self.fail(err.line(), param, ctx)
-
-
-# Options shared by the commands that compile.
-target_option = click.option(
-    "--target",
-    "-t",
-    default="x86",
-    show_default=True,
-    metavar="x86|arm|cuda[:PRESET]|JSON",
-    help="Target to build for; `tvmforge targets` lists presets. JSON: a TVM target dict.",
+from tvmforge.cli_options import (
+    CONTEXT,
+    _progress,
+    _reports_errors,
+    freeze_option,
+    input_shape_option,
+    target_option,
+    threads_option,
+    transform_options,
+    tuning_log_option,
 )
-input_shape_option = click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    type=Shape(),
-    help="Fix an input's dynamic dims, e.g. data=1x3x224x224 (repeatable). N as the first "
-    "dim keeps the batch dynamic (data=Nx3x224x224): one artifact for any batch size; "
-    "compile does that by default where the batch is the only dynamic dim.",
-)
-class Freeze(click.ParamType):
-    """``NAME=VALUE[,VALUE...]``."""
-
-    name = "NAME=VALUE"
-
-    def convert(self, value: Any, param, ctx) -> tuple[str, list[float]]:
-        from tvmforge.frontend.importer import parse_freeze
-
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_freeze(value)
-        except InputError as err:
-            self.fail(err.line(), param, ctx)
-
-
-freeze_option = click.option(
-    "--freeze",
-    "frozen",
-    multiple=True,
-    type=Freeze(),
-    help="Compile an input in as a constant, e.g. --freeze sr=16000 (repeatable).",
-)
-threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="Runtime worker threads."
-)
-tuning_log_option = click.option(
-    "--tuning-log",
-    "tuning_logs",
-    multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Extra MetaSchedule database folder(s) to apply after the shipped ones.",
-)
-
-
-def transform_options(func: Callable) -> Callable:
-    """``--quantize/--calibration/--calibration-method/--skip-layers/--prune/--prune-method``,
-    gathered into one ``transforms`` keyword: what ``build_model`` takes as is."""
-    options = [
-        click.option("--quantize", type=click.Choice(["int8"]), default=None,
-                     help="Post-training int8 quantization (needs --calibration)."),
-        click.option("--calibration", default=None, metavar="DATA|random",
-                     help=".npz keyed by input name with arrays [samples, *input_shape], or a "
-                          "folder of them; 'random' only if you accept unknown accuracy."),
-        click.option("--calibration-method", type=click.Choice(["minmax", "percentile",
-                                                                "entropy"]),
-                     default="minmax", show_default=True,
-                     help="How activation ranges are taken from the calibration data."),
-        click.option("--skip-layers", default="", metavar="NAME,...",
-                     help="ONNX node names to leave in float when quantizing."),
-        click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     metavar="RATIO",
-                     help="Remove RATIO of the conv/dense FLOPs as whole channels; 0 removes "
-                          "only all-zero channels (exact)."),
-        click.option("--prune-method", type=click.Choice(["l1", "l2", "channel", "taylor"]),
-                     default="l1", show_default=True,
-                     help="Channel importance for --prune: filter norm (l1, l2; channel = l1) "
-                          "or taylor (output error on --calibration data)."),
-    ]
-
-    @functools.wraps(func)
-    def wrapper(*args, quantize, calibration, calibration_method, skip_layers, prune,
-                prune_method, **kwargs):
-        if calibration not in (None, "random") and not Path(calibration).exists():
-            raise click.BadParameter(
-                f"{calibration}: no such file or folder (an .npz keyed by input name, a folder "
-                "of them, or 'random')", param_hint="--calibration")
-        kwargs["transforms"] = {
-            "quantize": quantize,
-            "calibration": calibration,
-            "calibration_method": calibration_method,
-            "skip_layers": tuple(n for n in skip_layers.split(",") if n),
-            "prune": prune,
-            "prune_method": prune_method,
-        }
-        return func(*args, **kwargs)
-
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
-
-
-def _progress() -> Callable[[str], None] | None:
-    if not sys.stderr.isatty():
-        return None
-    return lambda msg: click.echo(f"tvmforge: {msg}...", err=True)
-
-
-def _reports_errors(func: Callable) -> Callable:
-    """Turn every failure into one line and the right exit status."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        verbose = (ctx.find_root().params or {}).get("verbose", False)
-        try:
-            return func(*args, **kwargs)
-        except TvmforgeError as err:
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"error: {err.line()}", err=True)
-            ctx.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
-            ctx.exit(130)
-        except BrokenPipeError:  # `tvmforge inspect m.onnx | head`: the reader left; fine
-            sys.stderr.close()
-            ctx.exit(0)
-        except (click.exceptions.Exit, click.ClickException):
-            raise
-        except Exception as err:
-            if verbose:
-                traceback.print_exc()
-            from tvmforge.frontend.importer import _first_line
-
-            click.echo(
-                f"error: {ctx.info_name} failed: {type(err).__name__}: {_first_line(err)}; "
-                "rerun with --verbose for the traceback",
-                err=True,
-            )
-            ctx.exit(1)
-
-    return wrapper
+from tvmforge.errors import InputError
 
 
 @click.group(context_settings=CONTEXT)
@@ -353,7 +201,7 @@ def _reports_interrupted_tuning() -> Iterator[None]:
 def _print_compiled(path: Path, built) -> None:
     pruning = getattr(built, "pruning", None)
     if pruning:
-        from tvmforge.passes.prune.prune_channels import layer_table, summary_line
+        from tvmforge.passes.prune.report import layer_table, summary_line
 
         ctx = click.get_current_context(silent=True)
         verbose = bool(ctx and (ctx.find_root().params or {}).get("verbose"))
@@ -595,11 +443,11 @@ def _print_tensors(title: str, tensors: list[dict]) -> None:
 @_reports_errors
 def targets_cmd(as_json: bool) -> None:
     """List known targets and what this machine can build and run."""
-    from tvmforge.targets import REGISTRY
-    from tvmforge.targets.features import detect_host, host_arch
+    from tvmforge.targets import REGISTRY, host_key
+    from tvmforge.targets.features import detect_host
 
     host = detect_host()
-    host_family = {"x86_64": "x86", "aarch64": "arm"}.get(host_arch())
+    host_family = host_key()
     rows = []
     for fam in REGISTRY.values():
         build, run = fam.can_build(), fam.can_run()
@@ -621,7 +469,8 @@ def targets_cmd(as_json: bool) -> None:
     click.echo(
         f"this CPU: {host.model_name or 'unknown'} ({host.arch}, {host.cores} usable)\n"
         f"  {host.lanes} fp32 lanes x {host.vector_registers} vector registers; "
-        f"int8 dot product: {host.int8_dot}; bf16: {host.bf16}; fp16: {'yes' if host.fp16 else 'no'}; "
+        f"int8 dot product: {host.int8_dot}; bf16: {host.bf16}; "
+        f"fp16: {'yes' if host.fp16 else 'no'}; "
         f"AMX: {'yes' if host.amx else 'no'}\n"
         f"  caches: L1d {kib(host.l1d_bytes)}, L2 {kib(host.l2_bytes)}, L3 {kib(host.l3_bytes)}"
     )
@@ -698,3 +547,5 @@ def bench_cmd(
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+

@@ -1,8 +1,8 @@
 """tvmforge's Relax passes, one per file, registered here by name.
 
 The import list is the registry: ``PASSES`` maps a pass's name to its factory, and
-``compiler/driver/pipeline.py`` decides the order. Every pass is a plain Relax transform that works in
-any TVM pipeline, not only tvmforge's.
+``compiler/driver/pipeline.py`` decides the order. Every pass is a plain Relax transform that
+works in any TVM pipeline, not only tvmforge's.
 """
 
 from __future__ import annotations

@@ -10,13 +10,23 @@ from __future__ import annotations
 import json
 import shutil
 from types import ModuleType
+from typing import Any
 
 from tvmforge.targets import arm, cuda, x86
 from tvmforge.targets.base import Capability, ResolvedTarget, TargetFamily
 
 REGISTRY: dict[str, TargetFamily] = {m.key: m for m in (x86, arm, cuda)}  # type: ignore[misc]
 
-__all__ = ["REGISTRY", "Capability", "ResolvedTarget", "TargetFamily", "resolve"]
+__all__ = [
+    "REGISTRY",
+    "Capability",
+    "ResolvedTarget",
+    "TargetFamily",
+    "device_of",
+    "host_key",
+    "host_target",
+    "resolve",
+]
 
 
 class TargetSpecError(ValueError):
@@ -52,6 +62,24 @@ def resolve(spec: str, *, threads: int | None = None) -> ResolvedTarget:
         raise TargetSpecError(
             f"unknown {fam_key} preset {preset!r}; known: {', '.join(fam.presets)}"
         ) from None
+
+
+def device_of(target: Any) -> str:
+    """The runtime device kind of a TVM target: ``cpu`` for LLVM/C, else the target kind."""
+    kind = target.kind.name
+    return "cpu" if kind in ("llvm", "c") else kind
+
+
+def host_key() -> str:
+    """The family key of this machine's CPU (``x86`` or ``arm``)."""
+    from tvmforge.targets.features import host_arch
+
+    return {"aarch64": "arm"}.get(host_arch(), "x86")
+
+
+def host_target(*, threads: int | None = None) -> ResolvedTarget:
+    """This machine's CPU as a target (what calibration and probes run on)."""
+    return resolve(host_key(), threads=threads)
 
 
 def _resolve_json(spec: str, threads: int | None) -> ResolvedTarget:

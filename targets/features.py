@@ -268,7 +268,8 @@ def features_of(target: Any) -> CpuFeatures | None:
     LLVM's name for the host, as ``x86``/``x86:native`` resolve it) gets the detected CPUID
     facts; any other CPU (a preset, a cross target, a JSON target naming a CPU, a bare
     ``llvm`` target, which LLVM compiles for the generic CPU of its triple) gets the facts of
-    LLVM's feature list for that CPU and ``mattr``: what the code will be compiled for. ``cores`` is the target's ``num-cores`` where it sets one.
+    LLVM's feature list for that CPU and ``mattr``: what the code will be compiled for.
+    ``cores`` is the target's ``num-cores`` where it sets one.
     """
     if target is None or target.kind.name != "llvm":
         return None

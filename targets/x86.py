@@ -1,9 +1,10 @@
 """x86-64 CPUs: the host's own CPU (``native``) or a named ISA level.
 
 ``native`` compiles for LLVM's name of the host CPU (``mcpu: native`` is rejected by the
-wheel's LLVM); its ISA level comes from the host's CPUID flags (``features.detect_host``). The tuning key names the ISA level, not the CPU model, so tuning
-records are shared between CPUs with the same vector and dot-product instructions and never
-applied to one that lacks them.
+wheel's LLVM); its ISA level comes from the host's CPUID flags (``features.detect_host``).
+The tuning key names the ISA level, not the CPU model, so tuning records are shared between
+CPUs with the same vector and dot-product instructions and never applied to one that lacks
+them.
 """
 
 from __future__ import annotations

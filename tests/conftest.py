@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -11,11 +13,25 @@ from click.testing import CliRunner
 from tvmforge.cli import main
 
 
+def _test_cache() -> Path:
+    """Where the tests keep what is slow to make and safe to share between runs (the fetched
+    ``zoo:`` wheels, the emulated aarch64 runtime): a folder of the system's temporary
+    directory, never the user's ``~/.cache``."""
+    return Path(tempfile.gettempdir()) / f"tvmforge-test-cache-{os.getuid()}"
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _private_tuning_cache(tmp_path_factory):
-    """Tuning records go to the user cache by default; tests get their own."""
+def _private_caches(tmp_path_factory):
+    """Tuning records go to the user cache by default: tests get a fresh one per session.
+    Downloaded models and the aarch64 runtime go to the tests' shared temporary cache unless
+    the caller points them elsewhere."""
     mp = pytest.MonkeyPatch()
     mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    shared = _test_cache()
+    if not os.environ.get("TVMFORGE_CACHE"):
+        mp.setenv("TVMFORGE_CACHE", str(shared))
+    if not os.environ.get("TVMFORGE_AARCH64_ROOT"):
+        mp.setenv("TVMFORGE_AARCH64_ROOT", str(shared / "aarch64"))
     yield
     mp.undo()
 

@@ -101,3 +101,13 @@ def dynamic_batch(model: onnx.ModelProto, name: str = "N") -> onnx.ModelProto:
 
 
 # --- parsing and resolving -------------------------------------------------------------------
+
+
+def cpu_target(cores: int = 2) -> dict:
+    """An x86 target these tests can build *and run* here: Skylake-SP (AVX-512, 16 lanes)
+    where the host has AVX-512, else the host's own CPU (its lanes may be 8). Tests read the
+    lanes off ``CpuScheduleParams.from_target`` rather than assuming 16."""
+    from tvmforge.targets.features import detect_host, host_llvm_cpu
+
+    mcpu = "skylake-avx512" if detect_host().lanes >= 16 else host_llvm_cpu()
+    return {"kind": "llvm", "mcpu": mcpu, "num-cores": cores}

@@ -22,7 +22,7 @@ from tvmforge.frontend import importer as frontend
 from tvmforge.frontend.importer import OnnxModel, TensorInfo
 from tvmforge.runtime import artifact
 from tvmforge.targets import ResolvedTarget, resolve
-from tvmforge.tuning import tune as tuning
+from tvmforge.tuning.databases import databases_for
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class Built:
             q = self.quantization
             caller.append({"name": "quantize_int8", **q["settings"]})
             extra["quantization"] = q["report"]
+        from tvmforge.driver.manifest import pass_list
+
         passes = pass_list(self.target, self.databases, caller)
         return {
             "model": {
@@ -77,50 +79,6 @@ class Built:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             **extra,
         }
-
-
-# Graph passes that rewrite nothing unless the target is a CPU (each checks the current target).
-_CPU_ONLY_PASSES = frozenset(
-    {"FoldChannelShuffle", "NchwcLayout", "PackDenseWeights", "FastMathCpu"}
-)
-
-
-def pass_list(
-    target: ResolvedTarget, databases: Sequence[Path], caller: Sequence[dict[str, Any]] = ()
-) -> list[dict[str, Any]]:
-    """The passes compile runs, in order, as the manifest records them.
-
-    Read off the pipeline itself (``pipeline.graph_passes``, the backend's library dispatch,
-    ``pipeline.legalize_passes``), so the record cannot drift from what runs: the graph
-    passes (those that act only on CPUs left out for other targets), ``caller``'s entries
-    (pruning, quantization, with their settings) where the pipeline runs the caller's graph
-    passes, the dispatch, legalization and fusion passes, the tuning databases applied, the
-    default schedules, and the buffer passes on the lowered graph.
-    """
-    import tvm
-
-    from tvmforge.driver.pipeline import _backend, buffer_passes, graph_passes, legalize_passes
-
-    marker = "tvmforge.CallerPasses"
-    slot = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name=marker)
-    on_cpu = target.device == "cpu"
-    steps: list[dict[str, Any]] = []
-    for p in graph_passes([slot]):
-        name = p.info.name
-        if name == marker:
-            steps += [dict(c) for c in caller]
-        elif on_cpu or name not in _CPU_ONLY_PASSES:
-            steps.append({"name": name, **({"winograd": True} if name == "NchwcLayout" else {})})
-    tvm_target = target.tvm_target()
-    dispatch = _backend(tvm_target).library_dispatch_passes(tvm_target)
-    steps += [{"name": p.info.name} for p in dispatch]
-    steps += [{"name": p.info.name} for p in legalize_passes()]
-    steps.append({"name": "MetaScheduleApplyDatabase", "databases": [str(d) for d in databases]})
-    steps.append(
-        {"name": "default_schedules", "kind": "schedule_cpu_default" if on_cpu else "dlight-gpu"}
-    )
-    steps += [{"name": p.info.name} for p in buffer_passes()]
-    return steps
 
 
 def _relax_outputs(mod, model: OnnxModel) -> list[TensorInfo]:
@@ -210,7 +168,7 @@ def build_model(
     seconds["import"] = time.perf_counter() - t0
 
     # A --tuning-log folder holds one database per tuning key (or is one).
-    databases = tuning.databases_for(target, list(tuning_logs), shipped=use_shipped_logs)
+    databases = databases_for(target, list(tuning_logs), shipped=use_shipped_logs)
     say(f"building for {target.spec()}")
     t0 = time.perf_counter()
     tvm_target = target.tvm_target()

@@ -222,24 +222,14 @@ def host_runner(threads: int | None = None) -> Runner:
     it on a list of input arrays that returns the outputs as numpy arrays."""
 
     def compile_for_host(mod):
-        import tvm
-        from tvm import relax
-
         from tvmforge.driver.pipeline import tvmforge_pipeline
+        from tvmforge.passes.probe import build_runner
         from tvmforge.runtime.executor import set_threads
-        from tvmforge.targets import resolve
+        from tvmforge.targets import host_target
 
-        host = resolve("x86", threads=threads).tvm_target()
-        executable = tvm.compile(mod, target=host, relax_pipeline=tvmforge_pipeline(target=host))
+        host = host_target(threads=threads).tvm_target()
+        run = build_runner(mod, host, tvmforge_pipeline(target=host))
         set_threads(threads)
-        vm = relax.VirtualMachine(executable, tvm.cpu())
-
-        def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-            out = vm["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in arrays])
-            if hasattr(out, "numpy"):
-                return [out.numpy()]
-            return [o.numpy() for o in out]
-
         return run
 
     return compile_for_host
@@ -363,7 +353,7 @@ def onnx_layer_names(proto) -> dict[str, str]:
     BatchNorm was folded into no longer matches and keeps its ``conv2d_<i>`` name."""
     import onnx
 
-    from tvmforge.passes.prune.prune_channels import weight_key
+    from tvmforge.passes.prune.keys import weight_key
 
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     names: dict[str, str] = {}

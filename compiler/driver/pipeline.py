@@ -55,7 +55,9 @@ SCHEDULERS: dict[str, Callable[[tvm.target.Target], list[tvm.transform.Pass]]] =
 
 
 def _device_of(target: tvm.target.Target) -> str:
-    return "cpu" if target.kind.name in ("llvm", "c") else target.kind.name
+    from tvmforge.targets import device_of
+
+    return device_of(target)
 
 
 def _backend(target: tvm.target.Target):

@@ -26,6 +26,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, topi
 
+from tvmforge.passes.graph._mutator import cpu_lanes, mutator_pass
+
 __all__ = ["fast_math_cpu"]
 
 
@@ -86,18 +88,10 @@ def fast_math_cpu(force: bool = False) -> tvm.transform.Pass:
         A Relax module pass.
     """
 
-    @tvm.transform.module_pass(opt_level=0, name="FastMathCpu")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if not force:
-            target = tvm.target.Target.current(allow_none=True)
-            if target is None or target.kind.name != "llvm":
-                return mod
-        mutator = _FastMath(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        if not mutator.rewritten:
-            return mod
-        return mutator.builder_.get()
-
-    return _pass
+    return mutator_pass(
+        "FastMathCpu",
+        lambda mod, _lanes: _FastMath(mod),
+        lambda: 0 if force else cpu_lanes(),
+        count="rewritten",
+        prune_unused=False,
+    )

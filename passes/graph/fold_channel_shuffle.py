@@ -26,6 +26,7 @@ import logging
 import tvm
 from tvm import relax, te, topi
 
+from tvmforge.passes.graph._mutator import cpu_lanes, mutator_pass
 from tvmforge.passes.graph._shapes import static_but_batch
 
 log = logging.getLogger(__name__)
@@ -145,20 +146,11 @@ def fold_channel_shuffle() -> tvm.transform.Pass:
         A Relax module pass (it adds one PrimFunc per rewritten shape).
     """
 
-    @tvm.transform.module_pass(opt_level=0, name="FoldChannelShuffle")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        from tvmforge.passes.schedule.params import current_cpu_lanes
-
-        if current_cpu_lanes() is None:
-            return mod
-        rewriter = _Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                new = rewriter.visit_expr(func)
-                rewriter.builder_.update_func(gvar, relax.analysis.remove_all_unused(new))
-        if not rewriter.rewritten:
-            return mod
-        log.debug("folded %d channel shuffles into depthwise convs", rewriter.rewritten)
-        return rewriter.builder_.get()
-
-    return _pass
+    return mutator_pass(
+        "FoldChannelShuffle",
+        lambda mod, _lanes: _Rewriter(mod),
+        cpu_lanes,
+        count="rewritten",
+        logger=log,
+        message="folded %d channel shuffles into depthwise convs (vectors of %d)",
+    )

@@ -63,6 +63,7 @@ import tvm
 from tvm import relax, te
 from tvm.ir.expr import Constant
 
+from tvmforge.passes.graph._mutator import cpu_lanes, mutator_pass
 from tvmforge.passes.graph._shapes import dims, static_but_batch
 from tvmforge.passes.graph.pack_conv_weights import (
     MAX_PAD_WASTE,
@@ -469,24 +470,11 @@ def nchwc_layout(block: int | None = None, winograd: bool = True) -> tvm.transfo
         A Relax module pass.
     """
 
-    @tvm.transform.module_pass(opt_level=0, name="NchwcLayout")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        size = block
-        if size is None:
-            from tvmforge.passes.schedule.params import current_cpu_lanes
-
-            lanes = current_cpu_lanes()
-            if lanes is None:
-                return mod
-            size = lanes
-        blocker = _Blocker(mod, size, winograd)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                new = blocker.visit_expr(func)
-                blocker.builder_.update_func(gvar, relax.analysis.remove_all_unused(new))
-        if not blocker.converted:
-            return mod
-        log.debug("%d ops run in NCHW%dc", blocker.converted, size)
-        return blocker.builder_.get()
-
-    return _pass
+    return mutator_pass(
+        "NchwcLayout",
+        lambda mod, size: _Blocker(mod, size, winograd),
+        lambda: block if block is not None else cpu_lanes(),
+        count="converted",
+        logger=log,
+        message="%d ops run in NCHW%dc",
+    )

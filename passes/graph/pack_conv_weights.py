@@ -50,8 +50,8 @@ import logging
 import numpy as np
 import tvm
 from tvm import relax, te, topi
-from tvm.ir.expr import Constant
 
+from tvmforge.passes.graph._mutator import WeightPacker, cpu_lanes, mutator_pass
 from tvmforge.passes.graph._shapes import static_but_batch
 
 log = logging.getLogger(__name__)
@@ -220,20 +220,7 @@ def _ints(values) -> tuple[int, ...]:
 
 
 @relax.expr_functor.mutator
-class _Packer(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, block: int) -> None:
-        super().__init__(mod)
-        self.block = block
-        self.packed = 0
-
-    def _weight(self, expr: relax.Expr) -> np.ndarray | None:
-        if isinstance(expr, relax.Var):
-            bound = self.lookup_binding(expr)
-            expr = expr if bound is None else bound
-        if isinstance(expr, Constant) and hasattr(expr, "value"):
-            return expr.value.numpy()
-        return None
-
+class _Packer(WeightPacker):
     def why_not(self, call: relax.Call) -> str | None:
         """``None`` when the conv can be packed, else the reason it is left alone."""
         attrs = call.attrs
@@ -295,24 +282,11 @@ def pack_conv_weights(block: int | None = None) -> tvm.transform.Pass:
         A Relax module pass (it adds one PrimFunc per packed conv shape).
     """
 
-    @tvm.transform.module_pass(opt_level=0, name="PackConvWeights")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        size = block
-        if size is None:
-            from tvmforge.passes.schedule.params import current_cpu_lanes
-
-            lanes = current_cpu_lanes()
-            if lanes is None:
-                return mod
-            size = lanes
-        packer = _Packer(mod, size)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                new = packer.visit_expr(func)
-                packer.builder_.update_func(gvar, relax.analysis.remove_all_unused(new))
-        if not packer.packed:
-            return mod
-        log.debug("packed %d conv2d weights in blocks of %d", packer.packed, size)
-        return packer.builder_.get()
-
-    return _pass
+    return mutator_pass(
+        "PackConvWeights",
+        _Packer,
+        lambda: block if block is not None else cpu_lanes(),
+        count="packed",
+        logger=log,
+        message="packed %d conv2d weights in blocks of %d",
+    )

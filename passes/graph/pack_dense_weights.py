@@ -51,8 +51,8 @@ import logging
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvm.ir.expr import Constant
 
+from tvmforge.passes.graph._mutator import WeightPacker, cpu_lanes, mutator_pass
 from tvmforge.passes.graph._shapes import static_but_batch
 
 log = logging.getLogger(__name__)
@@ -103,20 +103,7 @@ def matmul_packed(data: te.Tensor, weight: te.Tensor) -> te.Tensor:
 
 
 @relax.expr_functor.mutator
-class _Packer(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, block: int) -> None:
-        super().__init__(mod)
-        self.block = block
-        self.packed = 0
-
-    def _weight(self, expr: relax.Expr) -> np.ndarray | None:
-        if isinstance(expr, relax.Var):
-            bound = self.lookup_binding(expr)
-            expr = expr if bound is None else bound
-        if isinstance(expr, Constant) and hasattr(expr, "value"):
-            return expr.value.numpy()
-        return None
-
+class _Packer(WeightPacker):
     def panel(self, call: relax.Call) -> int | str:
         """The panel width for this matmul, or the reason it is left alone."""
         dtypes = {str(call.args[0].ty.dtype), str(call.args[1].ty.dtype), str(call.ty.dtype)}
@@ -180,24 +167,11 @@ def pack_dense_weights(block: int | None = None) -> tvm.transform.Pass:
         A Relax module pass (it adds one PrimFunc per packed matmul shape).
     """
 
-    @tvm.transform.module_pass(opt_level=0, name="PackDenseWeights")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        size = block
-        if size is None:
-            from tvmforge.passes.schedule.params import current_cpu_lanes
-
-            lanes = current_cpu_lanes()
-            if lanes is None:
-                return mod
-            size = 2 * lanes
-        packer = _Packer(mod, size)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                new = packer.visit_expr(func)
-                packer.builder_.update_func(gvar, relax.analysis.remove_all_unused(new))
-        if not packer.packed:
-            return mod
-        log.debug("packed %d matmul weights in panels of %d", packer.packed, size)
-        return packer.builder_.get()
-
-    return _pass
+    return mutator_pass(
+        "PackDenseWeights",
+        _Packer,
+        lambda: block if block is not None else cpu_lanes(2),
+        count="packed",
+        logger=log,
+        message="packed %d matmul weights in panels of %d",
+    )

@@ -1,4 +1,5 @@
-"""Block analysis and loop helpers the schedule rules share: what a block computes (MAC, padding, injective), its loops and bindings, vector splits, inlining and parallelizing."""
+"""Block analysis and loop helpers the schedule rules share: what a block computes (MAC, padding,
+injective), its loops and bindings, vector splits, inlining and parallelizing."""
 
 from __future__ import annotations
 

@@ -1,15 +1,27 @@
-"""Contractions (conv2d in NCHW incl. 1x1, strided, depthwise and grouped; dense, matmul, batch_matmul) with their fused epilogue.
+"""Contractions (conv2d in NCHW incl. 1x1, strided, depthwise and grouped; dense, matmul,
+batch_matmul) with their fused epilogue.
 
-Let ``v`` be the innermost spatial axis of the output (contiguous in memory) and ``r`` a *row* axis that the operand read along ``v`` does not depend on (the output channel of a conv, the row of a matmul), so the other operand's value is reused across it.
+Let ``v`` be the innermost spatial axis of the output (contiguous in memory) and ``r`` a *row*
+axis that the operand read along ``v`` does not depend on (the output channel of a conv, the row
+of a matmul), so the other operand's value is reused across it.
 
-- register tile ``r_i x v_i``: ``v_i`` a divisor of ``v`` near the vector width (or all of ``v`` when ``v`` is short), ``r_i`` a divisor of ``r`` such that ``r_i * ceil(v_i / lanes)`` accumulators fit in the vector register file;
+- register tile ``r_i x v_i``: ``v_i`` a divisor of ``v`` near the vector width (or all of ``v``
+  when ``v`` is short), ``r_i`` a divisor of ``r`` such that ``r_i * ceil(v_i / lanes)``
+  accumulators fit in the vector register file;
 - loop order ``[spatial outer tiles] [reduction axes] [r_i (unrolled), v_i (vectorized)]``;
 - the init is split off with ``decompose_reduction`` above the reduction loops;
-- the epilogue (inlined into one block) is ``reverse_compute_at`` into the tile, so the accumulator buffer shrinks to the tile and stays in registers; without an epilogue a ``cache_write`` provides one;
+- the epilogue (inlined into one block) is ``reverse_compute_at`` into the tile, so the
+  accumulator buffer shrinks to the tile and stays in registers; without an epilogue a
+  ``cache_write`` provides one;
 - the outer spatial tiles are fused and run in parallel;
-- a 1x1 stride-1 conv whose row width is no multiple of the vector width (56, 28, 14, 7) gets its ``y, x`` plane merged into one axis first (``_flatten_plane``).
+- a 1x1 stride-1 conv whose row width is no multiple of the vector width (56, 28, 14, 7) gets
+  its ``y, x`` plane merged into one axis first (``_flatten_plane``).
 
-Vector loops are always a divisor of the axis and at most one or two registers wide: a tail predicate or an odd vector wider than a register makes LLVM emit scalar code (measured 15-20x slower than an 11-wide vector on AVX-512). Padding producers stay separate and get the generic schedule; other injective producers are inlined."""
+Vector loops are always a divisor of the axis and at most one or two registers wide: a tail
+predicate or an odd vector wider than a register makes LLVM emit scalar code (measured 15-20x
+slower than an 11-wide vector on AVX-512). Padding producers stay separate and get the generic
+schedule; other injective producers are inlined.
+"""
 
 from __future__ import annotations
 
@@ -279,8 +291,12 @@ def _epilogue_at(sch: s_tir.Schedule, epilogue: SBlockRV, loop: LoopRV) -> None:
     with 10 outputs read as ``acc[c // 16, c % 16]`` from 16 padded channels), TVM computes the
     whole epilogue in every tile: each of the parallel tiles would then read accumulators that
     another thread is still summing (a race: wrong outputs with two threads, right ones with
-    one). That raises ``ValueError``, and the caller falls back to a schedule that keeps the
-    epilogue whole, after the contraction.
+    one). The same holds where the epilogue narrows but not to the tile: a tile of 8 of an int8
+    dense's 16 padded lanes read as ``acc[c // 16, c % 16]`` over 128 outputs gave each of the
+    two parallel tiles 120 outputs to compute, overlapping the other's (digits MLP int8 on an
+    AVX2 CPU: 36 % top-1 instead of 99 %). Both raise ``ValueError`` (the tiles, each with its
+    share of the epilogue, must add up to the epilogue exactly), and the caller falls back to a
+    schedule that keeps the epilogue whole, after the contraction.
     """
     sch.reverse_compute_at(epilogue, loop, preserve_unit_loops=True)
     loops = sch.get_loops(epilogue)
@@ -290,6 +306,34 @@ def _epilogue_at(sch: s_tir.Schedule, epilogue: SBlockRV, loop: LoopRV) -> None:
     whole = math.prod(int(iv.dom.extent) for iv in sch.get(epilogue).iter_vars)
     if above > 1 and inside >= whole:
         raise ValueError("the epilogue does not narrow to the tile (it would run whole per tile)")
+    if above * inside > whole and not _predicated(sch, epilogue):
+        raise ValueError(
+            f"the epilogue's tiles overlap ({above} x {inside} for {whole} outputs): its "
+            "indexing hides which accumulators a tile reads"
+        )
+
+
+def _predicated(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """Whether the block runs under a predicate (a ragged last tile: the tiles' loops cover
+    more than the block, and the predicate cuts off the excess without overlap)."""
+    realize = _block_realize(sch, block)
+    return realize is not None and not (
+        isinstance(realize.predicate, tirx.IntImm) and int(realize.predicate.value) == 1
+    )
+
+
+def _block_realize(sch: s_tir.Schedule, block: SBlockRV):
+    """The ``SBlockRealize`` of a block, found under its innermost loop."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return None
+    body = sch.get(loops[-1]).body
+    stmts = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
+    target = sch.get(block)
+    for stmt in stmts:
+        if isinstance(stmt, s_tir.SBlockRealize) and stmt.block.same_as(target):
+            return stmt
+    return None
 
 
 def _schedule_contraction(sch: s_tir.Schedule, main: SBlockRV, params: CpuScheduleParams) -> None:

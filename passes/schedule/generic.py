@@ -1,4 +1,7 @@
-"""The generic schedule: every block at the root gets its injective producers inlined, its leading spatial loops fused and parallelized and its innermost spatial loop vectorized (moved inside the reduction loops first when it is the contiguous axis of the block's reads, as in pooling). Also the schedule of producers (padding, packing) beside a scheduled contraction."""
+"""The generic schedule: every block at the root gets its injective producers inlined, its leading
+spatial loops fused and parallelized and its innermost spatial loop vectorized (moved inside the
+reduction loops first when it is the contiguous axis of the block's reads, as in pooling). Also
+the schedule of producers (padding, packing) beside a scheduled contraction."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Convolutions on blocked ``NCHW{B}c`` activations (``nchwc_layout``) and Winograd products: register tiles of channel vectors x pixels, K-blocked variants for streamed weights and short sweeps, weight prefetch marks (``weight_prefetch``)."""
+"""Convolutions on blocked ``NCHW{B}c`` activations (``nchwc_layout``) and Winograd products:
+register tiles of channel vectors x pixels, K-blocked variants for streamed weights and short
+sweeps, weight prefetch marks (``weight_prefetch``)."""
 
 from __future__ import annotations
 

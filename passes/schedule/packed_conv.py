@@ -1,6 +1,14 @@
-"""Convolutions with packed weights (``pack_conv_weights``, NCHW activations): vectors over output channels instead of output columns, as oneDNN's and TVM's ``conv2d_NCHWc`` x86 kernels do.
+"""Convolutions with packed weights (``pack_conv_weights``, NCHW activations): vectors over output
+channels instead of output columns, as oneDNN's and TVM's ``conv2d_NCHWc`` x86 kernels do.
 
-The accumulators are ``nf`` vectors of ``B`` channels times ``xi`` output columns (``packed_conv_tile``: at most half the registers, fewest loads per FMA), held across the whole ``(rc, ry, rx)`` reduction. The output tiles are ordered so that whichever of input tile and weights is reused stays in cache. 1x1 stride-1 convs whose plane is a whole number of vectors, or whose epilogue adds a residual, use a pixel tile instead (``packed_pixel_tile``): ``r`` channels x ``vp`` vectors of the flattened plane, weights broadcast, input and epilogue contiguous."""
+The accumulators are ``nf`` vectors of ``B`` channels times ``xi`` output columns
+(``packed_conv_tile``: at most half the registers, fewest loads per FMA), held across the whole
+``(rc, ry, rx)`` reduction. The output tiles are ordered so that whichever of input tile and
+weights is reused stays in cache. 1x1 stride-1 convs whose plane is a whole number of vectors,
+or whose epilogue adds a residual, use a pixel tile instead (``packed_pixel_tile``): ``r``
+channels x ``vp`` vectors of the flattened plane, weights broadcast, input and epilogue
+contiguous.
+"""
 
 from __future__ import annotations
 

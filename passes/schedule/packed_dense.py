@@ -1,4 +1,5 @@
-"""Matmuls with packed weights (``pack_dense_weights``, column panels ``[N/B, K, B]``): an ``8 x B`` register tile with the panel loop outermost."""
+"""Matmuls with packed weights (``pack_dense_weights``, column panels ``[N/B, K, B]``): an ``8 x
+B`` register tile with the panel loop outermost."""
 
 from __future__ import annotations
 

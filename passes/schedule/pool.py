@@ -1,4 +1,5 @@
-"""Window pooling (max/avg pool2d over NCHW or blocked layouts): output columns unrolled, window taps unrolled when few, channels or columns vectorized."""
+"""Window pooling (max/avg pool2d over NCHW or blocked layouts): output columns unrolled, window
+taps unrolled when few, channels or columns vectorized."""
 
 from __future__ import annotations
 

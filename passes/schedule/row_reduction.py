@@ -1,13 +1,14 @@
-"""Row reductions (softmax, layer norm, reduce-sum/max/mean): the reduction row kept inner and vectorized where it is contiguous, rows in parallel."""
+"""Row reductions (softmax, layer norm, reduce-sum/max/mean): the reduction row kept inner and
+vectorized where it is contiguous, rows in parallel."""
 
 from __future__ import annotations
 
 import logging
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.s_tir.schedule import SBlockRV
 
-from tvmforge.passes.schedule.analysis import _iter_kinds, _loops_match_iters, _uses_var
+from tvmforge.passes.schedule.analysis import _bindings, _iter_kinds, _loops_match_iters, _uses_var
 from tvmforge.passes.schedule.params import CpuScheduleParams
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,20 @@ def _schedule_row_reduction(
     sch.compute_at(partial, fused, preserve_unit_loops=True)
     inner = [lp for lp in sch.get_loops(partial)[1:] if int(sch.get(lp).extent) > 1]
     if len(inner) == 2:  # [row steps (reduction), lanes (spatial)] after the reorder
-        steps, lane = inner if int(sch.get(inner[1]).extent) == lanes else inner[::-1]
+        # which is which by what the loop binds, not by extent: a row of lanes x lanes
+        # elements (64 at 8 lanes) has both loops of one extent
+        steps, lane = inner if _binds_reduction(sch, partial, inner[0]) else inner[::-1]
         sch.reorder(steps, lane)
         sch.vectorize(lane)
     return True
+
+
+def _binds_reduction(sch: s_tir.Schedule, block: SBlockRV, loop) -> bool:
+    """Whether ``loop``'s variable feeds one of the block's reduction iterators."""
+    var = sch.get(loop).loop_var
+    stmt = sch.get(block)
+    values = _bindings(sch, block) or []
+    return any(
+        iv.iter_type == tirx.IterVar.CommReduce and _uses_var(value, var)
+        for iv, value in zip(stmt.iter_vars, values, strict=False)
+    )

@@ -1,4 +1,5 @@
-"""What the blocked conv rules share: where register-tile accumulators live (on the stack, under TVM's 1 KiB limit), weight prefetch distances, and the K-blocked plane bound."""
+"""What the blocked conv rules share: where register-tile accumulators live (on the stack, under
+TVM's 1 KiB limit), weight prefetch distances, and the K-blocked plane bound."""
 
 from __future__ import annotations
 

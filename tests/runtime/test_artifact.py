@@ -48,7 +48,7 @@ def test_manifest_records_io_target_passes_source_versions(built, tmp_path):
 def test_manifest_leaves_out_cpu_only_passes_for_gpus_and_places_the_callers():
     """On a GPU target the CPU-only graph passes rewrite nothing and are not recorded; pruning
     and quantization sit where the pipeline runs the caller's graph passes."""
-    from tvmforge.driver.build import pass_list
+    from tvmforge.driver.manifest import pass_list
     from tvmforge.targets import resolve
 
     caller = [{"name": "prune_channels"}, {"name": "quantize_int8"}]

@@ -17,7 +17,7 @@ import tvmforge
 from tvmforge import build_model, compile_model
 from tvmforge.bench.reference import compare, run_onnxruntime
 from tvmforge.runtime.executor import random_inputs
-from tvmforge.targets import REGISTRY, TargetSpecError, arm, cuda, resolve, x86
+from tvmforge.targets import REGISTRY, TargetSpecError, arm, cuda, resolve
 
 
 def test_x86_native_compiles_for_the_host_and_keys_by_its_cpuid_level():

@@ -12,8 +12,6 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from onnx_builders import make_model
-from tvmforge.passes import PASSES
-from tvmforge.passes.graph.conv_transpose_direct import conv_transpose_direct
 
 
 def _model(cin: int, cout: int, k: int, stride: int, hw: int, pads=(0, 0, 0, 0), act="Relu"):
@@ -36,9 +34,6 @@ def _model(cin: int, cout: int, k: int, stride: int, hw: int, pads=(0, 0, 0, 0),
         [numpy_helper.from_array(v, name) for name, v in weights.items()],
     )
 
-
-def test_registered_by_name():
-    assert PASSES["conv_transpose_direct"] is conv_transpose_direct
 
 
 @pytest.mark.parametrize(

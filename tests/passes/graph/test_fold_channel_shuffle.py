@@ -25,7 +25,7 @@ from tvmforge.frontend import importer as frontend
 from tvmforge.passes.graph.fold_channel_shuffle import fold_channel_shuffle, shuffle_groups
 from tvmforge.runtime.executor import LocalVM
 
-X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}  # structure: 16 lanes
 
 
 @pytest.mark.parametrize(

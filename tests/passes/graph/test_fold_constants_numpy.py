@@ -17,7 +17,6 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from onnx_builders import make_model
-from tvmforge.passes import PASSES
 from tvmforge.passes.graph.fold_constants_numpy import fold_constants_numpy, has_constant_calls
 
 RNG = np.random.default_rng(11)
@@ -55,9 +54,6 @@ class DecomposedNorm:
             R.output(y)
         return y
 
-
-def test_registered_by_name():
-    assert PASSES["fold_constants_numpy"] is fold_constants_numpy
 
 
 def test_folds_what_fold_constant_folds():

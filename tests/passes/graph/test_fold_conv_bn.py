@@ -18,7 +18,6 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from onnx_builders import make_model
-from tvmforge.passes import PASSES
 from tvmforge.passes.graph.fold_conv_bn import fold_conv_bn
 
 EPS = 1e-5
@@ -89,9 +88,6 @@ class ConvBias:
             R.output(r)
         return r
 
-
-def test_registered_by_name():
-    assert PASSES["fold_conv_bn"] is fold_conv_bn
 
 
 def test_batch_norm_folds_into_conv_weights():

@@ -16,7 +16,6 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from onnx_builders import make_model
-from tvmforge.passes import PASSES
 from tvmforge.passes.graph.simplify_power import RULES, simplify_power
 
 
@@ -54,9 +53,6 @@ class Square:
             R.output(y)
         return y
 
-
-def test_registered_by_name():
-    assert PASSES["simplify_power"] is simplify_power
 
 
 def test_three_quarters_becomes_two_square_roots():

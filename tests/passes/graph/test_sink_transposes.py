@@ -17,7 +17,6 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from onnx_builders import make_model
-from tvmforge.passes import PASSES
 from tvmforge.passes.graph.sink_transposes import sink_transposes
 
 RESIZE = dict(
@@ -85,9 +84,6 @@ def _run(mod: tvm.IRModule, *arrays: np.ndarray) -> np.ndarray:
     vm = relax.VirtualMachine(exe, tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
 
-
-def test_registered_by_name():
-    assert PASSES["sink_transposes"] is sink_transposes
 
 
 def test_the_region_runs_in_nhwc_with_the_same_values():

@@ -16,7 +16,6 @@ from tvm.script import relax as R
 from tvm.script import tirx as T
 
 from onnx_builders import make_model
-from tvmforge.passes import PASSES
 from tvmforge.passes.graph.stack_sum_to_add import stack_sum_to_add
 
 
@@ -57,9 +56,6 @@ class Adds:
             R.output(r)
         return r
 
-
-def test_registered_by_name():
-    assert PASSES["stack_sum_to_add"] is stack_sum_to_add
 
 
 def test_sum_of_stack_becomes_adds_in_order():

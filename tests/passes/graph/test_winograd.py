@@ -18,7 +18,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax, te, tirx
 
-from onnx_builders import make_model
+from onnx_builders import cpu_target, make_model
 from tvmforge import build_model
 from tvmforge.driver.pipeline import to_kernels
 from tvmforge.frontend import importer as frontend
@@ -33,7 +33,8 @@ from tvmforge.passes.graph.winograd import (
 )
 from tvmforge.passes.schedule.rules import CpuScheduleParams, schedule_prim_func
 
-X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}  # structure: 16 lanes
+HOST = cpu_target()  # what runs here
 LOGGER = "tvmforge.passes.schedule.rules"
 
 
@@ -117,7 +118,7 @@ def _scheduled(tensors, params, caplog) -> tvm.runtime.Module:
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
         after = schedule_prim_func(func, params)
     assert after is not None and "failed" not in caplog.text, caplog.text
-    target = tvm.target.Target(X86)
+    target = tvm.target.Target(HOST)  # scheduled for 16 lanes, built for what runs here
     with target:
         return after, tvm.tirx.build(after.with_attr("global_symbol", "k"), target=target)
 
@@ -253,8 +254,8 @@ def test_dynamic_batch_runs_winograd_per_sample_and_matches_onnxruntime(tmp_path
     ``batch_outer`` runs each as a loop over its batch-1 schedule; one artifact serves
     batches 1 and 3."""
     import onnxruntime as ort
-    from test_dynamic_batch import dynamic_batch
 
+    from onnx_builders import dynamic_batch
     from tvmforge.passes.schedule.batch_outer import collect_declined
     from tvmforge.passes.schedule.rules import schedule_cpu_default
     from tvmforge.runtime.executor import LocalVM

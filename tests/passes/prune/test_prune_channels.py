@@ -23,7 +23,6 @@ from tvmforge.driver.build import build_model
 from tvmforge.driver.pipeline import graph_passes
 from tvmforge.errors import InputError
 from tvmforge.frontend import importer as frontend
-from tvmforge.passes import PASSES
 from tvmforge.passes.prune.prune_channels import default_align, model_flops, prune_channels
 
 LOGGER = "tvmforge.passes"
@@ -155,9 +154,6 @@ def planted_model(seed: int = 0) -> onnx.ModelProto:
         inits,
     )
 
-
-def test_registered_by_name():
-    assert PASSES["prune_channels"] is prune_channels
 
 
 # ---- before / expected, one dependency pattern each ----------------------------------------

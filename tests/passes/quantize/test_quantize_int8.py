@@ -21,7 +21,6 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax, te
 
 from onnx_builders import make_model
-from tvmforge.passes import PASSES
 from tvmforge.passes.quantize.quantize_int8 import (
     QParams,
     activation_params,
@@ -48,9 +47,6 @@ def _vm(ex) -> relax.VirtualMachine:
 def _run(ex, *arrays: np.ndarray) -> np.ndarray:
     return _vm(ex)["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]).numpy()
 
-
-def test_registered_by_name():
-    assert PASSES["quantize_int8"] is quantize_int8
 
 
 # ---- arithmetic ----------------------------------------------------------------------------
@@ -614,7 +610,12 @@ def test_qdq_model_compiles_to_the_int8_kernel_without_calibration():
     assert qpass.report.qdq_tensors == 2 and qpass.report.observed_tensors == 0
     assert [layer.name for layer in qpass.report.quantized] == ["conv2d_0"]
     x = rng.random((1, 3, 8, 8)).astype(f32) * 2 - 0.5
-    ref = ort.InferenceSession(model.SerializeToString(),
+    # ONNX Runtime without graph optimizations evaluates the Q/DQ graph as written (dequantize,
+    # float conv, quantize). Its optimized int8 conv is exact only on CPUs with a VNNI
+    # instruction: elsewhere its u8 x s8 pairs saturate in int16 (3.4 off here on an AVX2 EPYC).
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(model.SerializeToString(), options,
                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     # the same integers up to one unit of the output scale (0.02) where a tie rounds apart
     assert np.abs(_run(ex, x) - ref).max() <= 0.02 * 1.001

@@ -22,7 +22,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import te, tirx, topi
 
-from onnx_builders import dynamic_batch, make_model
+from onnx_builders import cpu_target, dynamic_batch, make_model
 from tvmforge import build_model
 from tvmforge.bench.reference import compare
 from tvmforge.driver.pipeline import to_kernels
@@ -41,7 +41,8 @@ from tvmforge.passes.schedule.rules import (
 from tvmforge.runtime.executor import LocalVM
 from tvmforge.targets import resolve
 
-X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}  # structure: 16 lanes
+HOST = cpu_target()  # what runs here
 PARAMS = CpuScheduleParams(lanes=16, vector_registers=32, num_cores=2)
 BATCHES = (1, 3, 5)
 I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
@@ -92,7 +93,7 @@ def test_batch_separable_or_declined_with_the_reason(name):
 
 
 def _build_and_run(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> np.ndarray:
-    lib = tvm.tirx.build(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=X86)
+    lib = tvm.tirx.build(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=HOST)
     tensors = [tvm.runtime.tensor(x) for x in arrays]
     lib["k"](*tensors)
     return tensors[-1].numpy()
