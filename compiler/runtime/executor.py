@@ -160,14 +160,31 @@ def check_inputs(
                 )
         if arr.dtype != np.dtype(info.dtype):
             if np.can_cast(arr.dtype, info.dtype, casting="same_kind"):
+                _check_representable(arr, np.dtype(info.dtype), info.name, source)
                 arr = arr.astype(info.dtype)
             else:
                 raise InputError(
                     f"{source}: input {info.name!r} has dtype {arr.dtype}, "
                     f"the model expects {info.dtype}"
                 )
-        ordered.append(np.ascontiguousarray(arr))
+        # np.ascontiguousarray makes a 0-d array 1-d: a scalar input keeps its 0 dimensions
+        ordered.append(np.ascontiguousarray(arr) if arr.ndim else np.array(arr, copy=True))
     return ordered
+
+
+def _check_representable(arr: np.ndarray, dtype: np.dtype, name: str, source: str) -> None:
+    """Refuse integer values that ``dtype`` cannot hold (a cast would wrap them silently)."""
+    if arr.dtype.kind not in "iu" or dtype.kind not in "iu" or arr.size == 0:
+        return
+    info = np.iinfo(dtype)
+    lo, hi = arr.min(), arr.max()
+    if int(lo) < info.min or int(hi) > info.max:
+        bad = int(lo) if int(lo) < info.min else int(hi)
+        raise InputError(
+            f"{source}: input {name!r} holds {bad}, which {dtype} cannot represent "
+            f"(range {info.min} to {info.max})",
+            hint=f"pass values the model's {dtype} input can hold",
+        )
 
 
 class Executor(Protocol):
@@ -300,10 +317,13 @@ def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:
         When this machine cannot run it (wrong architecture, no GPU, missing CPU features).
     """
     path = Path(path)
-    manifest = artifact.read_manifest(path)
-    target = manifest["target"]
     tmp = tempfile.TemporaryDirectory(prefix="tvmforge-run-")
-    lib = artifact.extract_library(path, tmp.name)
+    try:
+        manifest, lib = artifact.read(path, tmp.name)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    target = manifest["target"]
     host = host_arch()
     set_threads(threads)
     try:
