@@ -24,12 +24,13 @@ from tvmforge.cli_options import (
     _reports_errors,
     freeze_option,
     input_shape_option,
+    is_verbose,
     target_option,
     threads_option,
     transform_options,
     tuning_log_option,
 )
-from tvmforge.errors import InputError
+from tvmforge.errors import InputError, TvmforgeError, printable
 
 
 @click.group(context_settings=CONTEXT)
@@ -44,6 +45,17 @@ def main(verbose: bool) -> None:
         import warnings
 
         warnings.filterwarnings("ignore")
+    _terminate_like_interrupt()
+
+
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (what ``timeout``, CI runners and ``docker stop`` send) ends a command the way
+    Ctrl-C does: cleanups run, nothing half-written stays, exit 130."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _default_output(model: str) -> Path:
@@ -96,6 +108,7 @@ def compile_cmd(
     from tvmforge.runtime import executor as runtime
 
     output = output or _default_output(model)
+    _check_writable(output)
     progress = _progress()
     if tune_trials is not None:
         if no_tune:
@@ -145,9 +158,32 @@ def compile_cmd(
                 hint="rerun with --verbose, or loosen --atol/--rtol for an ill-conditioned model",
             )
         os.replace(staging, output)
+    except TvmforgeError as err:  # name the user's file, not the staging one
+        err.message = err.message.replace(str(staging), str(output))
+        raise
     finally:
         staging.unlink(missing_ok=True)
     _print_compiled(output, built)
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an ``-o`` this process cannot write before spending minutes on the build."""
+    folder = output.resolve().parent
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if output.is_dir():
+        raise InputError(f"{output}: is a folder", hint="give -o a file name, e.g. -o model.tar")
+    if not probe.is_dir():
+        raise InputError(
+            f"{output}: cannot write there ({probe} is a file, not a folder)",
+            hint="pass -o a path in a folder you can write",
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{output}: cannot write there ({probe} is not writable)",
+            hint="pass -o a path in a folder you can write",
+        )
 
 
 def _tune_first(
@@ -204,7 +240,7 @@ def _print_compiled(path: Path, built) -> None:
         from tvmforge.passes.prune.report import layer_table, summary_line
 
         ctx = click.get_current_context(silent=True)
-        verbose = bool(ctx and (ctx.find_root().params or {}).get("verbose"))
+        verbose = is_verbose(ctx)
         click.echo(
             f"pruned ({pruning['method']}, ratio {pruning['ratio']:g}): {summary_line(pruning)}"
         )
@@ -347,14 +383,15 @@ def run_cmd(
         flat = arr.reshape(-1)
         head = ", ".join(f"{v:.4g}" if arr.dtype.kind == "f" else str(v) for v in flat[:5])
         more = ", ..." if flat.size > 5 else ""
-        click.echo(f"{name}: {arr.dtype}{list(arr.shape)} [{head}{more}]")
+        click.echo(f"{printable(name)}: {arr.dtype}{list(arr.shape)} [{head}{more}]")
     if repeat > 1:
-        import statistics
-
-        times = compiled.time(arrays, repeat)
+        times = np.asarray(compiled.time(arrays, repeat)) * 1e3
+        p50, p90, p99 = np.percentile(times, [50, 90, 99])
+        where = "under qemu (emulated: not this code's speed on the device)" if getattr(
+            compiled, "emulated", False) else f"{runtime.pool_threads()} thread(s)"
         click.echo(
-            f"latency over {repeat} runs: median {statistics.median(times) * 1e3:.3f} ms, "
-            f"min {min(times) * 1e3:.3f} ms"
+            f"latency over {repeat} runs, {where}: median {p50:.3f} ms, p90 {p90:.3f} ms, "
+            f"p99 {p99:.3f} ms, min {times.min():.3f} ms"
         )
     if output_path is not None:
         tmp = output_path.with_name(f".{output_path.name}.part.npz")
@@ -426,8 +463,9 @@ def inspect_cmd(path: str, input_shapes: tuple, as_json: bool) -> None:
         click.echo(f"  by op: {top}")
     if rep.unsupported:
         ops = sorted({op for _, op in rep.unsupported})
-        click.echo(f"unsupported: {len(rep.unsupported)} node(s) [{', '.join(ops)}]: "
-                   + ", ".join(f"{n} ({op})" for n, op in rep.unsupported[:20]))
+        click.echo(f"unsupported: {len(rep.unsupported)} node(s) [{printable(', '.join(ops))}]: "
+                   + ", ".join(f"{printable(n)} ({printable(op)})"
+                               for n, op in rep.unsupported[:20]))
     else:
         click.echo("support: every op can be imported")
 
@@ -435,7 +473,8 @@ def inspect_cmd(path: str, input_shapes: tuple, as_json: bool) -> None:
 def _print_tensors(title: str, tensors: list[dict]) -> None:
     click.echo(f"{title}:")
     for t in tensors:
-        click.echo(f"  {t['name']}: {t['dtype']}[{', '.join(str(d) for d in t['shape'])}]")
+        shape = ", ".join(printable(d) for d in t["shape"])
+        click.echo(f"  {printable(t['name'])}: {printable(t['dtype'])}[{shape}]")
 
 
 @main.command("targets", context_settings=CONTEXT)

@@ -5,6 +5,7 @@ into one line and the contract's exit status."""
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -140,13 +141,37 @@ def _progress() -> Callable[[str], None] | None:
     return lambda msg: click.echo(f"tvmforge: {msg}...", err=True)
 
 
-def _reports_errors(func: Callable) -> Callable:
-    """Turn every failure into one line and the right exit status."""
+def is_verbose(ctx: click.Context | None = None) -> bool:
+    """``--verbose`` given before the subcommand (``tvmforge -v compile``) or after it
+    (``tvmforge compile -v``)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    return bool((ctx.find_root().params or {}).get("verbose")) or bool(
+        ctx.meta.get("tvmforge.verbose")
+    )
 
+
+def _verbose_after(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    ctx.meta["tvmforge.verbose"] = True
+    logging.getLogger().setLevel(logging.INFO)
+    import warnings
+
+    warnings.resetwarnings()
+
+
+def _reports_errors(func: Callable) -> Callable:
+    """Turn every failure into one line and the right exit status; also gives the command a
+    ``--verbose`` of its own, so that it works after the subcommand too."""
+
+    @click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True,
+                  callback=_verbose_after, help="Log each step; show tracebacks on errors.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
-        verbose = (ctx.find_root().params or {}).get("verbose", False)
+        verbose = is_verbose(ctx)
         try:
             return func(*args, **kwargs)
         except TvmforgeError as err:

@@ -7,6 +7,20 @@ input, 1 for a compile failure). Anything else escaping is a bug and is reported
 
 from __future__ import annotations
 
+import unicodedata
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped (``\\x1b``), for names that come from a model
+    or a manifest: an escape sequence in a tensor name must not reach a terminal raw."""
+    s = str(text)
+    if not any(unicodedata.category(c) == "Cc" for c in s):
+        return s
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
+        for c in s
+    )
+
 
 class TvmforgeError(Exception):
     """Base class: a message meant for the user, and the exit status that goes with it."""
@@ -21,7 +35,8 @@ class TvmforgeError(Exception):
     def line(self) -> str:
         """The one line the CLI prints (newlines in quoted tool output are folded)."""
         text = f"{self.message}; {self.hint}" if self.hint else self.message
-        return " ".join(part.strip() for part in text.splitlines() if part.strip())
+        folded = " ".join(part.strip() for part in text.splitlines() if part.strip())
+        return printable(folded)
 
 
 class InputError(TvmforgeError):

@@ -321,3 +321,45 @@ def test_paired_ratio_cancels_a_load_that_drifts_between_rounds():
     loaded = ([24.0, 24.2, 23.8], [30.0, 30.3, 29.7, 30.1, 29.9])
     assert paired_ratio([quiet, loaded]) == pytest.approx(0.8, rel=0.01)
     assert paired_ratio([]) == float("inf")
+
+
+def test_a_control_character_in_a_name_is_printed_escaped(cli, tmp_model):
+    """An OSC escape sequence in a tensor name must not reach the terminal raw."""
+    evil = "y\x1b]0;owned\x07"
+    model = make_model(
+        [helper.make_node("Relu", ["x"], [evil])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(evil, TensorProto.FLOAT, [2])],
+    )
+    path = tmp_model(model)
+    for args in (("inspect", path), ("compile", path, "-o", "m.tar"), ("run", "m.tar")):
+        res = cli(*args)
+        assert res.exit_code == 0, res.output
+        assert "\x1b" not in res.output and "\x07" not in res.output
+    assert "y\\x1b]0;owned\\x07" in res.output
+
+
+def test_verbose_works_after_the_subcommand_too(cli):
+    quiet = cli("compile", "nope.onnx")
+    assert quiet.exit_code == 2 and "Traceback" not in quiet.output
+    for args in (("--verbose", "compile", "nope.onnx"), ("compile", "nope.onnx", "--verbose"),
+                 ("compile", "-v", "nope.onnx")):
+        res = cli(*args)
+        assert res.exit_code == 2 and "Traceback" in res.output, args
+
+
+def test_run_repeated_prints_latency_percentiles_and_threads(cli, tmp_model):
+    model = tmp_model(conv_relu_model())
+    assert cli("compile", model, "-o", "m.tar").exit_code == 0
+    res = cli("run", "m.tar", "--repeat", "12")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("latency over 12 runs"))
+    assert "thread(s)" in line and "median" in line and "p90" in line and "p99" in line
+
+
+def test_an_unwritable_output_is_refused_before_the_build(cli, tmp_model, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    res = cli("compile", tmp_model(conv_relu_model()), "-o", tmp_path / "afile" / "m.tar")
+    assert res.exit_code == 2
+    line = _one_error_line(res)
+    assert "cannot write there" in line and "m.tar" in line

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvmforge.errors import CompileError
+from tvmforge.errors import CompileError, printable
 from tvmforge.frontend.importer import OnnxModel, _first_line
 
 DEFAULT_ATOL = 1e-4
@@ -63,8 +63,8 @@ class Comparison:
         status = "ok" if self.ok else "MISMATCH"
         extra = f" ({self.note})" if self.note else ""
         return (
-            f"{self.name}: max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g} "
-            f"(max |ref| {self.ref_max:.3g}) {status}{extra}"
+            f"{printable(self.name)}: max abs err {self.max_abs:.3g}, "
+            f"max rel err {self.max_rel:.3g} (max |ref| {self.ref_max:.3g}) {status}{extra}"
         )
 
 

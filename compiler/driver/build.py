@@ -8,7 +8,6 @@ the build (and the optional check) succeeded.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -298,7 +297,10 @@ def export(built: Built, output: str | Path, progress: Progress | None = None) -
     say = progress or (lambda _msg: None)
     say(f"exporting {output}")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tvmforge-") as tmp:
+    from tvmforge.runtime import scratch
+
+    scratch.sweep()  # build folders of killed compiles
+    with scratch.scratch_dir("build") as tmp:
         lib = Path(tmp) / artifact.LIBRARY
         kwargs = {"cc": built.target.export_cc} if built.target.export_cc else {}
         try:

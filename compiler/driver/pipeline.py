@@ -138,9 +138,23 @@ def schedule_passes(
     target: tvm.target.Target, databases: Sequence[Path] = ()
 ) -> list[tvm.transform.Pass]:
     """Apply matching tuning records, then the device's default schedules to the rest."""
-    applied = [relax.transform.MetaScheduleApplyDatabase(str(db)) for db in databases]
+    applied = [_apply_database(Path(db)) for db in databases]
     scheduler = SCHEDULERS.get(_device_of(target), SCHEDULERS["cuda"])
     return applied + scheduler(target)
+
+
+def _apply_database(db: Path) -> tvm.transform.Pass:
+    """``MetaScheduleApplyDatabase`` over the database in ``db``, opened here: given the folder,
+    TVM's pass opens it itself and logs a warning line on every compile."""
+
+    @tvm.transform.module_pass(opt_level=0, name="MetaScheduleApplyDatabase")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        from tvm.s_tir import meta_schedule as ms
+
+        with ms.database.JSONDatabase(work_dir=str(db)):
+            return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+    return _pass
 
 
 def buffer_passes() -> list[tvm.transform.Pass]:

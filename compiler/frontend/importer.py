@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from tvmforge.errors import CompileError, InputError
+from tvmforge.frontend.validate import validate_graph
 from tvmforge.runtime.tensors import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,9 @@ def load_model(path: str | Path) -> OnnxModel:
             f"{_first_line(err)})",
             hint="re-export or re-download the file",
         ) from None
-    if not proto.HasField("graph") or len(proto.graph.node) == 0 or not proto.graph.output:
+    if not proto.HasField("graph") or not proto.graph.output:
         raise InputError(
-            f"{p}: not an ONNX model (no graph, nodes or outputs in it)",
+            f"{p}: not an ONNX model (no graph or outputs in it)",
             hint="pass a .onnx file exported from a framework",
         )
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
@@ -113,6 +114,7 @@ def load_model(path: str | Path) -> OnnxModel:
                 f"({_first_line(err)})",
                 hint="keep the data files beside the model",
             ) from None
+    validate_graph(proto, str(p))
     try:
         onnx.checker.check_model(proto)
     except Exception as err:
@@ -133,6 +135,7 @@ def load(spec: str | Path | onnx.ModelProto) -> OnnxModel:
 
     if isinstance(spec, onnx.ModelProto):
         data = spec.SerializeToString()
+        validate_graph(spec, "<in-memory model>")
         return OnnxModel("<in-memory model>", spec, hashlib.sha256(data).hexdigest())
     text = str(spec)
     if text.startswith(zoo.PREFIX) and not Path(text).exists():

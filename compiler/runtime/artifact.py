@@ -24,7 +24,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,10 @@ def write(path: str | Path, library_file: str | Path, manifest: dict[str, Any]) 
     dest = Path(path).resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     manifest = {"format": FORMAT, **manifest, "library_sha256": sha256_of(library_file)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    from tvmforge.runtime import scratch
+
+    scratch.sweep(dest.parent)  # what killed writers left beside it
+    fd, tmp = scratch.part_file(dest)
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
             data = json.dumps(manifest, indent=2, sort_keys=False).encode()

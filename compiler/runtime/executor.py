@@ -8,7 +8,6 @@ been prepared (``tvmforge.targets.qemu``).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from tvmforge.errors import CompileError, InputError, TvmforgeError
-from tvmforge.runtime import artifact
+from tvmforge.runtime import artifact, scratch
 from tvmforge.runtime.tensors import TensorInfo
 from tvmforge.targets import x86
 from tvmforge.targets.features import detect_host, host_arch
@@ -274,6 +273,12 @@ class CompiledModel:
         self._executor = executor
         self._tmp = tmp  # keeps the extracted library alive as long as the model
 
+    @property
+    def emulated(self) -> bool:
+        """Whether the model runs under qemu user emulation (its times say nothing of the
+        device's speed)."""
+        return isinstance(self._executor, QemuVM)
+
     def run(self, arrays: Mapping[str, Any], source: str = "inputs") -> dict[str, np.ndarray]:
         """Run once; returns ``{ONNX output name: array}``."""
         args = check_inputs(self.inputs, arrays, source)
@@ -317,7 +322,7 @@ def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:
         When this machine cannot run it (wrong architecture, no GPU, missing CPU features).
     """
     path = Path(path)
-    tmp = tempfile.TemporaryDirectory(prefix="tvmforge-run-")
+    tmp = scratch.scratch_dir("run")
     try:
         manifest, lib = artifact.read(path, tmp.name)
     except BaseException:

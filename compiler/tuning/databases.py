@@ -4,9 +4,12 @@ target when it answers, so records of one CPU never share a folder with another'
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from tvmforge.targets import ResolvedTarget
@@ -79,7 +82,94 @@ def databases_for(
             found.append(folder / target.tuning_key)
         elif is_database(folder):
             found.append(folder)
-    return found
+    return [readable(db) for db in found]
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged databases: a line cut short (a tune killed mid-write, a disk filled up) made TVM's
+# reader fail every compile that applied the database, naming no file.
+
+
+def _damaged_lines(folder: Path) -> tuple[list[bytes], list[bytes], list[str]]:
+    """The sound workload and record lines of a database, and one note per damaged line.
+
+    A workload line must be a JSON list; a record line a JSON list whose first entry is the
+    index of a sound workload. A record of a damaged workload goes with it.
+    """
+    notes: list[str] = []
+    workloads: list[bytes] = []
+    index_map: dict[int, int] = {}  # old workload index -> index among the sound ones
+    lines = (folder / WORKLOADS).read_bytes().splitlines()
+    for n, line in enumerate(ln for ln in lines if ln.strip()):
+        try:
+            ok = isinstance(json.loads(line), list)
+        except ValueError:
+            ok = False
+        if ok:
+            index_map[n] = len(workloads)
+            workloads.append(line)
+        else:
+            notes.append(f"{folder / WORKLOADS}: workload {n + 1} is damaged")
+    records: list[bytes] = []
+    for n, line in enumerate((folder / RECORDS).read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            ok = isinstance(rec, list) and len(rec) == 2 and int(rec[0]) in index_map
+        except (ValueError, TypeError):
+            ok = False
+        if ok:
+            rec[0] = index_map[int(rec[0])]
+            records.append(json.dumps(rec, separators=(",", ":")).encode())
+        else:
+            notes.append(f"{folder / RECORDS}: line {n} is damaged")
+    return workloads, records, notes
+
+
+def readable(folder: Path) -> Path:
+    """``folder``, or, where some of its lines are damaged, a copy without them (in the
+    temporary folder, keyed by the files' contents), with one warning per damaged line: a
+    damaged record is skipped, never a failed compile."""
+    try:
+        workloads, records, notes = _damaged_lines(folder)
+    except OSError:
+        return folder
+    if not notes:
+        return folder
+    for note in notes:
+        log.warning("%s; skipped (retune to replace it)", note)
+    digest = hashlib.sha256()
+    for name in (WORKLOADS, RECORDS):
+        digest.update((folder / name).read_bytes())
+    clean = Path(tempfile.gettempdir()) / f"tvmforge-db-{digest.hexdigest()[:16]}"
+    if not is_database(clean):
+        clean.mkdir(parents=True, exist_ok=True)
+        for name, lines in ((WORKLOADS, workloads), (RECORDS, records)):
+            tmp = clean / f".{name}.part"
+            tmp.write_bytes(b"".join(line + b"\n" for line in lines))
+            os.replace(tmp, clean / name)
+    return clean
+
+
+def repair(folder: Path) -> int:
+    """Move a database's damaged lines out of it (into ``*.damaged`` beside it), so that
+    ``tune`` can append to it; the number of lines moved."""
+    if not is_database(folder):
+        return 0
+    workloads, records, notes = _damaged_lines(folder)
+    if not notes:
+        return 0
+    for note in notes:
+        log.warning("%s; moved to %s.damaged", note, note.split(":")[0])
+    for name, lines in ((WORKLOADS, workloads), (RECORDS, records)):
+        path = folder / name
+        with open(f"{path}.damaged", "ab") as keep:
+            keep.write(path.read_bytes())
+        tmp = folder / f".{name}.part"
+        tmp.write_bytes(b"".join(line + b"\n" for line in lines))
+        os.replace(tmp, path)
+    return len(notes)
 
 
 

@@ -4,6 +4,7 @@ so the database's best is never slower than the default."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tvmforge.tuning.databases import log
@@ -52,13 +53,16 @@ def _device_of_target(tvm_target: Any) -> str:
 
 def _measure_defaults(
     tasks: list[TaskResult], mods: list[Any], tvm_target: Any, builder: Any, runner: Any,
-    database: Any,
+    database: Any, stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Time each kernel's default schedule (what compile runs without a record).
 
     For a kernel the database has no record of yet, the default schedule is also committed as
     a record (its trace, its measured time): the database's best is then never slower than the
     default, so applying it can only help, and the search starts from the default.
+
+    ``stop`` is asked between kernels (a Ctrl-C or SIGTERM noted by the tune): true raises
+    ``KeyboardInterrupt`` there, with every default measured so far committed.
     """
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
@@ -74,7 +78,11 @@ def _measure_defaults(
             args = ArgInfo.from_entry_func(schedules[i].mod, remove_preproc=True)
             run_inputs.append(RunnerInput(b.artifact_path, _device_of_target(tvm_target), args))
             run_index.append(i)
+    if stop():
+        raise KeyboardInterrupt
     for i, fut in zip(run_index, runner.run(run_inputs), strict=True):
+        if stop():
+            raise KeyboardInterrupt
         res = fut.result()
         if res.error_msg is not None or not res.run_secs:
             continue

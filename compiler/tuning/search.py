@@ -18,6 +18,8 @@ from tvmforge.errors import InputError
 from tvmforge.tuning.budget import Budget
 from tvmforge.tuning.results import BatchInfo, TaskResult
 
+log = logging.getLogger(__name__)
+
 COST_MODELS = ("xgb", "mlp", "random")
 
 
@@ -183,10 +185,19 @@ class _TuningState:
             except KeyboardInterrupt:
                 self.interrupted = True
                 raise
+        if self.interrupted:  # a signal arrived during this batch: stop here, records kept
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def catching_sigint(self) -> Iterator[None]:
-        """Note a Ctrl-C before Python raises it, wherever in TVM's callbacks it lands."""
+        """Defer a Ctrl-C (SIGINT) or a SIGTERM to the next safe point.
+
+        A ``KeyboardInterrupt`` raised wherever the signal lands (inside TVM's C++ code, its
+        worker pools, a callback) crashed the process (exit 139) and lost the database's last
+        writes. The first signal only notes the request; the tune stops after the batch being
+        measured, whose records are committed first (``record``), or between default
+        measurements. A second signal raises at once.
+        """
         import signal
         import threading
 
@@ -194,15 +205,18 @@ class _TuningState:
             yield
             return
 
-        def on_sigint(signum: int, frame: Any) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
             self.interrupted = True
-            raise KeyboardInterrupt
+            log.warning("interrupted: stopping after the batch being measured (again to stop now)")
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def _measure_callback(state: _TuningState):

@@ -45,7 +45,7 @@ from typing import Any
 from tvmforge.errors import CompileError, InputError
 from tvmforge.targets import ResolvedTarget
 from tvmforge.tuning.budget import plan_budget
-from tvmforge.tuning.databases import count_records, database_dir, user_cache
+from tvmforge.tuning.databases import count_records, database_dir, repair, user_cache
 from tvmforge.tuning.defaults import _best_in, _measure_defaults
 from tvmforge.tuning.report import write_report
 from tvmforge.tuning.results import BatchInfo, TaskResult, TuneResult, TuningInterrupted
@@ -254,6 +254,7 @@ def tune(
         return TuneResult(db_dir, resolved.spec(), budget, [])
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    repair(db_dir)  # damaged lines out of the way, or the reader fails on them
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     records_before = count_records(db_dir)
     results = [
@@ -272,29 +273,33 @@ def tune(
     measuring = _runner_threads(cores)
     measuring.__enter__()
     runner = ms.runner.LocalRunner(timeout_sec=60.0)
+    signals = state.catching_sigint()
+    signals.__enter__()
     try:
         _measure_defaults(
-            results, [c.mod for c in contexts], tvm_target, builder, runner, database
+            results, [c.mod for c in contexts], tvm_target, builder, runner, database,
+            stop=lambda: state.interrupted,
         )
         state.curve.append((0, state.estimate()))
         bar = _progress_bar(min(budget.trials, budget.per_task * budget.tasks), progress)
         state.bar = bar
-        with state.catching_sigint():
-            ms.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=str(db_dir),
-                max_trials_global=budget.trials,
-                max_trials_per_task=budget.per_task,
-                num_trials_per_iter=budget.per_iter,
-                builder=builder,
-                runner=runner,
-                database=database,
-                cost_model=model_cost,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                   _measure_callback(state)],
-                task_scheduler=_gradient_scheduler(state, seed),
-            )
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(db_dir),
+            max_trials_global=budget.trials,
+            max_trials_per_task=budget.per_task,
+            num_trials_per_iter=budget.per_iter,
+            builder=builder,
+            runner=runner,
+            database=database,
+            cost_model=model_cost,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                               _measure_callback(state)],
+            task_scheduler=_gradient_scheduler(state, seed),
+        )
+        if state.interrupted:  # the signal came with the last batch
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         kept = count_records(db_dir)
         raise TuningInterrupted(db_dir, kept, kept - records_before) from None
@@ -304,6 +309,7 @@ def tune(
             raise TuningInterrupted(db_dir, kept, kept - records_before) from None
         raise
     finally:
+        signals.__exit__(None, None, None)
         if bar is not None:
             bar.close()
         builder.shutdown()

@@ -40,6 +40,10 @@ everywhere in the tensor (NaN otherwise). A source channel whose weights are all
 the BatchNorm, bias and activation after it make it some other constant. A channel whose
 ``cval`` is finite at every consumer can be removed exactly: its contribution is a constant
 that folds into the consumer's bias.
+
+Why one module of ~750 lines: the analysis is one walk over the bindings with one union-find
+of spaces, and each op's rule is a method that updates that shared state; split across files
+the rules would only reach into each other's private state.
 """
 
 from __future__ import annotations
