@@ -572,11 +572,17 @@ def bench_cmd(
     if as_json:
         click.echo(json.dumps(res.to_json(), indent=2))
         return
-    click.echo(f"{res.model} on {res.target}, {res.threads or 'default'} threads, "
+    click.echo(f"{res.model} on {res.target}, {res.threads_used} thread(s), "
                f"{res.repeat} runs (compile {res.compile_s:.1f} s)")
-    click.echo(f"  tvmforge     {res.tvmforge_ms:10.3f} ms  (IQR {res.tvmforge_iqr_ms:.3f})")
-    click.echo(f"  onnxruntime  {res.ort_ms:10.3f} ms  (IQR {res.ort_iqr_ms:.3f})")
-    click.echo(f"  ratio tvmforge/onnxruntime: {res.ratio:.2f}x")
+    click.echo(f"  tvmforge     median {res.tvmforge_ms:.3f} ms, mean {res.tvmforge_mean_ms:.3f}, "
+               f"p90 {res.tvmforge_p90_ms:.3f}, p99 {res.tvmforge_p99_ms:.3f} "
+               f"(IQR {res.tvmforge_iqr_ms:.3f}); {res.throughput_per_s:.1f} runs/s")
+    click.echo(f"  onnxruntime  median {res.ort_ms:.3f} ms (IQR {res.ort_iqr_ms:.3f})")
+    click.echo(f"  ratio tvmforge/onnxruntime: {res.ratio:.2f}x (median of per-round ratios)")
+    if res.busy:
+        click.echo(f"  warning: the runs spread {res.spread:.0%} around their median: the "
+                   "machine was busy, so these figures are noisy; rerun on a quiet machine",
+                   err=True)
     verdict = "match" if res.outputs_match else "MISMATCH"
     if res.lossy:
         verdict = "compared with the float model; pruning/quantization changes outputs by design"

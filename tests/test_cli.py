@@ -309,6 +309,12 @@ def test_bench_no_tune_times_both_and_matches(cli, tmp_model):
     assert out["tvmforge_ms"] > 0 and out["ort_ms"] > 0
     # one round: the paired ratio is that of the unrounded medians (the ms fields are rounded)
     assert out["ratio"] == pytest.approx(out["tvmforge_ms"] / out["ort_ms"], rel=0.2)
+    assert out["threads_used"] == 1
+    assert out["tvmforge_p99_ms"] >= out["tvmforge_p90_ms"] >= 0
+    # from the unrounded median (tvmforge_ms is rounded to the microsecond)
+    assert out["throughput_per_s"] == pytest.approx(1e3 / out["tvmforge_ms"], rel=0.05)
+    text = cli("bench", model, "--no-tune", "--threads", "1", "--repeat", "5").output
+    assert "1 thread(s)" in text and "p99" in text and "runs/s" in text
 
 
 def test_paired_ratio_cancels_a_load_that_drifts_between_rounds():

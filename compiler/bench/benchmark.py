@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tvmforge.bench import reference
 from tvmforge.driver.build import build_model, export
 from tvmforge.runtime.executor import load, random_inputs
@@ -41,6 +43,18 @@ class BenchResult:
     max_rel_err: float
     outputs_match: bool
     lossy: bool = False  # pruned/quantized: compared with the float model, differences expected
+    threads_used: int = 0  # the worker threads TVM's pool ran on
+    tvmforge_mean_ms: float = 0.0
+    tvmforge_p90_ms: float = 0.0
+    tvmforge_p99_ms: float = 0.0
+    throughput_per_s: float = 0.0  # tvmforge runs per second at the median latency
+    busy: bool = False  # the spread says the machine was busy: the figures are noisy
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range over median, tvmforge's and ONNX Runtime's, the larger."""
+        return max(self.tvmforge_iqr_ms / max(self.tvmforge_ms, 1e-9),
+                   self.ort_iqr_ms / max(self.ort_ms, 1e-9))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +63,10 @@ class BenchResult:
 # After its last kernel a worker of TVM's pool spins (``runtime.SPIN_COUNT``, ~30 ms here)
 # before it sleeps; ONNX Runtime is timed after it has.
 SETTLE_S = 0.2
+
+# An interquartile range above this fraction of the median: the machine was busy (a quiet
+# 2-core machine gives 1-5 %).
+BUSY_SPREAD = 0.15
 
 # Runs per runtime and round: ``bench`` alternates tvmforge and ONNX Runtime in rounds.
 ROUND = 5
@@ -118,7 +136,10 @@ def bench(
             rounds.append((ours_round, ort_round))
     tvm_med, tvm_iqr = _median_iqr(tvm_times)
     ort_med, ort_iqr = _median_iqr(ort_times)
-    return BenchResult(
+    ms = np.asarray(tvm_times) * 1e3
+    from tvmforge.runtime.executor import pool_threads
+
+    result = BenchResult(
         model=model_spec,
         target=built.target.spec(),
         threads=threads,
@@ -133,7 +154,14 @@ def bench(
         max_rel_err=float(max((c.max_rel for c in cmp), default=0.0)),
         outputs_match=all(c.ok for c in cmp),
         lossy=bool(build_options.get("quantize")) or bool(build_options.get("prune")),
+        threads_used=pool_threads(),
+        tvmforge_mean_ms=round(float(ms.mean()), 3),
+        tvmforge_p90_ms=round(float(np.percentile(ms, 90)), 3),
+        tvmforge_p99_ms=round(float(np.percentile(ms, 99)), 3),
+        throughput_per_s=round(1e3 / tvm_med, 2) if tvm_med > 0 else 0.0,
     )
+    result.busy = result.spread > BUSY_SPREAD
+    return result
 
 
 __all__ = ["BenchResult", "bench", "paired_ratio"]

@@ -80,6 +80,10 @@ def pool_threads() -> int:
     return int(tvm.get_global_func("runtime.NumThreads")())
 
 
+# How a kernel's run-time check of an input (``frontend/converters/checked_gather.py``) starts
+# its message; such a failure is the caller's bad input (exit 2), not a crash.
+OUT_OF_RANGE = "tvmforge: index out of range"
+
 DEFAULT_BATCH = 1  # the size random inputs give a dynamic (batch) dimension
 
 
@@ -282,7 +286,15 @@ class CompiledModel:
     def run(self, arrays: Mapping[str, Any], source: str = "inputs") -> dict[str, np.ndarray]:
         """Run once; returns ``{ONNX output name: array}``."""
         args = check_inputs(self.inputs, arrays, source)
-        outs = self._executor.run(args)
+        try:
+            outs = self._executor.run(args)
+        except Exception as err:  # a kernel's check of the inputs' values
+            text = str(err)
+            if OUT_OF_RANGE not in text:
+                raise
+            detail = text[text.index(OUT_OF_RANGE) + len(OUT_OF_RANGE):].splitlines()[0]
+            raise InputError(f"{source}: {detail.lstrip(': ')}",
+                             hint="pass indices inside the table the model reads") from None
         return {info.name: out for info, out in zip(self.outputs, outs, strict=True)}
 
     def __call__(self, **arrays: Any) -> dict[str, np.ndarray]:

@@ -401,6 +401,8 @@ class _Rewriter:
                                   out_channels=oc)
         if kind == "sdot":
             te_fn = functools.partial(te_fn, signed=True)
+        elif kind == "int32" and groups == 1:  # no dot product: the float rules schedule it
+            te_fn = functools.partial(te_fn, flat=True)
         call = bb.call_te(te_fn, *args, primfunc_name_hint=f"q{site.kind}_{kind}")
         self.kernels[call.args[0]] = "depthwise" if groups > 1 and dw_sched else kind
         out = bb.emit(call, name_hint=site.tail.name + "_q")

@@ -252,6 +252,7 @@ def qconv2d_nhwc(
     x_zero_point: int,
     out_channels: int,
     signed: bool = False,
+    flat: bool = False,
 ) -> te.Tensor:
     """u8 NHWC ``x`` (any C) conv VNNI-packed s8 ``w`` (:func:`pack_weight_vnni`), groups 1.
 
@@ -259,6 +260,11 @@ def qconv2d_nhwc(
     ``out_channels`` channels. ``signed``: the input stage stores ``x - 128`` as int8 (for
     ``sdot``), so the accumulator is ``sum_k (x - 128) w`` and ``bias`` must carry
     ``128 * sum_k w`` (see the module docstring).
+
+    ``flat``: the accumulator's channels are one axis (``[.., OC]``) instead of blocks of 16
+    (``[.., OC/16, 16]``, the dot-product intrinsics' shape), for CPUs without a dot-product
+    instruction: the float schedule rules then tile the channels and read the epilogue's
+    accumulator without ``c // 16, c % 16`` (whose tiles they cannot narrow).
     """
     if epi.residual is None and post is None:  # positional: the post tensor, no residual
         residual, post = None, residual
@@ -274,6 +280,20 @@ def qconv2d_nhwc(
     rkw = te.reduce_axis((0, kw), "kw")
     rcb = te.reduce_axis((0, cb), "icb")
     rci = te.reduce_axis((0, 4), "ici")
+    if flat:
+        acc = te.compute(
+            (n, oh, ow, ob * 16),
+            lambda b, i, j, o: te.sum(
+                data[b, i * sh + rkh * dh, j * sw + rkw * dw, rcb * 4 + rci].astype("int32")
+                * w[o // 16, rkh, rkw, rcb, o % 16, rci].astype("int32"),
+                axis=[rkh, rkw, rcb, rci],
+            ),
+            name="acc",
+        )
+        return _epilogue(
+            lambda b, i, j, c: acc[b, i, j, c],
+            bias, mult, residual, epi, (n, oh, ow, out_channels), out_channels, post,
+        )
     acc = te.compute(
         (n, oh, ow, ob, 16),
         lambda b, i, j, o, oi: te.sum(

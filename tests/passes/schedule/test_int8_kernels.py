@@ -59,7 +59,8 @@ def test_the_sdot_schedule_emits_sdot_when_cross_built():
     assert ex.mod.inspect_source("asm").count("sdot\t") > 0
 
 
-def test_an_int8_dense_without_dot_products_is_exact_under_the_rule_table():
+@pytest.mark.parametrize("flat", [False, True], ids=["blocked-acc", "flat-acc"])
+def test_an_int8_dense_without_dot_products_is_exact_under_the_rule_table(flat):
     """A dense layer read back as ``acc[c // 16, c % 16]`` over 16 padded lanes: the
     contraction rule split its tile across two threads so that each thread's share of the
     epilogue overlapped the other's (digits MLP int8 on an AVX2 CPU: 36 % top-1). Whatever rule
@@ -73,11 +74,13 @@ def test_an_int8_dense_without_dot_products_is_exact_under_the_rule_table():
     bias = te.placeholder((n,), "int32", "bias")
     mult = te.placeholder((n,), "float32", "mult")
     fn = functools.partial(K.qconv2d_nhwc, spec=K.ConvSpec(kernel=(1, 1)),
-                           epi=K.Epilogue(lower=0.0), x_zero_point=0, out_channels=n)
+                           epi=K.Epilogue(lower=0.0), x_zero_point=0, out_channels=n, flat=flat)
     func = te.create_prim_func([x, w, bias, mult, fn(x, w, bias, mult)])
     host = tvm.target.Target(cpu_target(cores=2))
     found = first_rule(func, CpuScheduleParams.from_target(host))
     assert found is not None
+    if flat:  # what CPUs without a dot product get: the contraction rule's register tile
+        assert found[0].name == "contraction"
     scheduled = found[1].mod["main"] if hasattr(found[1], "mod") else found[1]
     lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
                          target=host)
