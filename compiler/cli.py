@@ -379,6 +379,11 @@ def run_cmd(
         arrays = _read_npz(inputs_path)
         source = str(inputs_path)
     outputs = compiled.run(arrays, source=source)
+    if threads:
+        click.echo(f"threads: {threads} (--threads)")
+    else:
+        chosen, why = runtime.thread_choice()
+        click.echo(f"threads: {chosen or runtime.pool_threads()} ({why})")
     for name, arr in outputs.items():
         flat = arr.reshape(-1)
         head = ", ".join(f"{v:.4g}" if arr.dtype.kind == "f" else str(v) for v in flat[:5])
@@ -513,6 +518,10 @@ def targets_cmd(as_json: bool) -> None:
         f"AMX: {'yes' if host.amx else 'no'}\n"
         f"  caches: L1d {kib(host.l1d_bytes)}, L2 {kib(host.l2_bytes)}, L3 {kib(host.l3_bytes)}"
     )
+    from tvmforge.runtime.executor import thread_choice
+
+    chosen, why = thread_choice()
+    click.echo(f"  threads by default: {chosen if chosen else 'as set'} ({why})")
     for r in rows:
         build = "yes" if r["build"] else f"no ({r['build_note']})"
         run = "yes" if r["run"] else f"no ({r['run_note']})"

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "CpuFeatures",
+    "cpu_quota",
     "detect_host",
     "features_of",
     "from_flags",
@@ -209,6 +210,57 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+def _cgroup_paths(proc_cgroup: str) -> tuple[str | None, str | None]:
+    """This process's cgroup v2 path and its v1 ``cpu`` controller path (``/proc/self/cgroup``)."""
+    v2 = v1 = None
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def cpu_quota(
+    root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """The CPUs a container's CPU quota grants this process (``1.5`` for a quota of 150 ms per
+    100 ms period), from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``/``cfs_period_us``,
+    looked up along this process's cgroup path and its parents; ``None`` when no quota binds.
+    """
+    try:
+        v2, v1 = _cgroup_paths(proc_cgroup.read_text())
+    except OSError:
+        v2 = v1 = None
+    candidates: list[tuple[Path, str]] = []
+    for rel, kind in ((v2, "v2"), (v1, "v1")):
+        rel = (rel or "/").strip("/")
+        parts = rel.split("/") if rel else []
+        bases = [root] if kind == "v2" else [root / "cpu", root / "cpu,cpuacct"]
+        for base in bases:
+            for depth in range(len(parts), -1, -1):  # this cgroup, then its parents
+                candidates.append((base.joinpath(*parts[:depth]), kind))
+    quotas = []
+    for folder, kind in candidates:
+        try:
+            if kind == "v2":
+                quota, period = (folder / "cpu.max").read_text().split()[:2]
+                if quota != "max":
+                    quotas.append(int(quota) / int(period))
+            else:
+                quota = int((folder / "cpu.cfs_quota_us").read_text())
+                period = int((folder / "cpu.cfs_period_us").read_text())
+                if quota > 0 and period > 0:
+                    quotas.append(quota / period)
+        except (OSError, ValueError):
+            continue
+    return min(quotas) if quotas else None
 
 
 @functools.cache

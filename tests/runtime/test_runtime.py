@@ -163,3 +163,30 @@ def test_loading_and_running_an_artifact_imports_no_compiler_and_no_onnx(tmp_pat
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LOADED []" in result.stdout, result.stdout
+
+
+def test_a_container_cpu_quota_caps_the_default_thread_count(tmp_path, monkeypatch):
+    """cgroup v2 ``cpu.max`` of 1.5 CPUs on a bigger machine: 2 threads; v1 1 CPU: 1."""
+    from tvmforge.targets import features
+
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/box\n")
+    (tmp_path / "fs" / "box").mkdir(parents=True)
+    (tmp_path / "fs" / "box" / "cpu.max").write_text("150000 100000\n")
+    assert features.cpu_quota(tmp_path / "fs", proc) == 1.5
+    (tmp_path / "fs" / "box" / "cpu.max").write_text("max 100000\n")
+    assert features.cpu_quota(tmp_path / "fs", proc) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu" / "docker" / "c1").mkdir(parents=True)
+    (v1 / "cpu" / "docker" / "c1" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "docker" / "c1" / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:cpu,cpuacct:/docker/c1\n")
+    assert features.cpu_quota(v1, proc) == 1.0
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(features, "cpu_quota", lambda: 1.0)
+    threads, why = runtime.thread_choice()
+    assert threads == 1 and "quota" in why
+    monkeypatch.setenv("TVM_NUM_THREADS", "3")
+    assert runtime.thread_choice() == (None, "TVM_NUM_THREADS=3")
