@@ -54,8 +54,17 @@ def _terminate_like_interrupt() -> None:
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        from tvmforge.errors import note_interrupt
+
+        note_interrupt()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def _default_output(model: str) -> Path:

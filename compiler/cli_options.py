@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from tvmforge.errors import InputError, TvmforgeError
+from tvmforge.errors import InputError, TvmforgeError, interrupted
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -174,20 +174,26 @@ def _reports_errors(func: Callable) -> Callable:
         verbose = is_verbose(ctx)
         try:
             return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            ctx.exit(130)
         except TvmforgeError as err:
+            if interrupted() and not isinstance(err, KeyboardInterrupt):
+                click.echo("error: interrupted; nothing was written", err=True)
+                ctx.exit(130)
             if verbose:
                 traceback.print_exc()
             click.echo(f"error: {err.line()}", err=True)
             ctx.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
-            ctx.exit(130)
         except BrokenPipeError:  # `tvmforge inspect m.onnx | head`: the reader left; fine
             sys.stderr.close()
             ctx.exit(0)
         except (click.exceptions.Exit, click.ClickException):
             raise
         except Exception as err:
+            if interrupted():  # TVM's FFI hands a KeyboardInterrupt back as a RuntimeError
+                click.echo("error: interrupted; nothing was written", err=True)
+                ctx.exit(130)
             if verbose:
                 traceback.print_exc()
             from tvmforge.frontend.importer import _first_line

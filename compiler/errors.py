@@ -22,6 +22,21 @@ def printable(text: object) -> str:
     )
 
 
+_interrupted = False
+
+
+def note_interrupt() -> None:
+    """Record that a Ctrl-C or SIGTERM arrived (a signal handler calls it)."""
+    global _interrupted
+    _interrupted = True
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C or SIGTERM arrived: TVM's FFI hands a ``KeyboardInterrupt`` raised
+    inside its C++ code back as a bare ``RuntimeError``, so the exception alone cannot tell."""
+    return _interrupted
+
+
 class TvmforgeError(Exception):
     """Base class: a message meant for the user, and the exit status that goes with it."""
 

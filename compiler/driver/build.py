@@ -191,6 +191,10 @@ def build_model(
         with collect_declined() as mixed:  # dynamic-batch kernels left unscheduled
             executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     except Exception as err:
+        from tvmforge.errors import interrupted
+
+        if interrupted():  # a Ctrl-C/SIGTERM that TVM's FFI handed back as a RuntimeError
+            raise KeyboardInterrupt from None
         raise CompileError(
             f"{onnx_model.path}: building for {target.spec()} failed: {frontend._first_line(err)}",
             hint="rerun with --verbose for the compiler's trace",
