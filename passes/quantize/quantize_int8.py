@@ -125,7 +125,7 @@ from tvmforge.passes.quantize.qparams import (
     weight_params,
 )
 from tvmforge.passes.quantize.report import QuantReport
-from tvmforge.passes.quantize.rewriter import _QUANT_FRIENDLY, _expose, _Rewriter
+from tvmforge.passes.quantize.rewriter import _QUANT_FRIENDLY, _expose, _Rewriter, substitute
 from tvmforge.passes.schedule import int8_kernels as K
 from tvmforge.passes.schedule.intrinsics import int8_family
 
@@ -146,13 +146,7 @@ def _error_probe(func: relax.Function, sites: list[_Site], params: Mapping[relax
     outputs: list[relax.Expr] = []
 
     def sub(expr):
-        if isinstance(expr, relax.Var):
-            return vmap.get(expr, expr)
-        if isinstance(expr, relax.Tuple):
-            return relax.Tuple([sub(f) for f in expr.fields])
-        if isinstance(expr, relax.TupleGetItem):
-            return relax.TupleGetItem(sub(expr.tuple_value), expr.index)
-        return expr
+        return substitute(vmap, expr)
 
     bb = relax.BlockBuilder()
     with bb.function("main", list(func.params), attrs=dict(func.attrs or {})):

@@ -453,6 +453,18 @@ class _Rewriter:
         return bb.emit(r.reshape(t, [n, o, h * k, w * k]))
 
 
+def substitute(vmap: dict[relax.Var, relax.Expr], expr: relax.Expr) -> relax.Expr:
+    """``expr`` with the variables of ``vmap`` replaced, through tuples and their items (what a
+    probe that re-emits a function's bindings needs)."""
+    if isinstance(expr, relax.Var):
+        return vmap.get(expr, expr)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([substitute(vmap, f) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(substitute(vmap, expr.tuple_value), expr.index)
+    return expr
+
+
 def _expose(func: relax.Function, tensors: Sequence[relax.Var],
             channels: Sequence[relax.Var] = ()) -> relax.Function:
     """``func`` returning ``tensors`` (a tuple) instead of its own result, then for each of
@@ -461,13 +473,7 @@ def _expose(func: relax.Function, tensors: Sequence[relax.Var],
     vmap: dict[relax.Var, relax.Var] = {}
 
     def sub(expr):
-        if isinstance(expr, relax.Var):
-            return vmap.get(expr, expr)
-        if isinstance(expr, relax.Tuple):
-            return relax.Tuple([sub(f) for f in expr.fields])
-        if isinstance(expr, relax.TupleGetItem):
-            return relax.TupleGetItem(sub(expr.tuple_value), expr.index)
-        return expr
+        return substitute(vmap, expr)
 
     bb = relax.BlockBuilder()
     with bb.function("main", list(func.params), attrs=dict(func.attrs or {})):
