@@ -22,6 +22,7 @@ from tvmforge.cli_options import (
     CONTEXT,
     _progress,
     _reports_errors,
+    fixed_threads_option,
     freeze_option,
     input_shape_option,
     is_verbose,
@@ -222,9 +223,22 @@ def _tune_first(
             echo=_tuning_echo,
             **transforms,
         )
-    _tuning_echo(f"tuned {len(res.tasks)} kernel(s) with {res.trials} trials in "
-                 f"{res.seconds / 60:.1f} min; {res.records_after} records in {res.database}")
+    _tuning_echo(_tuned_line(res))
     return tuning_logs or (work_dir,)
+
+
+def _tuned_line(res) -> str:
+    """What a tune did, in figures that agree with each other."""
+    searched = sum(1 for t in res.tasks if t.trials > 0)
+    kept = len(res.tasks) - searched
+    which = (f"searched {searched} of {len(res.tasks)} kernel(s)" if kept else
+             f"searched all {len(res.tasks)} kernel(s)")
+    rest = f" ({kept} kept their default schedule: no trial reached them)" if kept else ""
+    return (
+        f"{which} for {res.target} with {res.trials} trial(s) in {res.seconds / 60:.1f} min"
+        f"{rest}; {res.records_after} records in {res.database} "
+        f"({res.records_after - res.records_before} new)"
+    )
 
 
 def _tuning_echo(msg: str) -> None:
@@ -335,13 +349,15 @@ def tune_cmd(
             echo=_tuning_echo,
             **transforms,
         )
-    click.echo(f"tuned {len(res.tasks)} kernel(s) for {res.target}: {res.trials} trials in "
-               f"{res.seconds / 60:.1f} min; {res.records_after} records in {res.database} "
-               f"({res.records_after - res.records_before} new)")
+    click.echo(_tuned_line(res))
     before, after = (res.curve[0][1] if res.curve else None), res.estimate_s()
     if before is not None and after is not None:
-        click.echo(f"estimated kernel time (sum of weight x latency): {before * 1e3:.3f} ms "
-                   f"before this run, {after * 1e3:.3f} ms after")
+        click.echo(
+            f"kernel time estimate: {before * 1e3:.3f} ms before this run, {after * 1e3:.3f} ms "
+            "after (each kernel timed alone by the tuner, times its calls per inference, summed; "
+            "not the model's latency: caches, memory traffic and the runtime differ, see "
+            "`tvmforge bench`)"
+        )
     if report_dir is not None:
         click.echo(f"report: {report_dir / 'report.md'}, report.csv, tuning_curve.png")
     work = tuning_log if tuning_log is not None else tuning.user_cache()
@@ -365,6 +381,7 @@ def tune_cmd(
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Timed runs after one warm-up; prints median and min latency.")
 @threads_option
+@fixed_threads_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
 @_reports_errors
 def run_cmd(
@@ -373,6 +390,7 @@ def run_cmd(
     output_path: Path | None,
     repeat: int,
     threads: int | None,
+    fixed_threads: bool,
     seed: int,
 ) -> None:
     """Run a compiled artifact."""
@@ -380,7 +398,7 @@ def run_cmd(
 
     from tvmforge.runtime import executor as runtime
 
-    compiled = runtime.load(artifact_path, threads=threads)
+    compiled = runtime.load(artifact_path, threads=threads, adapt=not fixed_threads)
     if inputs_path is None:
         arrays = runtime.random_inputs(compiled.inputs, seed)
         source = "random inputs"
@@ -407,11 +425,27 @@ def run_cmd(
             f"latency over {repeat} runs, {where}: median {p50:.3f} ms, p90 {p90:.3f} ms, "
             f"p99 {p99:.3f} ms, min {times.min():.3f} ms"
         )
+        adapted = _thread_changes(compiled)
+        if adapted:
+            click.echo(adapted)
     if output_path is not None:
         tmp = output_path.with_name(f".{output_path.name}.part.npz")
         np.savez(tmp, **outputs)
         os.replace(tmp, output_path)
         click.echo(f"wrote {output_path}")
+
+
+def _thread_changes(compiled) -> str | None:
+    """A line on how the thread count followed contention during the runs, or ``None``."""
+    governor = getattr(compiled, "governor", None)
+    if governor is None or not governor.changes:
+        return None
+    steps = " -> ".join(str(n) for n in [governor.full] + [c[1] for c in governor.changes])
+    busiest = max(c[2] for c in governor.changes)
+    return (
+        f"threads followed contention: {steps} (up to {busiest:.1f} threads waited for a "
+        "CPU that other programs held; --fixed-threads keeps the count)"
+    )
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
@@ -550,6 +584,7 @@ def targets_cmd(as_json: bool) -> None:
 @input_shape_option
 @freeze_option
 @threads_option
+@fixed_threads_option
 @tuning_log_option
 @click.option("--no-tune", is_flag=True,
               help="Apply no tuning records at all (not the shipped ones, not --tuning-log).")
@@ -564,6 +599,7 @@ def bench_cmd(
     input_shapes: tuple,
     frozen: tuple,
     threads: int | None,
+    fixed_threads: bool,
     tuning_logs: tuple[Path, ...],
     no_tune: bool,
     repeat: int,
@@ -578,6 +614,7 @@ def bench_cmd(
         model,
         target,
         threads=threads,
+        adapt=not fixed_threads,
         repeat=repeat,
         warmup=warmup,
         input_shapes=dict(input_shapes),
@@ -597,6 +634,10 @@ def bench_cmd(
                f"(IQR {res.tvmforge_iqr_ms:.3f}); {res.throughput_per_s:.1f} runs/s")
     click.echo(f"  onnxruntime  median {res.ort_ms:.3f} ms (IQR {res.ort_iqr_ms:.3f})")
     click.echo(f"  ratio tvmforge/onnxruntime: {res.ratio:.2f}x (median of per-round ratios)")
+    if res.thread_changes:
+        steps = " -> ".join(str(n) for n in [res.threads_used, *res.thread_changes])
+        click.echo(f"  threads followed contention: {steps} (other programs held the cores; "
+                   "--fixed-threads keeps the count)")
     if res.busy:
         click.echo(f"  warning: the runs spread {res.spread:.0%} around their median: the "
                    "machine was busy, so these figures are noisy; rerun on a quiet machine",

@@ -76,6 +76,11 @@ freeze_option = click.option(
     type=Freeze(),
     help="Compile an input in as a constant, e.g. --freeze sr=16000 (repeatable).",
 )
+fixed_threads_option = click.option(
+    "--fixed-threads", is_flag=True,
+    help="Keep the thread count while other programs use the cores (for a machine given to "
+    "this model alone); by default fewer threads run while the cores are busy.",
+)
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="Runtime worker threads."
 )

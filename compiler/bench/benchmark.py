@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class BenchResult:
     tvmforge_p99_ms: float = 0.0
     throughput_per_s: float = 0.0  # tvmforge runs per second at the median latency
     busy: bool = False  # the spread says the machine was busy: the figures are noisy
+    # the thread counts tvmforge's runtime went to while the cores were busy (in order)
+    thread_changes: list[int] = field(default_factory=list)
 
     @property
     def spread(self) -> float:
@@ -93,19 +95,21 @@ def bench(
     target: str = "x86",
     *,
     threads: int | None = None,
+    adapt: bool = True,
     repeat: int = 20,
     warmup: int = 2,
     seed: int = 0,
     **build_options: Any,
 ) -> BenchResult:
     """Compile ``model_spec`` and time it against ONNX Runtime: ``repeat`` runs of each, in
-    alternating rounds of ``ROUND``, after ``warmup`` runs."""
+    alternating rounds of ``ROUND``, after ``warmup`` runs. ``adapt``: the thread count
+    follows contention, as ``load`` does by default."""
     t0 = time.perf_counter()
     built = build_model(model_spec, target, threads=threads, **build_options)
     with tempfile.TemporaryDirectory(prefix="tvmforge-bench-") as tmp:
         path = export(built, Path(tmp) / "bench.tar")
         compile_s = time.perf_counter() - t0
-        compiled = load(path, threads=threads)
+        compiled = load(path, threads=threads, adapt=adapt)
         arrays = random_inputs(compiled.inputs, seed)
         ours = compiled.run(arrays)
         ref = reference.run_onnxruntime(built.model, arrays, threads)
@@ -154,13 +158,15 @@ def bench(
         max_rel_err=float(max((c.max_rel for c in cmp), default=0.0)),
         outputs_match=all(c.ok for c in cmp),
         lossy=bool(build_options.get("quantize")) or bool(build_options.get("prune")),
-        threads_used=pool_threads(),
+        threads_used=compiled.governor.full if compiled.governor else pool_threads(),
         tvmforge_mean_ms=round(float(ms.mean()), 3),
         tvmforge_p90_ms=round(float(np.percentile(ms, 90)), 3),
         tvmforge_p99_ms=round(float(np.percentile(ms, 99)), 3),
         throughput_per_s=round(1e3 / tvm_med, 2) if tvm_med > 0 else 0.0,
     )
     result.busy = result.spread > BUSY_SPREAD
+    if compiled.governor is not None:
+        result.thread_changes = [c[1] for c in compiled.governor.changes]
     return result
 
 

@@ -228,7 +228,7 @@ class LocalVM:
 
     _DEVICES: ClassVar[dict[str, str]] = {"cpu": "cpu", "cuda": "cuda"}
 
-    def __init__(self, lib_path: Path, device: str) -> None:
+    def __init__(self, lib_path: Path, device: str, adapt: bool = False) -> None:
         import tvm
         from tvm import relax
 
@@ -244,6 +244,12 @@ class LocalVM:
 
             cuda.prepare_runtime()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.dev)
+        from tvmforge.runtime.contention import ThreadGovernor
+
+        threads = pool_threads() if dev_kind == "cpu" else 1
+        config = tvm.get_global_func("runtime.config_threadpool")
+        self.governor = ThreadGovernor(threads, lambda n: config(1, int(n)))
+        self.governor.enabled &= adapt
 
     def _tensors(self, args: list[np.ndarray]):
         import tvm
@@ -251,16 +257,20 @@ class LocalVM:
         return [tvm.runtime.tensor(a, self.dev) for a in args]
 
     def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
-        return _flatten(self.vm["main"](*self._tensors(args)))
+        tensors = self._tensors(args)
+        with self.governor.call():
+            result = self.vm["main"](*tensors)
+        return _flatten(result)
 
     def time(self, args: list[np.ndarray], repeat: int) -> list[float]:
         tensors = self._tensors(args)
         times = []
         for _ in range(repeat):
-            t0 = time.perf_counter()
-            self.vm["main"](*tensors)
-            self.dev.sync()
-            times.append(time.perf_counter() - t0)
+            with self.governor.call():
+                t0 = time.perf_counter()
+                self.vm["main"](*tensors)
+                self.dev.sync()
+                times.append(time.perf_counter() - t0)
         return times
 
 
@@ -294,6 +304,11 @@ class CompiledModel:
         self.outputs = [TensorInfo.from_json(d) for d in manifest["outputs"]]
         self._executor = executor
         self._tmp = tmp  # keeps the extracted library alive as long as the model
+
+    @property
+    def governor(self):
+        """The ``ThreadGovernor`` adapting this model's thread count, or ``None`` (qemu)."""
+        return getattr(self._executor, "governor", None)
 
     @property
     def emulated(self) -> bool:
@@ -341,8 +356,13 @@ def _check_host_can_run(path: Path, target: dict[str, Any]) -> None:
         )
 
 
-def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:
+def load(path: str | Path, *, threads: int | None = None, adapt: bool = True) -> CompiledModel:
     """Load an artifact written by ``tvmforge compile``.
+
+    ``threads`` worker threads run its parallel kernels (``None``: ``thread_choice``). With
+    ``adapt``, fewer of them run while other programs keep this process's cores busy, and all
+    of them again when the cores are free (``runtime.contention``); ``adapt=False`` keeps
+    the count fixed (a machine given to this model alone).
 
     Raises
     ------
@@ -364,7 +384,7 @@ def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:
     try:
         if target["arch"] == host:
             _check_host_can_run(path, target)
-            executor: Executor = LocalVM(lib, target["device"])
+            executor: Executor = LocalVM(lib, target["device"], adapt)
         elif target["arch"] == "aarch64":
             from tvmforge.targets import arm, qemu
 
