@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from tvmforge.errors import CompileError, InputError
-from tvmforge.frontend.validate import validate_graph
+from tvmforge.frontend.validate import check_types, validate_graph
 from tvmforge.runtime.tensors import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ def load_model(path: str | Path) -> OnnxModel:
                 hint="keep the data files beside the model",
             ) from None
     validate_graph(proto, str(p))
+    check_types(proto, str(p))
     try:
         onnx.checker.check_model(proto)
     except Exception as err:
@@ -136,6 +137,7 @@ def load(spec: str | Path | onnx.ModelProto) -> OnnxModel:
     if isinstance(spec, onnx.ModelProto):
         data = spec.SerializeToString()
         validate_graph(spec, "<in-memory model>")
+        check_types(spec, "<in-memory model>")
         return OnnxModel("<in-memory model>", spec, hashlib.sha256(data).hexdigest())
     text = str(spec)
     if text.startswith(zoo.PREFIX) and not Path(text).exists():

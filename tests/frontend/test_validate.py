@@ -49,6 +49,30 @@ CASES = {
         [helper.make_node("Relu", ["x"], ["y"])],
         [_vi("x", elem=99)], [_vi("y")], [], "element type 99",
     ),
+    "kernel-shape-not-the-weight's": (
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[5, 5],
+                          pads=[1, 1, 1, 1])],
+        [_vi("x", shape=(1, 3, 8, 8))], [_vi("y", shape=(1, 4, 6, 6))],
+        [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")],
+        "'conv' (Conv): kernel_shape [5, 5] does not match the window [3, 3]",
+    ),
+    "pads-of-the-wrong-rank": (
+        [helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2],
+                          pads=[0, 0])],
+        [_vi("x", shape=(1, 3, 8, 8))], [_vi("y", shape=(1, 3, 7, 7))], [],
+        "'pool' (MaxPool): pads [0, 0] has 2 values, its 2-d window needs 4",
+    ),
+    "zero-stride": (
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", strides=[0, 1])],
+        [_vi("x", shape=(1, 3, 8, 8))], [_vi("y", shape=(1, 4, 6, 6))],
+        [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")],
+        "strides [0, 1] must be positive",
+    ),
+    "type-annotation-contradicts-the-op": (
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [_vi("x")], [_vi("y", elem=TensorProto.INT64)], [],
+        "Inferred elem type differs from existing elem type: float vs int64",
+    ),
     "initializer-too-short": (
         [helper.make_node("Add", ["x", "w"], ["y"])],
         [_vi("x")], [_vi("y")],
@@ -76,6 +100,20 @@ def test_an_identity_graph_is_a_valid_model(cli, tmp_model, tmp_path):
 
     out = tvmforge.load(tmp_path / "id.tar")(x=np.arange(3, dtype=np.float32))
     np.testing.assert_array_equal(out["x"], np.arange(3, dtype=np.float32))
+
+
+def test_onnx_runtime_refuses_what_is_refused():
+    """The window and type cases are ones ONNX's checker lets through and ONNX Runtime
+    refuses (to load, or to run): tvmforge must not compile them silently."""
+    import onnxruntime as ort
+
+    for case in ("kernel-shape-not-the-weight's", "type-annotation-contradicts-the-op"):
+        nodes, inputs, outputs, inits, _ = CASES[case]
+        model = make_model(nodes, inputs, outputs, inits)
+        feeds = {i.name: np.ones([d.dim_value for d in i.type.tensor_type.shape.dim],
+                                 np.float32) for i in inputs}
+        with pytest.raises(Exception, match=r"kernel_shape|Type Error"):
+            ort.InferenceSession(model.SerializeToString()).run(None, feeds)
 
 
 def test_a_sound_model_passes(tmp_model):
