@@ -8,12 +8,11 @@ ONNX says, and fails the run with the indices' name where one is out of range; `
 reads only checked indices. Constant indices (most gathers: shapes, fixed slices) are TVM's as
 before. The check is one pass over the indices: for BERT's 128 token ids, under a microsecond.
 
-Indices whose shape is not static (a dynamic batch) keep TVM's unchecked lowering.
+Indices of any rank are checked, 0-d ones and those with symbolic dims (a dynamic batch) too;
+only a gather along an axis whose length is itself dynamic keeps TVM's unchecked lowering.
 """
 
 from __future__ import annotations
-
-import math
 
 import tvm
 from tvm import relax
@@ -23,42 +22,65 @@ from tvmforge.frontend.converters import register
 from tvmforge.runtime.executor import OUT_OF_RANGE
 
 
-def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+def _shape_dims(expr: relax.Expr) -> list | None:
+    """The dims of a tensor's shape: ints, or TIR variables for symbolic ones (a dynamic
+    batch); ``None`` when only the rank (or nothing) is known."""
     ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None
-    if not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    dims = []
+    dims: list = []
     for d in ty.shape.values:
-        if not isinstance(d, tvm.tirx.IntImm):
+        if isinstance(d, tvm.tirx.IntImm):
+            dims.append(int(d.value))
+        elif isinstance(d, tvm.tirx.Var):
+            dims.append(d)
+        else:  # an expression of variables (n * 2): leave it to TVM
             return None
-        dims.append(int(d.value))
-    return tuple(dims)
+    return dims
 
 
-def _check_kernel(shape: tuple[int, ...], dtype: str, extent: int, label: str):
-    """A PrimFunc: ``out = idx + extent where idx < 0``, asserting ``-extent <= idx < extent``."""
-    rank = len(shape)
-    if rank == 0:
-        return None
-    names = [f"i{k}" for k in range(rank)]
-    dims = ", ".join(f"T.int64({d})" for d in shape) + ("," if rank == 1 else "")
-    index = ", ".join(f"v{k}" for k in range(rank))
-    zero = f'T.{dtype}(0)'
+def _check_kernel(dims: list, dtype: str, extent: int, label: str):
+    """A PrimFunc: ``out = idx + extent where idx < 0``, asserting ``-extent <= idx < extent``.
+
+    ``dims`` are ints or TIR variables (symbolic dims, matched from the buffer at run time);
+    a 0-d index is one checked scalar."""
+    rank = len(dims)
+    symbols: dict[str, str] = {}
+    shape = []
+    for d in dims:
+        if isinstance(d, int):
+            shape.append(f"T.int64({d})")
+        else:
+            name = symbols.setdefault(str(d.name), f"s{len(symbols)}")
+            shape.append(name)
+    dims_text = ", ".join(shape) + ("," if rank == 1 else "")
+    zero = f"T.{dtype}(0)"
     n = f"T.{dtype}({extent})"
     lines = [
         "@T.prim_func(private=True, s_tir=True)",
-        f'def main(idx: T.Buffer(({dims}), "{dtype}"), out: T.Buffer(({dims}), "{dtype}")):',
+        "def main(idx_handle: T.handle, out_handle: T.handle):",
         '    T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})',
-        f"    for {', '.join(names)} in T.grid({dims}):",
-        '        with T.sblock("check_index"):',
-        f"            {index}{',' if rank == 1 else ''} = T.axis.remap("
-        f'"{"S" * rank}", [{", ".join(names)}])',
-        f"            assert idx[{index}] >= -{n} and idx[{index}] < {n}, "
+        *(f"    {name} = T.int64()" for name in symbols.values()),
+        f'    idx = T.match_buffer(idx_handle, ({dims_text}), "{dtype}")',
+        f'    out = T.match_buffer(out_handle, ({dims_text}), "{dtype}")',
+    ]
+    if rank == 0:
+        index, indent = "()", "    "
+        lines.append('    with T.sblock("check_index"):')
+    else:
+        names = [f"i{k}" for k in range(rank)]
+        index, indent = ", ".join(f"v{k}" for k in range(rank)), "        "
+        lines += [
+            f"    for {', '.join(names)} in T.grid({dims_text}):",
+            '        with T.sblock("check_index"):',
+            f"            {index}{',' if rank == 1 else ''} = T.axis.remap("
+            f'"{"S" * rank}", [{", ".join(names)}])',
+        ]
+    at = f"idx[{index}]"
+    lines += [
+        f"{indent}    assert {at} >= -{n} and {at} < {n}, "
         f'"{OUT_OF_RANGE}: {label} holds an index outside [-{extent}, {extent})"',
-        f"            out[{index}] = T.if_then_else(idx[{index}] < {zero}, "
-        f"idx[{index}] + {n}, idx[{index}])",
+        f"{indent}    out[{index}] = T.if_then_else({at} < {zero}, {at} + {n}, {at})",
     ]
     return tvm.script.from_source("\n".join(lines))
 
@@ -70,19 +92,19 @@ class CheckedGather(onnx_frontend.Gather):
         data, indices = inputs[0], inputs[1]
         axis = attr.get("axis", 0)
         runtime_indices = not isinstance(indices, (tvm.ir.GenericConst, relax.ShapeExpr))
-        data_shape = _static_shape(data) if isinstance(data, relax.Expr) else None
-        index_shape = _static_shape(indices) if runtime_indices else None
+        data_shape = _shape_dims(data) if isinstance(data, relax.Expr) else None
+        index_dims = _shape_dims(indices) if runtime_indices else None
         dtype = getattr(getattr(indices, "ty", None), "dtype", None)
-        if (data_shape is None or not index_shape or str(dtype) not in ("int32", "int64")
-                or isinstance(data, relax.ShapeExpr) or math.prod(index_shape) == 0):
+        if (data_shape is None or index_dims is None or str(dtype) not in ("int32", "int64")
+                or isinstance(data, relax.ShapeExpr) or 0 in index_dims):
             return super()._impl_v13(bb, inputs, attr, params)
         axis = axis + len(data_shape) if axis < 0 else axis
-        extent = data_shape[axis]
+        extent = data_shape[axis] if 0 <= axis < len(data_shape) else None
+        if not isinstance(extent, int):  # a dynamic axis: nothing fixed to check against
+            return super()._impl_v13(bb, inputs, attr, params)
         name = indices.name if isinstance(indices, relax.Var) else "an index tensor"
         label = f"input {name!r} of a Gather over {extent} entries"
-        kernel = _check_kernel(index_shape, str(dtype), extent, label.replace('"', "'"))
-        if kernel is None:
-            return super()._impl_v13(bb, inputs, attr, params)
+        kernel = _check_kernel(index_dims, str(dtype), extent, label.replace('"', "'"))
         gv = bb.add_func(kernel, "check_gather_indices")
         checked = bb.emit(relax.call_tir(gv, [indices], indices.ty))
         return relax.op.take(data, checked, axis)

@@ -16,12 +16,12 @@ from tvmforge.errors import InputError
 ROWS = 50
 
 
-def _embedding(elem: int = TensorProto.INT64):
+def _embedding(elem: int = TensorProto.INT64, ids_shape=(2, 3)):
     table = np.random.default_rng(0).standard_normal((ROWS, 8)).astype(np.float32)
     return make_model(
         [helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
-        [helper.make_tensor_value_info("ids", elem, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 8])],
+        [helper.make_tensor_value_info("ids", elem, list(ids_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*ids_shape, 8])],
         [numpy_helper.from_array(table, "table")],
     )
 
@@ -52,3 +52,18 @@ def test_run_cli_exits_2_with_one_line(cli, tmp_model, tmp_path):
     res = cli("run", "g.tar", "--inputs", "in.npz")
     assert res.exit_code == 2, res.output
     assert "index outside" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("shape", [(), ("batch", 3)], ids=["scalar", "dynamic-batch"])
+def test_scalar_and_dynamic_batch_indices_are_checked_too(tmp_path, shape):
+    """A 0-d index (one row) and indices with a dynamic batch dimension: in range they match
+    ONNX Runtime, out of range they are refused."""
+    model = _embedding(ids_shape=shape)
+    compiled = tvmforge.load(tvmforge.compile_model(model, "x86", tmp_path / "g.tar"))
+    ids = np.array(-2, np.int64) if shape == () else np.array([[0, -1, 5]] * 4, np.int64)
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    np.testing.assert_array_equal(compiled(ids=ids)["y"], ref)
+    bad = np.array(ROWS, np.int64) if shape == () else np.array([[0, ROWS, 1]] * 2, np.int64)
+    with pytest.raises(InputError, match=rf"input 'ids' .*outside \[-{ROWS}, {ROWS}\)"):
+        compiled(ids=bad)
