@@ -4,12 +4,14 @@ target when it answers, so records of one CPU never share a folder with another'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tvmforge.targets import ResolvedTarget
@@ -49,6 +51,44 @@ def database_dir(work_dir: Path, target: ResolvedTarget) -> Path:
     A target without a tuning key (an arbitrary JSON target) tunes into ``work_dir`` itself.
     """
     return Path(work_dir) / target.tuning_key if target.tuning_key else Path(work_dir)
+
+
+LOCK = ".tvmforge-writer.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(folder: Path, say=lambda _msg: None) -> Iterator[None]:
+    """Hold the database in ``folder`` for one writer at a time.
+
+    MetaSchedule's JSON database numbers workloads by their line in ``database_workload.json``
+    as *it* read the file: two tunes appending to one folder at once each stored the workloads
+    again and wrote records that point at each other's lines. A second ``tune`` into a folder
+    waits here (saying for whom) and then reads what the first one wrote. The lock is an
+    ``flock`` on a file in the folder, released by the OS when its holder dies.
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            say(f"waiting for {holder}, which is tuning into {folder}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"tvmforge tune (pid {os.getpid()})\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def count_records(folder: Path) -> int:

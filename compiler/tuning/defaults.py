@@ -54,6 +54,7 @@ def _device_of_target(tvm_target: Any) -> str:
 def _measure_defaults(
     tasks: list[TaskResult], mods: list[Any], tvm_target: Any, builder: Any, runner: Any,
     database: Any, stop: Callable[[], bool] = lambda: False,
+    step: Callable[[int], None] = lambda _n: None, chunk: int = 2,
 ) -> None:
     """Time each kernel's default schedule (what compile runs without a record).
 
@@ -62,7 +63,9 @@ def _measure_defaults(
     default, so applying it can only help, and the search starts from the default.
 
     ``stop`` is asked between kernels (a Ctrl-C or SIGTERM noted by the tune): true raises
-    ``KeyboardInterrupt`` there, with every default measured so far committed.
+    ``KeyboardInterrupt`` there, with every default measured so far committed. ``step(n)`` is
+    told of each ``n`` kernels built and of each one measured (two steps a kernel; the progress
+    bar moves from the first seconds of a tune), the builds going ``chunk`` at a time.
     """
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
@@ -71,7 +74,14 @@ def _measure_defaults(
 
     schedules = [_traced_default_schedule(mod, tvm_target) for mod in mods]
     picked = [i for i, sch in enumerate(schedules) if sch is not None]
-    built = builder.build([BuilderInput(schedules[i].mod, tvm_target) for i in picked])
+    step(2 * (len(mods) - len(picked)))  # kernels with no default schedule: nothing to time
+    built = []
+    for start in range(0, len(picked), max(chunk, 1)):
+        part = picked[start:start + max(chunk, 1)]
+        built += builder.build([BuilderInput(schedules[i].mod, tvm_target) for i in part])
+        step(len(part))
+        if stop():
+            raise KeyboardInterrupt
     run_inputs, run_index = [], []
     for i, b in zip(picked, built, strict=True):
         if b.error_msg is None:
@@ -80,10 +90,12 @@ def _measure_defaults(
             run_index.append(i)
     if stop():
         raise KeyboardInterrupt
+    step(len(picked) - len(run_index))  # failed builds: nothing to run
     for i, fut in zip(run_index, runner.run(run_inputs), strict=True):
         if stop():
             raise KeyboardInterrupt
         res = fut.result()
+        step(1)
         if res.error_msg is not None or not res.run_secs:
             continue
         tasks[i].default_s = min(float(s) for s in res.run_secs)

@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import random
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -326,6 +327,37 @@ def _runner_threads(cores: int) -> Iterator[None]:
             os.environ["TVM_NUM_THREADS"] = before
 
 
+_RULE_ANNOTATION = re.compile(r'"schedule_rule": "([^"]+)"')
+
+
+def _pass_through_unknown_rules(extracted: list[Any]) -> None:
+    """Register a pass-through for each block ``schedule_rule`` the kernels name and TVM has no
+    function for (``meta_schedule.pool_max``, which TVM's pooling sets on every pool block).
+
+    Without one MetaSchedule's ``ApplyCustomRule`` logged "Unknown schedule rule" for every
+    pool kernel on every tune, then removed the annotation and let the other rules schedule
+    the block; the pass-through does exactly that, quietly. Rules TVM does define are left
+    alone. Only the tuning space changes: the kernels and their workload hashes stay as they are,
+    so the records still match what ``compile`` looks up.
+    """
+    import tvm
+
+    for task in extracted:
+        target = task.target
+        for rule in set(_RULE_ANNOTATION.findall(task.dispatched[0].script())):
+            if rule == "None":
+                continue
+            for key in target.keys:
+                name = f"s_tir.meta_schedule.{key}.{rule}"
+                if tvm.get_global_func(name, allow_missing=True) is None:
+                    tvm.register_global_func(name, _unannotated)
+
+
+def _unannotated(sch: Any, block: Any) -> list[Any]:
+    sch.unannotate(block, "schedule_rule")
+    return [sch]
+
+
 def _tune_contexts(extracted: list[Any], db_dir: Path, budget: Budget, seed: int):
     """MetaSchedule's tune contexts: the target's default design space for every kernel,
     except the VNNI int8 kernels of ``quantize_int8``, whose space tensorizes their ``16 x 4``
@@ -351,6 +383,7 @@ def _tune_contexts(extracted: list[Any], db_dir: Path, budget: Budget, seed: int
             seed=seed,
         )
 
+    _pass_through_unknown_rules(extracted)
     vnni = [t for t in extracted if kind(t) == "vnni"]
     rest = [t for t in extracted if kind(t) != "vnni"]
     c_vnni, w_vnni = contexts_for(vnni, int8_kernels.vnni_tuning_space())
@@ -363,7 +396,8 @@ def _progress_bar(total: int, show: bool | None):
 
     if show is None:
         show = sys.stderr.isatty()
-    return tqdm(total=total, unit="trial", desc="tuning", disable=not show, leave=False)
+    return tqdm(total=total, unit="step", desc="timing the defaults", disable=not show,
+                leave=False)
 
 
 

@@ -45,7 +45,13 @@ from typing import Any
 from tvmforge.errors import CompileError, InputError
 from tvmforge.targets import ResolvedTarget
 from tvmforge.tuning.budget import plan_budget
-from tvmforge.tuning.databases import count_records, database_dir, repair, user_cache
+from tvmforge.tuning.databases import (
+    count_records,
+    database_dir,
+    repair,
+    user_cache,
+    writer_lock,
+)
 from tvmforge.tuning.defaults import _best_in, _measure_defaults
 from tvmforge.tuning.report import write_report
 from tvmforge.tuning.results import BatchInfo, TaskResult, TuneResult, TuningInterrupted
@@ -245,7 +251,20 @@ def tune(
     for note in budget.notes():
         say(f"note: {note}")
 
-    db_dir.mkdir(parents=True, exist_ok=True)
+    with writer_lock(db_dir, say):
+        return _tune_into(
+            db_dir, extracted, budget, seed, model_cost, resolved, tvm_target, progress,
+            on_batch, report_dir, t0, say,
+        )
+
+
+def _tune_into(
+    db_dir, extracted, budget, seed, model_cost, resolved, tvm_target, progress, on_batch,
+    report_dir, t0, say,
+) -> TuneResult:
+    """``tune``'s search, with the database's writer lock held."""
+    from tvm.s_tir import meta_schedule as ms
+
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
     with _meta_schedule_console(verbose), _quick_tvmscript_import():
         contexts, weights = _tune_contexts(extracted, db_dir, budget, seed)
@@ -276,12 +295,17 @@ def tune(
     signals = state.catching_sigint()
     signals.__enter__()
     try:
+        # one bar from the start: the defaults (built and timed: two steps a kernel), then
+        # the trials; its rate gives the ETA
+        bar = _progress_bar(
+            2 * len(contexts) + min(budget.trials, budget.per_task * budget.tasks), progress
+        )
         _measure_defaults(
             results, [c.mod for c in contexts], tvm_target, builder, runner, database,
-            stop=lambda: state.interrupted,
+            stop=lambda: state.interrupted, step=bar.update, chunk=cores,
         )
+        bar.set_description("tuning")
         state.curve.append((0, state.estimate()))
-        bar = _progress_bar(min(budget.trials, budget.per_task * budget.tasks), progress)
         state.bar = bar
         ms.tune_tasks(
             tasks=contexts,
