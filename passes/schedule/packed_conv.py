@@ -135,19 +135,38 @@ def packed_conv_tile(
     ``(xi - 1) * stride + (kernel_w - 1) * dilation + 1`` (LLVM reuses a broadcast across
     taps), for ``nf * xi * kernel_w`` FMAs. ``nf`` divides the channel blocks and ``xi`` the
     output width, so no loop has a tail.
+
+    Where the divisors leave only tiles of fewer than ``_FEW_ACCUMULATORS`` (a width of 13 or
+    169 with 8 lanes and 16 registers, channel blocks of 125: SqueezeNet's 1000-class 1x1 conv
+    at 13x13 got one accumulator, every FMA waiting on the last), more than ``max_blocks``
+    channel vectors are allowed: 5 x 1 there, 5 FMAs in flight.
     """
     budget = max(registers // 2 if accumulators is None else min(registers // 2, accumulators), 1)
-    best: tuple[float, int, int, int] | None = None
-    for nf in _divisors(channel_blocks):
-        for xi in _divisors(width):
-            if nf * xi > budget or nf > max_blocks:
-                continue
-            columns = min(xi * kernel_w, (xi - 1) * stride + (kernel_w - 1) * dilation + 1)
-            loads = nf * kernel_w + columns
-            key = (loads / (nf * xi * kernel_w), -xi, nf, xi)
-            if best is None or key < best:
-                best = key
+
+    def search(most_blocks: int) -> tuple[float, int, int, int] | None:
+        best: tuple[float, int, int, int] | None = None
+        for nf in _divisors(channel_blocks):
+            for xi in _divisors(width):
+                if nf * xi > budget or nf > most_blocks:
+                    continue
+                columns = min(xi * kernel_w, (xi - 1) * stride + (kernel_w - 1) * dilation + 1)
+                loads = nf * kernel_w + columns
+                key = (loads / (nf * xi * kernel_w), -xi, nf, xi)
+                if best is None or key < best:
+                    best = key
+        return best
+
+    best = search(max_blocks)
+    if best is None or best[2] * best[3] < _FEW_ACCUMULATORS:
+        wider = search(budget)
+        if wider is not None and wider[2] * wider[3] > (0 if best is None else best[2] * best[3]):
+            best = wider
     return (1, 1) if best is None else (best[2], best[3])
+
+
+# A register tile with fewer accumulators than this leaves the FMA units waiting on latency
+# (4 cycles, 2 units: 8 in flight keep them busy).
+_FEW_ACCUMULATORS = 4
 
 
 def packed_pixel_tile(block: int, plane_vectors: int, registers: int) -> tuple[int, int] | None:
