@@ -62,9 +62,10 @@ def worker(artifact: str, model: str, adapt: bool, rounds: int, runs: int) -> di
     compiled = tvmforge.load(artifact, threads=threads, adapt=adapt)
     arrays = random_inputs(compiled.inputs, seed=0)
     sess = session(load_model(model), threads)
-    for _ in range(3):
-        compiled(**arrays)
-        sess.run(None, arrays)
+    for warm in (lambda: compiled(**arrays), lambda: sess.run(None, arrays)):
+        for _ in range(3):
+            warm()
+        time.sleep(SETTLE_S)  # (back to back, each library's spinning threads slow the other)
     ours: list[float] = []
     theirs: list[float] = []
     ratios = []

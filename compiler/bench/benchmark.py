@@ -62,8 +62,11 @@ class BenchResult:
         return asdict(self)
 
 
+
 # After its last kernel a worker of TVM's pool spins (``runtime.SPIN_COUNT``, ~30 ms here)
-# before it sleeps; ONNX Runtime is timed after it has.
+# before it sleeps, and ONNX Runtime's idle threads spin too: each library is timed after the
+# other's have stopped (back to back, ONNX Runtime's spinning made tvmforge's pool shrink, as
+# it does beside any busy neighbour).
 SETTLE_S = 0.2
 
 # An interquartile range above this fraction of the median: the machine was busy (a quiet
@@ -126,6 +129,8 @@ def bench(
         rounds: list[tuple[list[float], list[float]]] = []
         while len(tvm_times) < repeat:
             n = min(ROUND, repeat - len(tvm_times))
+            if rounds:  # ONNX Runtime's idle threads spin too: let them stop before ours run
+                time.sleep(SETTLE_S)
             compiled.run(arrays)  # the pool's workers were asleep during ONNX Runtime
             ours_round = compiled.time(arrays, n)
             time.sleep(SETTLE_S)  # tvmforge's idle workers stop spinning before ORT runs
