@@ -19,9 +19,9 @@ What
 for a CPU while they could run (the second field of ``/proc/self/task/TID/schedstat``: time
 on a run queue, kept by the kernel's scheduler). ``waiting / wall`` is how many of our
 threads, on average, wanted a core and had none. More than ``WAITING_THREADS`` of them in
-``CONTENDED_CALLS`` measured calls in a row, or nearly a whole thread's worth in one
-(``STARVED_THREADS``): the pool shrinks to the threads that did run (``threads - waiting``,
-rounded, at least one). While shrunk, a call now and then (after
+``CONTENDED_CALLS`` measured calls in a row, or nearly a whole thread's worth in
+``STARVED_CALLS`` (``STARVED_THREADS``): the pool shrinks to the threads that did run
+(``threads - waiting``, rounded, at least one). While shrunk, a call now and then (after
 ``PROBE_CALLS`` calls and ``probe_interval`` seconds) runs on all the threads again: if they
 all ran, the pool stays whole; if not, it shrinks back and the interval doubles (from
 ``FIRST_PROBE_S`` up to ``MAX_PROBE_S``), so a machine that stays busy pays for a probe
@@ -42,16 +42,19 @@ from contextlib import contextmanager
 log = logging.getLogger("tvmforge")
 
 # Threads waiting on average (waiting time / wall time) above which a call counts as contended;
-# CONTENDED_CALLS such calls in a row shrink the pool, or one call in which at least
-# STARVED_THREADS waited (nearly a thread's worth: one thread kept off a core for most of it).
+# CONTENDED_CALLS such calls in a row shrink the pool, or STARVED_CALLS in a row in which at
+# least STARVED_THREADS waited (nearly a thread's worth: one thread kept off a core for most of
+# the call). One call is not enough: another library's threads spinning for a few milliseconds
+# after their own run (ONNX Runtime's do) starve one call and are gone by the next.
 WAITING_THREADS = 0.25
 CONTENDED_CALLS = 3
 STARVED_THREADS = 0.9
+STARVED_CALLS = 2
 # A probe runs once at least PROBE_CALLS calls and the probe interval have passed since the
 # pool shrank or the last probe; the interval starts at FIRST_PROBE_S and doubles after each
 # probe that finds the cores still busy, up to MAX_PROBE_S.
 PROBE_CALLS = 4
-FIRST_PROBE_S = 1.0
+FIRST_PROBE_S = 0.5
 MAX_PROBE_S = 16.0
 _TASKS = "/proc/self/task"
 # The thread list is re-read every this many measured calls (12 us a read).
@@ -88,6 +91,7 @@ class ThreadGovernor:
         self._skip = 0  # calls to run unmeasured before the next measured one
         self._lock = threading.Lock()
         self._contended = 0
+        self._starved = 0
         self._calls_since_shrink = 0
         self._shrunk_at = 0.0  # time.monotonic() of the last shrink or probe
         self.probe_interval = FIRST_PROBE_S
@@ -161,13 +165,14 @@ class ThreadGovernor:
                 self.probe_interval = min(2 * self.probe_interval, MAX_PROBE_S)
             return
         if waiting <= WAITING_THREADS:
-            self._contended = 0
+            self._contended = self._starved = 0
             return
         self._contended += 1
-        starved = waiting >= STARVED_THREADS
-        if (starved or self._contended >= CONTENDED_CALLS) and self.current > 1:
+        self._starved = self._starved + 1 if waiting >= STARVED_THREADS else 0
+        if (self._starved >= STARVED_CALLS or self._contended >= CONTENDED_CALLS) \
+                and self.current > 1:
             ran = max(1, min(self.current - 1, math.floor(self.current - waiting + 0.5)))
-            self._contended = 0
+            self._contended = self._starved = 0
             self._calls_since_shrink = 0
             self._shrunk_at = time.monotonic()
             self._change(ran, waiting)
