@@ -129,8 +129,7 @@ def bench(
         rounds: list[tuple[list[float], list[float]]] = []
         while len(tvm_times) < repeat:
             n = min(ROUND, repeat - len(tvm_times))
-            if rounds:  # ONNX Runtime's idle threads spin too: let them stop before ours run
-                time.sleep(SETTLE_S)
+            time.sleep(SETTLE_S)  # ONNX Runtime's idle threads spin too: let them stop first
             compiled.run(arrays)  # the pool's workers were asleep during ONNX Runtime
             ours_round = compiled.time(arrays, n)
             time.sleep(SETTLE_S)  # tvmforge's idle workers stop spinning before ORT runs
