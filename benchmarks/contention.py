@@ -1,5 +1,5 @@
-"""tvmforge against ONNX Runtime on a machine that is not theirs alone: quiet, beside busy
-neighbour processes, and confined to fewer CPUs.
+"""tvmforge against ONNX Runtime (and OpenVINO) on a machine that is not theirs alone: quiet,
+beside busy neighbour processes, and confined to fewer CPUs.
 
 Usage::
 
@@ -21,7 +21,9 @@ count adapts to contention, ``tvmforge.runtime.contention``) and one with the co
 (``load(adapt=False)``, the runtime before the adaptation). Each alternates rounds of
 ``--runs`` inferences with ONNX Runtime (same thread count, a 0.3 s pause between blocks so
 that one library's spinning threads do not slow the other), so both ratios are taken in one
-run. Writes ``<out>/<name>.json`` and ``<out>/<name>.md``.
+run. With ``openvino`` installed (``pip install openvino``; not a dependency of tvmforge) its
+default CPU build of the ONNX model (bf16 on AMX CPUs, f32 elsewhere) runs in the same rounds.
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md``.
 """
 
 from __future__ import annotations
@@ -61,38 +63,61 @@ def worker(artifact: str, model: str, adapt: bool, rounds: int, runs: int) -> di
     threads = thread_choice()[0] or 1
     compiled = tvmforge.load(artifact, threads=threads, adapt=adapt)
     arrays = random_inputs(compiled.inputs, seed=0)
-    sess = session(load_model(model), threads)
-    for warm in (lambda: compiled(**arrays), lambda: sess.run(None, arrays)):
+    onnx_model = load_model(model)
+    sess = session(onnx_model, threads)
+    libraries = {
+        "tvmforge": lambda: compiled(**arrays),
+        "ort": lambda: sess.run(None, arrays),
+    }
+    openvino = _openvino(onnx_model.proto, threads)
+    if openvino is not None:
+        request = openvino.create_infer_request()
+        libraries["openvino"] = lambda: request.infer(arrays)
+    for warm in libraries.values():
         for _ in range(3):
             warm()
         time.sleep(SETTLE_S)  # (back to back, each library's spinning threads slow the other)
-    ours: list[float] = []
-    theirs: list[float] = []
-    ratios = []
+    times: dict[str, list[float]] = {name: [] for name in libraries}
+    ratios: dict[str, list[float]] = {name: [] for name in libraries if name != "tvmforge"}
     for _ in range(rounds):
-        block = []
-        time.sleep(SETTLE_S)
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            compiled(**arrays)
-            block.append(time.perf_counter() - t0)
-        ours += block
-        ort_block = []
-        time.sleep(SETTLE_S)
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            sess.run(None, arrays)
-            ort_block.append(time.perf_counter() - t0)
-        theirs += ort_block
-        ratios.append(float(np.median(block) / np.median(ort_block)))
+        medians = {}
+        for name, call in libraries.items():
+            block = []
+            time.sleep(SETTLE_S)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                call()
+                block.append(time.perf_counter() - t0)
+            times[name] += block
+            medians[name] = np.median(block)
+        for name in ratios:
+            ratios[name].append(float(medians["tvmforge"] / medians[name]))
     governor = compiled.governor
-    return {
+    result = {
         "threads": threads,
-        "tvmforge": _stats(ours),
-        "ort": _stats(theirs),
-        "ratio": round(float(np.median(ratios)), 3),
+        **{name: _stats(t) for name, t in times.items()},
+        "ratio": round(float(np.median(ratios["ort"])), 3),
         "thread_changes": [c[1] for c in governor.changes] if governor else [],
     }
+    if "openvino" in ratios:
+        result["ratio_openvino"] = round(float(np.median(ratios["openvino"])), 3)
+    return result
+
+
+def _openvino(proto, threads: int):
+    """The model compiled by OpenVINO for the CPU with its defaults (bf16 on AMX CPUs) and
+    ``threads`` inference threads, or ``None`` when openvino is not installed
+    (``pip install openvino``)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(proto.SerializeToString())
+        return core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_NUM_THREADS": threads})
 
 
 class _Condition:
@@ -228,8 +253,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "thread count follows contention); *fixed*: the thread count held.",
         "",
         "| model | condition | threads | tvmforge adaptive | ORT | ratio | tvmforge fixed | ORT "
-        "| ratio | adaptive went to |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| ratio | adaptive went to | OpenVINO (tvmforge adaptive / OpenVINO) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
 
     def cells(r: dict | None) -> list[str]:
@@ -244,10 +269,16 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             f"{r['ratio']:.2f}x",
         ]
 
+    def openvino(r: dict | None) -> str:
+        if not r or "openvino" not in r:
+            return ""
+        v = r["openvino"]
+        return f"{v['median_ms']:.1f} / {v['p99_ms']:.1f} ({r['ratio_openvino']:.2f}x)"
+
     for row in rows:
         if "skipped" in row:
             lines.append(f"| {row['model']} | {row['condition']} | | skipped: {row['skipped']} "
-                         "| | | | | | |")
+                         "| | | | | | | |")
             continue
         a, f = row.get("adaptive"), row.get("fixed")
         threads = (a or f or {}).get("threads", "")
@@ -255,7 +286,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         lines.append(
             f"| {row['model']} | {row['condition']} | {threads} | "
             + " | ".join(cells(a) + cells(f))
-            + f" | {' -> '.join(map(str, went)) if went else 'unchanged'} |"
+            + f" | {' -> '.join(map(str, went)) if went else 'unchanged'} | {openvino(a)} |"
         )
     return "\n".join(lines) + "\n"
 

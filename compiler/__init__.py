@@ -14,9 +14,18 @@ compiler), ``tvmforge.compile_model`` the whole compiler.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# TVM pins its thread pool's workers to cores, and the calling thread with them, whenever it
+# creates or reconfigures a pool, unless this says not to. A pool made while compiling (the
+# compiler runs kernels to fold constants and to calibrate) kept its pins when the model was
+# loaded in the same process: a worker and the caller shared one core, and the process's
+# affinity mask shrank to it. Set before TVM can make any pool; a user's own value is kept
+# (``runtime.executor.set_threads`` explains why unpinned is the default).
+os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 # public name -> the module that defines it
 _LAZY = {

@@ -91,6 +91,19 @@ def set_threads(threads: int | None) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
 
 
+def resize_pool(threads: int) -> None:
+    """Run the calling thread's TVM pool on ``threads`` threads from the next kernel on.
+
+    TVM re-pins the pool's threads (the caller included) on every reconfiguration unless
+    ``TVM_BIND_THREADS`` says not to; ``set_threads`` sets it, but it may have been removed
+    since (a test's monkeypatch did): pinned, the caller and a worker shared one core, and the
+    whole process's affinity mask shrank to it."""
+    import tvm
+
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+
+
 def pool_threads() -> int:
     """Worker threads TVM's runtime thread pool runs parallel kernels on, in this process."""
     import tvm
@@ -247,8 +260,7 @@ class LocalVM:
         from tvmforge.runtime.contention import ThreadGovernor
 
         threads = pool_threads() if dev_kind == "cpu" else 1
-        config = tvm.get_global_func("runtime.config_threadpool")
-        self.governor = ThreadGovernor(threads, lambda n: config(1, int(n)))
+        self.governor = ThreadGovernor(threads, resize_pool)
         self.governor.enabled &= adapt
 
     def _tensors(self, args: list[np.ndarray]):
