@@ -92,12 +92,25 @@ def test_default_threads_are_the_usable_physical_cores(monkeypatch):
 
 
 def test_load_without_threads_uses_every_physical_core(conv_artifact, monkeypatch):
-    """TVM alone halves the logical CPUs on x86: one thread on a 2-core VM without SMT."""
+    """TVM alone halves the logical CPUs on x86: one thread on a 2-core VM without SMT.
+
+    In a fresh process: TVM's pool is per-thread process state that earlier tests resize (and
+    that keeps the size cap it was created with)."""
+    import subprocess
+    import sys
+
     monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     expected = runtime.default_threads()
-    runtime.load(conv_artifact)
-    assert runtime.pool_threads() == expected
+    script = (
+        "from tvmforge.runtime import executor as runtime\n"
+        f"runtime.load({str(conv_artifact)!r})\n"
+        "print('POOL', runtime.pool_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"POOL {expected}" in out.stdout, out.stdout
 
 
 def _thread_cpus() -> dict[str, str]:
