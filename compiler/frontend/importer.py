@@ -29,6 +29,9 @@ from tvmforge.runtime.tensors import TensorInfo
 
 log = logging.getLogger(__name__)
 
+# Operator domains with converters: ONNX's own, its classic-ML domain, Microsoft's contrib ops.
+_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
 # Ops the importer handles outside its converter map.
 _IMPORTER_BUILTINS = frozenset({"Constant", "If"})
 
@@ -370,7 +373,7 @@ def unsupported_nodes(model: OnnxModel) -> list[tuple[str, str]]:
     supported = _supported_ops()
     bad = []
     for label, node in _iter_nodes(model.proto.graph):
-        foreign = node.domain not in ("", "ai.onnx", "com.microsoft")
+        foreign = node.domain not in _DOMAINS
         if foreign or node.op_type not in supported:
             op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
             bad.append((label, op))
