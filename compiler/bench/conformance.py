@@ -6,7 +6,10 @@ input/expected-output sets in memory (it takes ~10 s). ``write_cases`` saves the
 inputs and outputs are all plain tensors (sequences, optionals and maps are left out) as one
 folder each: ``model.onnx`` and ``data.npz`` (``in_K``/``out_K``, in graph order, from
 ``test_data_set_0``). ``run_case`` then compiles one folder for ``x86`` with the Python API,
-the way a user would, and compares at ``rtol 1e-3, atol 1e-5``; ``run_ort`` does the same for
+the way a user would, and compares at ``rtol 1e-3, atol 1e-5``. Where tvmforge refuses a
+shape-fixing value that the case feeds as a graph input (a reduce's ``axes``) and names the
+``--freeze`` that fixes it, the case is rebuilt with that input frozen to the case's value, as
+the user would, and the outcome says which inputs were frozen; ``run_ort`` does the same for
 ONNX Runtime. A case counts only where ONNX Runtime passes it.
 
 ``benchmarks/conformance.py`` drives the whole suite in worker processes with a timeout per
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,7 @@ class Outcome:
     status: str
     reason: str = ""
     seconds: float = 0.0
+    frozen: list[str] = field(default_factory=list)  # inputs frozen as the error told to
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -178,23 +182,36 @@ def run_case(folder: Path, target: str = "x86") -> Outcome:
 
     t0 = time.perf_counter()
     proto, inputs, expected = read_case(folder)
-    try:
-        model = load(proto)
-        names = [i.name for i in model.inputs]
-        shapes = {n: tuple(a.shape) for n, a in zip(names, inputs, strict=False)}
-        built = build_model(model, target, input_shapes=shapes, use_shipped_logs=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            lib = Path(tmp) / "lib.so"
-            built.executable.export_library(str(lib))
+    frozen: dict[str, np.ndarray] = {}
+    while True:
+        try:
+            model = load(proto)
+            names = [i.name for i in model.inputs]
             by_name = dict(zip(names, inputs, strict=False))
-            args = [by_name[i.name] for i in built.inputs]
-            ours = LocalVM(lib, "cpu").run(args)
-    except TvmforgeError as err:
-        return Outcome("error", err.line(), time.perf_counter() - t0)
-    except Exception as err:
-        return Outcome("error", f"{type(err).__name__}: {first_line(err)}", time.perf_counter() - t0)
+            shapes = {n: tuple(a.shape) for n, a in by_name.items() if n not in frozen}
+            built = build_model(
+                model, target, input_shapes=shapes, frozen_inputs=frozen, use_shipped_logs=False
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                lib = Path(tmp) / "lib.so"
+                built.executable.export_library(str(lib))
+                ours = LocalVM(lib, "cpu").run([by_name[i.name] for i in built.inputs])
+            break
+        except TvmforgeError as err:
+            # The user's fix for a shape-fixing value fed at run time: freeze it and retry.
+            m = _FREEZE.search(err.line())
+            if m and m["name"] in by_name and m["name"] not in frozen:
+                frozen[m["name"]] = by_name[m["name"]]
+                continue
+            return Outcome("error", err.line(), time.perf_counter() - t0, sorted(frozen))
+        except Exception as err:
+            reason = f"{type(err).__name__}: {first_line(err)}"
+            return Outcome("error", reason, time.perf_counter() - t0, sorted(frozen))
     diff = compare(ours, expected)
-    return Outcome("fail" if diff else "pass", diff, time.perf_counter() - t0)
+    return Outcome("fail" if diff else "pass", diff, time.perf_counter() - t0, sorted(frozen))
+
+
+_FREEZE = re.compile(r"--freeze (?P<name>[^=\s]+)=V1")
 
 
 def first_line(err: BaseException) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from tvmforge.errors import CompileError, InputError
@@ -93,7 +94,10 @@ def _relax_outputs(mod, model: OnnxModel) -> list[TensorInfo]:
         )
     outs = []
     for name, sinfo in zip(names, leaves, strict=True):
-        shape = tuple(int(v) if hasattr(v, "value") else str(v) for v in sinfo.shape.values)
+        if sinfo.shape is None:  # known only at run time (NonZero's count): ?0, ?1, ...
+            shape = tuple(f"?{k}" for k in range(max(int(sinfo.ndim), 0)))
+        else:
+            shape = tuple(int(v) if hasattr(v, "value") else str(v) for v in sinfo.shape.values)
         outs.append(TensorInfo(name, shape, str(sinfo.dtype)))
     return outs
 
@@ -211,7 +215,9 @@ def build_model(
         ) from err
     seconds["build"] = time.perf_counter() - t0
     built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
-    built.frozen = {k: list(v) for k, v in (frozen_inputs or {}).items()}
+    built.frozen = {
+        k: np.asarray(v).reshape(-1).tolist() for k, v in (frozen_inputs or {}).items()
+    }
     dynamic = [i for i in inputs if not i.static]
     if dynamic and mixed:
         fixed = "x".join(str(d) if isinstance(d, int) else "1" for d in dynamic[0].shape)

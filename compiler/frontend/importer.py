@@ -25,6 +25,7 @@ import onnx
 
 from tvmforge.errors import CompileError, InputError
 from tvmforge.frontend.validate import check_types, validate_graph
+from tvmforge.frontend.value_inputs import check_shape_values
 from tvmforge.runtime.tensors import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -231,16 +232,16 @@ def freeze_inputs(model: OnnxModel, values: dict[str, list[float]]) -> OnnxModel
                 f"{model.path}: --freeze names {name!r}, which is not an input of the model",
                 hint=f"its inputs are: {', '.join(infos)}",
             )
+        flat = np.asarray(vals).reshape(-1)
         shape = tuple(d if isinstance(d, int) else -1 for d in info.shape)
-        n = int(np.prod([d for d in shape if d > 0])) if shape else 1
         if -1 in shape and len(shape) == 1:
-            shape = (len(vals),)
-        elif -1 in shape or len(vals) != n:
+            shape = (flat.size,)
+        elif -1 in shape or flat.size != int(np.prod(shape, dtype=np.int64)):
             raise InputError(
-                f"{model.path}: --freeze {name} gives {len(vals)} value(s) for an input of "
+                f"{model.path}: --freeze {name} gives {flat.size} value(s) for an input of "
                 f"shape {_fmt_shape(info.shape)}"
             )
-        array = np.array(vals, dtype=np.dtype(info.dtype)).reshape(shape)
+        array = flat.astype(np.dtype(info.dtype)).reshape(shape)
         proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
         kept = [v for v in proto.graph.input if v.name != name]
         del proto.graph.input[:]
@@ -432,6 +433,7 @@ def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
     proto, report = simplify(model.proto, inputs)
     log.info("%s: simplified: %s", model.path, report)
     check_supported(OnnxModel(model.path, proto, model.sha256))
+    check_shape_values(proto, model.path)
     shapes = relax_shapes(inputs)
     dtypes = {i.name: i.dtype for i in inputs}
     try:
