@@ -370,15 +370,51 @@ def _iter_nodes(graph: onnx.GraphProto, prefix: str = ""):
 
 
 def unsupported_nodes(model: OnnxModel) -> list[tuple[str, str]]:
-    """``(node name, op)`` for every node the importer cannot convert, in graph order."""
+    """``(node name, op)`` for every node the importer cannot convert, in graph order; a node
+    that reads a string tensor is one (its op is written ``OP(string)``)."""
     supported = _supported_ops()
+    strings = _string_tensors(model.proto.graph)
     bad = []
     for label, node in _iter_nodes(model.proto.graph):
         foreign = node.domain not in _DOMAINS
+        op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
         if foreign or node.op_type not in supported:
-            op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
             bad.append((label, op))
+        elif any(name in strings for name in node.input):
+            bad.append((label, f"{op}(string)"))
     return bad
+
+
+def _string_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Names the graph declares as string tensors (inputs, outputs, value_info, weights)."""
+    string = onnx.TensorProto.STRING
+    names = {t.name for t in graph.initializer if t.data_type == string}
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == string:
+            names.add(v.name)
+    return names
+
+
+# What tvmforge does not compile by design, and why (the reason goes into the error line).
+_STRING_REASON = (
+    "string tensors, which tvmforge does not compile (its kernels work on numbers): do the "
+    "text processing (tokenizing, matching, label lookup) before or after the model"
+)
+_TRAINING_REASON = "training-only operators (gradients, optimizer steps): export the model for inference"
+BY_DESIGN: dict[str, str] = {
+    **dict.fromkeys(
+        ["StringConcat", "StringSplit", "StringNormalizer", "RegexFullMatch"], _STRING_REASON
+    ),
+    **dict.fromkeys(
+        ["ai.onnx.preview.training.Gradient", "ai.onnx.preview.training.Adagrad",
+         "ai.onnx.preview.training.Adam", "ai.onnx.preview.training.Momentum"],
+        _TRAINING_REASON,
+    ),
+}
+
+
+def _reason(op: str) -> str | None:
+    return _STRING_REASON if op.endswith("(string)") else BY_DESIGN.get(op)
 
 
 def check_supported(model: OnnxModel) -> None:
@@ -387,7 +423,8 @@ def check_supported(model: OnnxModel) -> None:
     Raises
     ------
     CompileError
-        When any node's op has no converter.
+        When any node's op has no converter, or is one tvmforge does not compile by design
+        (string tensors, training operators), with the reason.
     """
     bad = unsupported_nodes(model)
     if not bad:
@@ -395,6 +432,13 @@ def check_supported(model: OnnxModel) -> None:
     ops = sorted({op for _, op in bad})
     shown = ", ".join(f"{name} ({op})" for name, op in bad[:20])
     more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+    reasons = sorted({r for op in ops if (r := _reason(op))})
+    if reasons and all(_reason(op) for op in ops):
+        what = " and ".join(r.split(",")[0].split(" (")[0] for r in reasons)
+        raise CompileError(
+            f"{model.path}: {len(bad)} node(s) use {what} [{', '.join(ops)}]: {shown}{more}",
+            hint="; ".join(reasons),
+        )
     hint = "replace these ops when exporting, or run `tvmforge inspect` for the op list"
     loops = [op for op in ops if op in _UNROLLED]
     if loops:
@@ -402,6 +446,8 @@ def check_supported(model: OnnxModel) -> None:
             f"{' and '.join(_UNROLLED[op] for op in loops)}, so they can be unrolled; a trip "
             "count known only at run time is not supported: " + hint
         )
+    if reasons:
+        hint = "; ".join(reasons) + "; for the others: " + hint
     raise CompileError(
         f"{model.path}: {len(bad)} node(s) use operators tvmforge cannot import "
         f"[{', '.join(ops)}]: {shown}{more}",

@@ -41,9 +41,14 @@ SHAPE_VALUES: dict[str, dict[int, str]] = {
     "HammingWindow": {0: "size"},
     "MelWeightMatrix": {0: "num_mel_bins", 1: "dft_length", 2: "sample_rate",
                         3: "lower_edge_hertz", 4: "upper_edge_hertz"},
+    "DFT": {1: "dft_length", 2: "axis"},
+    "STFT": {1: "frame_step", 3: "frame_length"},
     "ConstantOfShape": {0: "shape"},
     "Expand": {1: "shape"},
     "OneHot": {1: "depth"},
+    # TVM's converter used 0 boxes / 0.5 / 0.0 for thresholds it could not read: wrong results
+    "NonMaxSuppression": {2: "max_output_boxes_per_class", 3: "iou_threshold",
+                          4: "score_threshold"},
 }
 
 

@@ -57,7 +57,7 @@ def _blocks(stmt, out: list) -> list:
         _blocks(stmt.then_case, out)
         if stmt.else_case is not None:
             _blocks(stmt.else_case, out)
-    elif isinstance(stmt, (tirx.LetStmt, tirx.AttrStmt)):
+    elif getattr(stmt, "body", None) is not None:  # AttrStmt, ...; Bind is flat (no body)
         _blocks(stmt.body, out)
     return out
 

@@ -113,6 +113,8 @@ def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.P
     params:
         The CPU's vector width and core count.
     """
+    if _has_undeclared_access(func.body):
+        return None
     found = first_rule(func, params)
     if found is None:
         return None
@@ -120,6 +122,25 @@ def schedule_prim_func(func: tirx.PrimFunc, params: CpuScheduleParams) -> tirx.P
     scheduled = result.mod["main"] if isinstance(result, s_tir.Schedule) else result
     # the schedule's weight-prefetch marks become prefetch loops
     return insert_weight_prefetches(scheduled)
+
+
+def _has_undeclared_access(stmt) -> bool:
+    """Whether a block of ``stmt`` reads and writes buffers without declaring them: TOPI's
+    ``ir_builder`` kernels (NMS, searchsorted, sort) leave ``T.reads()``/``T.writes()`` empty
+    around their loops. Schedule primitives trust the declarations, so ``compute_inline`` of
+    a producer such a block reads deleted the buffer the block still used; such a kernel keeps
+    the schedule TOPI wrote."""
+    if isinstance(stmt, s_tir.SBlock):
+        opaque = not stmt.iter_vars and not stmt.reads and not stmt.writes
+        if opaque and stmt.name_hint != "root" and not isinstance(stmt.body, tirx.Evaluate):
+            return True
+    if isinstance(stmt, tirx.SeqStmt):
+        return any(_has_undeclared_access(s) for s in stmt.seq)
+    for field in ("block", "body", "init", "then_case", "else_case"):
+        child = getattr(stmt, field, None)
+        if child is not None and _has_undeclared_access(child):
+            return True
+    return False
 
 
 def _is_scheduled(func: tirx.PrimFunc) -> bool:

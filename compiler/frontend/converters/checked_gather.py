@@ -73,8 +73,10 @@ def _check_kernel(dims: list, dtype: str, extent: int, label: str):
         lines += [
             f"    for {', '.join(names)} in T.grid({dims_text}):",
             '        with T.sblock("check_index"):',
-            f"            {index}{',' if rank == 1 else ''} = T.axis.remap("
-            f'"{"S" * rank}", [{", ".join(names)}])',
+            # one axis: T.axis.spatial (TVMScript cannot unpack ``v0, = T.axis.remap``)
+            f"            v0 = T.axis.spatial({shape[0]}, i0)"
+            if rank == 1
+            else f'            {index} = T.axis.remap("{"S" * rank}", [{", ".join(names)}])',
         ]
     at = f"idx[{index}]"
     lines += [
