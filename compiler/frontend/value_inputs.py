@@ -46,6 +46,8 @@ SHAPE_VALUES: dict[str, dict[int, str]] = {
     "ConstantOfShape": {0: "shape"},
     "Expand": {1: "shape"},
     "OneHot": {1: "depth"},
+    # only an absent sequence_lens, or a constant one of the full length, compiles (rnn.py)
+    **{op: {4: "sequence_lens"} for op in ("LSTM", "GRU", "RNN")},
     # TVM's converter used 0 boxes / 0.5 / 0.0 for thresholds it could not read: wrong results
     "NonMaxSuppression": {2: "max_output_boxes_per_class", 3: "iou_threshold",
                           4: "score_threshold"},

@@ -100,3 +100,51 @@ class RMSNormalization(onnx_frontend.OnnxOpConverter):
         y = relax.op.multiply(relax.op.multiply(xc, inv),
                               relax.op.astype(scale, cdt) if cdt != dtype else scale)
         return relax.op.astype(y, dtype) if cdt != dtype else y
+
+
+@register("BatchNormalization")
+class BatchNormalization(onnx_frontend.BatchNormalization):
+    """``training_mode=1`` (opset 14+) normalizes with the batch's own mean and (population)
+    variance over every axis but the channel axis 1, and returns the running statistics
+    ``mean * momentum + batch_mean * (1 - momentum)`` (and the same for the variance) as its
+    second and third outputs; TVM's converter used the given mean and variance instead.
+    Inference mode is TVM's."""
+
+    @classmethod
+    def _impl_v15(cls, bb, inputs, attr, params):
+        if not int(attr.get("training_mode", 0)):
+            return onnx_frontend.BatchNormalization._impl_v15.__func__(
+                cls, bb, inputs, attr, params
+            )
+        x, scale, bias, mean, var = inputs[:5]
+        rank = _rank(x)
+        eps = float(attr.get("epsilon", 1e-5))
+        momentum = float(attr.get("momentum", 0.9))
+        dtype = str(x.ty.dtype)
+        axes = [a for a in range(rank) if a != 1]
+        batch_mean = bb.normalize(relax.op.mean(x, axes, keepdims=True))
+        centered = bb.normalize(relax.op.subtract(x, batch_mean))
+        batch_var = bb.normalize(
+            relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True)
+        )
+        per_channel = [-1] + [1] * (rank - 2)
+        y = relax.op.divide(
+            centered, relax.op.sqrt(relax.op.add(batch_var, relax.const(eps, dtype)))
+        )
+        y = relax.op.add(
+            relax.op.multiply(y, relax.op.reshape(scale, per_channel)),
+            relax.op.reshape(bias, per_channel),
+        )
+        n_out = int(attr["tvm_custom"]["num_outputs"])
+        if n_out == 1:
+            return y
+
+        def running(stat, batch):
+            old = relax.op.multiply(stat, relax.const(momentum, dtype))
+            new = relax.op.multiply(
+                relax.op.reshape(batch, [-1]), relax.const(1.0 - momentum, dtype)
+            )
+            return bb.normalize(relax.op.add(old, new))
+
+        outs = [bb.normalize(y), running(mean, batch_mean), running(var, batch_var)]
+        return relax.Tuple(outs[:n_out])
