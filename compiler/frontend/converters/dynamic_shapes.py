@@ -5,16 +5,13 @@ shapes.
   symbolic batch dim (``tirx.Var``) lacks. With a dynamic input, the constant target is handed
   to the importer's own shape-expression path instead, which applies ONNX broadcasting to
   symbolic dims (``compiler/simplify.py`` writes such targets: ``[B, 3, 4]`` → ``[1, 3, 4]``).
-- ``Resize`` whose ``sizes`` come from ``Concat(Shape(x)[:2], [H, W])`` gets them as a shape
-  expression ``[B, C, H, W]`` and reads ``.value`` of every entry, though only the spatial
-  ones count (TVM resizes spatial axes only). Batch and channel entries that are ``x``'s own
-  dims (unchanged by the resize, as ONNX then means too) are passed on as placeholders.
+- ``Resize`` (``resize.py``) takes ``sizes`` that are a shape expression naming ``x``'s own
+  symbolic dims for the axes it keeps (``Concat(Shape(x)[:2], [H, W])``).
 """
 
 from __future__ import annotations
 
 import tvm
-import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -38,21 +35,3 @@ class Expand(onnx_frontend.Expand):
             values = [int(v) for v in shape.value.numpy().reshape(-1)]
             inputs[1] = relax.ShapeExpr(values)
         return onnx_frontend.Expand._impl_v13.__func__(cls, bb, inputs, attr, params)
-
-
-@register("Resize")
-class Resize(onnx_frontend.Resize):
-    @classmethod
-    def _impl_v18(cls, bb, inputs, attr, params):
-        x = inputs[0]
-        sizes = inputs[3] if len(inputs) > 3 else None
-        if isinstance(sizes, relax.ShapeExpr) and _has_symbolic_dims(x):
-            values = list(sizes.values)
-            dims = list(x.ty.shape.values)
-            kept = all(
-                isinstance(v, tirx.IntImm) or tvm_ffi.structural_equal(v, d)
-                for v, d in zip(values[:2], dims[:2], strict=False)
-            )
-            if kept and len(values) == len(dims):
-                inputs[3] = relax.ShapeExpr([1, 1, *values[2:]])
-        return onnx_frontend.Resize._impl_v18.__func__(cls, bb, inputs, attr, params)
