@@ -111,3 +111,37 @@ def cpu_target(cores: int = 2) -> dict:
 
     mcpu = "skylake-avx512" if detect_host().lanes >= 16 else host_llvm_cpu()
     return {"kind": "llvm", "mcpu": mcpu, "num-cores": cores}
+
+
+def run_both(model: onnx.ModelProto, feeds: dict, shapes: dict | None = None, frozen=None):
+    """(tvmforge's outputs, ONNX Runtime's) for ``model`` on ``feeds``: built for x86 in
+    memory, as ``compile`` does, and run on the Relax VM; ORT on one thread."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from tvmforge.driver.build import build_model
+    from tvmforge.runtime.executor import LocalVM
+
+    shapes = shapes or {k: v.shape for k, v in feeds.items() if k not in (frozen or {})}
+    built = build_model(model, "x86", input_shapes=shapes, frozen_inputs=frozen,
+                        use_shipped_logs=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = Path(tmp) / "lib.so"
+        built.executable.export_library(str(lib))
+        ours = LocalVM(lib, "cpu").run([feeds[i.name] for i in built.inputs])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, ["CPUExecutionProvider"])
+    return ours, sess.run(None, feeds)
+
+
+def assert_close(ours, ref, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Every output: same shape and dtype, values within tolerance (NaN where NaN)."""
+    assert len(ours) == len(ref)
+    for k, (o, r) in enumerate(zip(ours, ref, strict=True)):
+        assert o.shape == r.shape, f"output {k}: shape {o.shape} vs {r.shape}"
+        assert o.dtype == r.dtype, f"output {k}: dtype {o.dtype} vs {r.dtype}"
+        np.testing.assert_allclose(o, r, rtol=rtol, atol=atol, equal_nan=True,
+                                   err_msg=f"output {k}")

@@ -199,9 +199,10 @@ def run_case(folder: Path, target: str = "x86") -> Outcome:
             break
         except TvmforgeError as err:
             # The user's fix for a shape-fixing value fed at run time: freeze it and retry.
-            m = _FREEZE.search(err.line())
-            if m and m["name"] in by_name and m["name"] not in frozen:
-                frozen[m["name"]] = by_name[m["name"]]
+            named = [m["name"] for m in _FREEZE.finditer(err.line())]
+            new = [n for n in named if n in by_name and n not in frozen]
+            if new:
+                frozen.update({n: by_name[n] for n in new})
                 continue
             return Outcome("error", err.line(), time.perf_counter() - t0, sorted(frozen))
         except Exception as err:

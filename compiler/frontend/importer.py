@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tvmforge.errors import CompileError, InputError
+from tvmforge.errors import CompileError, InputError, TvmforgeError
 from tvmforge.frontend.validate import check_types, validate_graph
 from tvmforge.frontend.value_inputs import check_shape_values
 from tvmforge.runtime.tensors import TensorInfo
@@ -490,6 +490,10 @@ def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
                 dtype_dict=dtypes,
                 keep_params_in_input=False,
             )
+    except TvmforgeError as err:  # a converter's own one-line refusal: add the file
+        if err.message.startswith(model.path):
+            raise
+        raise type(err)(f"{model.path}: {err.message}", hint=err.hint) from None
     except Exception as err:
         raise CompileError(
             f"{model.path}: the ONNX importer failed: {_first_line(err)}",

@@ -87,7 +87,9 @@ def check_shape_values(model: onnx.ModelProto, path: str) -> None:
                 where = "a value computed at run time from graph input(s) " + ", ".join(
                     repr(s) for s in sources
                 )
-                fix = "fix those inputs with --freeze NAME=V1,V2,... if they are constant"
+                fix = "if they are constant, fix them with " + " ".join(
+                    f"--freeze {s}=V1,V2,..." for s in sources
+                )
             raise InputError(
                 f"{path}: node {label} ({node.op_type}) takes its {what} from {where}; "
                 f"tvmforge compiles fixed-shape kernels and needs the {what} at compile time",

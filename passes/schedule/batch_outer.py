@@ -298,6 +298,10 @@ class _Checker:
                 self.stmt(node.else_case, biv, in_block)
         elif isinstance(node, tirx.Evaluate):
             self.expr(node.value, biv)
+        elif isinstance(node, tirx.Bind):  # TVM 0.27's flat let: ``var = value`` to the end
+            if any(v.same_as(biv) for v in tirx.analysis.undefined_vars(node.value)):
+                raise BatchOuterDeclined("a let binding of the batch index")
+            self.expr(node.value, biv)
         else:
             raise BatchOuterDeclined(f"unknown statement {type(node).__name__}")
 
