@@ -67,3 +67,13 @@ def test_scalar_and_dynamic_batch_indices_are_checked_too(tmp_path, shape):
     bad = np.array(ROWS, np.int64) if shape == () else np.array([[0, ROWS, 1]] * 2, np.int64)
     with pytest.raises(InputError, match=rf"input 'ids' .*outside \[-{ROWS}, {ROWS}\)"):
         compiled(ids=bad)
+
+
+def test_one_dimensional_indices_are_checked_too(tmp_path):
+    model = _embedding(ids_shape=(3,))
+    compiled = tvmforge.load(tvmforge.compile_model(model, "x86", tmp_path / "g1.tar"))
+    ids = np.array([0, -1, 7], np.int64)
+    table = numpy_helper.to_array(model.graph.initializer[0])
+    np.testing.assert_array_equal(compiled(ids=ids)["y"], table[ids])
+    with pytest.raises(InputError, match="outside"):
+        compiled(ids=np.array([0, ROWS, 1], np.int64))
