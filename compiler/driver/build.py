@@ -195,15 +195,31 @@ def build_model(
                 "x86:avx512-vnni) or sdot (--target arm:neoverse-n1)",
                 onnx_model.path, target.spec(),
             )
-    try:
+    from tvmforge.passes.schedule.batch_outer import collect_declined
+
+    def _compile(fuse: bool):
         pipeline = tvmforge_pipeline(
             target=tvm_target, databases=databases,
             graph=[*(p for p in (pruner, quantizer) if p is not None), *graph_passes],
+            fuse=fuse,
         )
-        from tvmforge.passes.schedule.batch_outer import collect_declined
+        return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
 
+    try:
         with collect_declined() as mixed:  # dynamic-batch kernels left unscheduled
-            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+            try:
+                executable = _compile(fuse=True)
+            except Exception as err:
+                # TVM 0.27's FuseOps can move an allocation sized by a shape that only a run-time
+                # value defines (Range(0, n) of a computed n) ahead of its definition; the VM's
+                # shape lowering then fails. Unfused, every such shape is bound first.
+                if "has not been computed" not in str(err):
+                    raise
+                log.warning(
+                    "%s: a run-time shape defeats operator fusion (TVM: %s); building with one "
+                    "kernel per operator", onnx_model.path, frontend._first_line(err)[:120],
+                )
+                executable = _compile(fuse=False)
     except Exception as err:
         from tvmforge.errors import interrupted
 

@@ -124,14 +124,17 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     ]
 
 
-def legalize_passes() -> list[tvm.transform.Pass]:
-    return [
+def legalize_passes(fuse: bool = True) -> list[tvm.transform.Pass]:
+    """Ops to TIR kernels, fused (``fuse=False``: one kernel per op, the fallback for the
+    models TVM's fusion breaks, see ``build.py``)."""
+    passes = [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
     ]
+    if fuse:
+        passes += [relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    return passes
 
 
 def schedule_passes(
@@ -167,11 +170,13 @@ def buffer_passes() -> list[tvm.transform.Pass]:
 
 
 def pre_schedule_passes(
-    target: tvm.target.Target, graph: Sequence[tvm.transform.Pass] = ()
+    target: tvm.target.Target, graph: Sequence[tvm.transform.Pass] = (), fuse: bool = True
 ) -> list[tvm.transform.Pass]:
     """Stages 1-2: everything before scheduling (what tuning extracts its tasks from)."""
     return (
-        graph_passes(graph) + _backend(target).library_dispatch_passes(target) + legalize_passes()
+        graph_passes(graph)
+        + _backend(target).library_dispatch_passes(target)
+        + legalize_passes(fuse)
     )
 
 
@@ -193,6 +198,7 @@ def tvmforge_pipeline(
     target: tvm.target.Target,
     graph: Sequence[tvm.transform.Pass] = (),
     databases: Sequence[Path] = (),
+    fuse: bool = True,
 ) -> tvm.transform.Pass:
     """The whole tvmforge pipeline for one target.
 
@@ -204,6 +210,8 @@ def tvmforge_pipeline(
         tvmforge graph passes (``passes/``), already instantiated and ordered.
     databases:
         MetaSchedule database folders whose records apply to this target, in priority order.
+    fuse:
+        Fuse ops into kernels (``False``: one kernel per op).
     """
 
     @tvm.transform.module_pass(opt_level=0, name="tvmforge")
@@ -211,7 +219,7 @@ def tvmforge_pipeline(
         backend = _backend(target)
         with target:
             seq = tvm.transform.Sequential(
-                pre_schedule_passes(target, graph)
+                pre_schedule_passes(target, graph, fuse)
                 + schedule_passes(target, databases)
                 + backend.dataflow_lower_passes(target)
                 + buffer_passes()

@@ -228,6 +228,17 @@ def has_constant_calls(mod: tvm.IRModule) -> bool:
     return False
 
 
+def _dangling(mod: tvm.IRModule) -> bool:
+    """Whether a Relax function refers to a function the module does not define."""
+    defined = {gv.name_hint for gv in mod.get_global_vars()}
+    return any(
+        gv.name_hint not in defined
+        for _gv, func in mod.functions_items()
+        if isinstance(func, relax.Function)
+        for gv in relax.analysis.all_global_vars(func)
+    )
+
+
 @relax.transform.function_pass(opt_level=0, name="FoldConstantsNumpy")
 class _FoldConstantsNumpy:
     def transform_function(
@@ -260,7 +271,12 @@ def fold_constants_numpy(fallback: bool = True) -> tvm.transform.Pass:
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         mod = numpy_pass(mod)
         if has_constant_calls(mod):
-            mod = relax.transform.FoldConstant()(mod)
+            folded = relax.transform.FoldConstant()(mod)
+            # TVM 0.27's FoldConstant can leave a call to a shape function it dropped (a
+            # ``dynamic_strided_slice`` beside folded calls): keep the unfolded module then.
+            if _dangling(folded):
+                return mod
+            mod = folded
         return mod
 
     return _pass
