@@ -478,8 +478,8 @@ def to_relax(model: OnnxModel, inputs: list[TensorInfo]):
 
     proto, report = simplify(model.proto, inputs)
     log.info("%s: simplified: %s", model.path, report)
-    check_supported(OnnxModel(model.path, proto, model.sha256))
     check_shape_values(proto, model.path)
+    check_supported(OnnxModel(model.path, proto, model.sha256))
     shapes = relax_shapes(inputs)
     dtypes = {i.name: i.dtype for i in inputs}
     try:

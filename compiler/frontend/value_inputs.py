@@ -46,6 +46,8 @@ SHAPE_VALUES: dict[str, dict[int, str]] = {
     "ConstantOfShape": {0: "shape"},
     "Expand": {1: "shape"},
     "OneHot": {1: "depth"},
+    # a Loop is unrolled at compile time (simplify.py): its trip count and condition must fold
+    "Loop": {0: "trip count", 1: "condition"},
     # only an absent sequence_lens, or a constant one of the full length, compiles (rnn.py)
     **{op: {4: "sequence_lens"} for op in ("LSTM", "GRU", "RNN")},
     # TVM's converter used 0 boxes / 0.5 / 0.0 for thresholds it could not read: wrong results
