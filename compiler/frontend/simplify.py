@@ -403,6 +403,9 @@ def _fold_node(node: onnx.NodeProto, ctx: _Folding, index: int):
             ctx.report.unrolled_scans += 1
         return nodes
     if op in ("Shape", "Size"):
+        if node.input[0] in consts:  # a weight's or a frozen input's shape
+            ctx.report.folded_nodes += 1
+            return {node.output[0]: _shape_value(node, list(consts[node.input[0]].shape))}
         if node.input[0] in ctx.shapes:
             ctx.report.folded_nodes += 1
             return {node.output[0]: _shape_value(node, ctx.shapes[node.input[0]])}
