@@ -21,7 +21,8 @@ _REDUCE = (
 )
 
 # op -> {input index: what it gives the op}. Ops whose run-time values Relax compiles into a
-# result of run-time shape (Slice, Squeeze, Unsqueeze, Tile, Range, NonZero) are not listed;
+# result of run-time shape (Slice, Squeeze, Unsqueeze, Tile, Range, NonZero) are not listed,
+# nor those whose result shape does not depend on the value (CumSum's axis, Pad's fill);
 # Expand is, because its converter returned a wrong shape for a run-time target.
 SHAPE_VALUES: dict[str, dict[int, str]] = {
     **{op: {1: "axes"} for op in _REDUCE},
@@ -31,7 +32,6 @@ SHAPE_VALUES: dict[str, dict[int, str]] = {
     "Upsample": {1: "scales"},
     "Reshape": {1: "shape"},
     "Split": {1: "split"},
-    "CumSum": {1: "axis"},
     "CumProd": {1: "axis"},
     "AffineGrid": {1: "size"},
     "CenterCropPad": {1: "shape", 2: "axes"},

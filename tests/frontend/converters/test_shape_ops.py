@@ -77,3 +77,17 @@ def test_pad_value_bool_and_empty_reductions_variadic_broadcast():
     ours, ref = run_both(_model(nodes, inputs, outs, inits, opset=20), feeds)
     assert np.all(ours[3] == -np.inf) and np.all(ours[4] == np.inf)
     assert_close(ours, ref)
+
+
+def test_cumsum_axis_fed_at_run_time_needs_no_freeze(tmp_path):
+    import tvmforge
+
+    model = _model([helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=1)],
+                   [_vi("x", [3, 4]), _vi("axis", [], TensorProto.INT64)], [_vi("y", [3, 4])],
+                   opset=14)
+    compiled = tvmforge.load(tvmforge.compile_model(model, "x86", tmp_path / "c.tar"))
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for axis in (0, 1, -1, -2):
+        want = np.cumsum(x, axis=axis) - x  # exclusive
+        got = compiled(x=x, axis=np.array(axis, np.int64))["y"]
+        np.testing.assert_allclose(got, want, err_msg=f"axis {axis}")
