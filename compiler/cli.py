@@ -514,6 +514,10 @@ def inspect_cmd(path: str, input_shapes: tuple, as_json: bool) -> None:
         click.echo(f"unsupported: {len(rep.unsupported)} node(s) [{printable(', '.join(ops))}]: "
                    + ", ".join(f"{printable(n)} ({printable(op)})"
                                for n, op in rep.unsupported[:20]))
+        from tvmforge.frontend.importer import unsupported_reason
+
+        for reason in sorted({r for op in ops if (r := unsupported_reason(op))}):
+            click.echo(f"  by design: {reason}")
     else:
         click.echo("support: every op can be imported")
 

@@ -413,7 +413,9 @@ BY_DESIGN: dict[str, str] = {
 }
 
 
-def _reason(op: str) -> str | None:
+def unsupported_reason(op: str) -> str | None:
+    """Why tvmforge does not compile ``op`` (as ``unsupported_nodes`` writes it) by design;
+    ``None`` for an op it merely lacks a converter for."""
     return _STRING_REASON if op.endswith("(string)") else BY_DESIGN.get(op)
 
 
@@ -432,8 +434,8 @@ def check_supported(model: OnnxModel) -> None:
     ops = sorted({op for _, op in bad})
     shown = ", ".join(f"{name} ({op})" for name, op in bad[:20])
     more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
-    reasons = sorted({r for op in ops if (r := _reason(op))})
-    if reasons and all(_reason(op) for op in ops):
+    reasons = sorted({r for op in ops if (r := unsupported_reason(op))})
+    if reasons and all(unsupported_reason(op) for op in ops):
         what = " and ".join(r.split(",")[0].split(" (")[0] for r in reasons)
         raise CompileError(
             f"{model.path}: {len(bad)} node(s) use {what} [{', '.join(ops)}]: {shown}{more}",
