@@ -400,7 +400,9 @@ _STRING_REASON = (
     "string tensors, which tvmforge does not compile (its kernels work on numbers): do the "
     "text processing (tokenizing, matching, label lookup) before or after the model"
 )
-_TRAINING_REASON = "training-only operators (gradients, optimizer steps): export the model for inference"
+_TRAINING_REASON = (
+    "training-only operators (gradients, optimizer steps): export the model for inference"
+)
 BY_DESIGN: dict[str, str] = {
     **dict.fromkeys(
         ["StringConcat", "StringSplit", "StringNormalizer", "RegexFullMatch"], _STRING_REASON

@@ -2,9 +2,10 @@
 
 The parts come from the ``split`` attribute (before opset 13) or input (13+, a constant: see
 ``value_inputs``), or, without them, from the number of outputs: equal parts, and from opset
-18 on ``ceil(dim / num_outputs)`` each with a smaller last part. Parts are cut with ``relax.op.split``,
-which the graph passes understand; with a zero-sized part (which its strictly increasing
-indices cannot express) each part is a strided slice, the empty ones empty tensors.
+18 on ``ceil(dim / num_outputs)`` each with a smaller last part. Parts are cut with
+``relax.op.split``, which the graph passes understand; with a zero-sized part (which its
+strictly increasing indices cannot express) each part is a strided slice, the empty ones
+empty tensors.
 """
 
 from __future__ import annotations
