@@ -317,12 +317,54 @@ def _outer_reads(graph: onnx.GraphProto) -> set[str]:
     return reads
 
 
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Put the nodes in an order where every input is made before it is used (ONNX asks for
+    one; some exporters and hand-edited models do not keep it, and ONNX Runtime sorts), keeping
+    the given order wherever it is valid. A cycle is left as it is (the importer reports it)."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    ready_names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    seen: set[str] = set(ready_names)
+    in_order = True
+    for n in nodes:
+        if any(i and i in producer and i not in seen for i in n.input):
+            in_order = False
+            break
+        seen.update(n.output)
+    if in_order:
+        return
+    deps = [{producer[i] for i in n.input if i in producer} - {k} for k, n in enumerate(nodes)]
+    users: dict[int, list[int]] = {}
+    for k, d in enumerate(deps):
+        for p in d:
+            users.setdefault(p, []).append(k)
+    waiting = [len(d) for d in deps]
+    heap = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        k = heapq.heappop(heap)
+        order.append(k)
+        for u in users.get(k, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(heap, u)
+    if len(order) != len(nodes):
+        return
+    copies = [onnx.NodeProto.FromString(nodes[k].SerializeToString()) for k in order]
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def simplify(
     model: onnx.ModelProto, inputs: list[TensorInfo], *, max_rounds: int = 8
 ) -> tuple[onnx.ModelProto, SimplifyReport]:
     """Fold shape computations and constants for the given input shapes (see module doc)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model.ir_version = max(model.ir_version, 4)
+    _sort_topologically(model.graph)
     _fix_input_shapes(model, inputs)
     report = SimplifyReport()
     opsets = list(model.opset_import)

@@ -357,3 +357,18 @@ def test_scan_with_unknown_length_is_left_alone():
         ],
     )
     assert report.unrolled_scans == 0 and "Scan" in [n.op_type for n in out.graph.node]
+
+
+def test_nodes_out_of_order_are_sorted_before_import():
+    import tvmforge
+    from onnx import TensorProto, helper
+
+    from onnx_builders import make_model
+
+    model = make_model(
+        [helper.make_node("Relu", ["t"], ["y"]), helper.make_node("Neg", ["x"], ["t"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+    )
+    built = tvmforge.build_model(model, "x86")
+    assert [o.name for o in built.outputs] == ["y"]
