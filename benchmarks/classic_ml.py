@@ -1,8 +1,9 @@
 """Classic ML latency: tvmforge against ONNX Runtime on scikit-learn tree ensembles.
 
-Two models trained on ``sklearn.datasets.load_digits`` (64 features, 10 classes, fixed seeds)
-and converted with skl2onnx (``zipmap`` off): a 100-tree ``RandomForestClassifier`` and a
-100-stage ``GradientBoostingClassifier`` (1000 trees: one per class and stage). Each is
+Three models trained on ``sklearn.datasets.load_digits`` (64 features, 10 classes, fixed
+seeds) and converted with skl2onnx (``zipmap`` off): a 100-tree ``RandomForestClassifier``, a
+100-stage ``GradientBoostingClassifier`` (1000 trees: one per class and stage) and a 100-tree
+``RandomForestRegressor`` fitted to the digit value (deep trees, one target). Each is
 compiled by tvmforge for ``x86`` once per batch size (1 and 100, static shapes) and run with 1
 and 2 worker threads; ONNX Runtime runs the same ONNX file with ``intra_op_num_threads`` 1
 and 2. Outputs are checked against ONNX Runtime first (labels equal, probabilities at
@@ -52,7 +53,11 @@ def train_models():
     """``{name: (onnx model, digits features float32)}``."""
     from skl2onnx import to_onnx
     from sklearn.datasets import load_digits
-    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
 
     x, y = load_digits(return_X_y=True)
     x = x.astype(np.float32)
@@ -64,9 +69,16 @@ def train_models():
                 n_estimators=100, random_state=0
             ).fit(x, y),
         }
-        return {
+        regressors = {
+            "random forest regressor (100 trees)": RandomForestRegressor(100, random_state=0).fit(
+                x, y.astype(np.float32)
+            ),
+        }
+        out = {
             name: (to_onnx(m, x[:1], options={"zipmap": False}), x) for name, m in models.items()
         }
+        out.update({name: (to_onnx(m, x[:1]), x) for name, m in regressors.items()})
+        return out
 
 
 def ort_session(proto_bytes: bytes, threads: int):
@@ -123,7 +135,14 @@ def measure(name: str, proto, data: np.ndarray, batch: int, rounds: int, tmp: Pa
         sess = sessions[t]
         return lambda: (time.sleep(SETTLE_S), best_of(lambda: sess.run(None, {"X": x})))[-1]
 
+    vm_call = ours._executor.vm["main"]
+    tensors = ours._executor._tensors([x])
+
+    def vm_run():  # the compiled model alone: no numpy conversion or input checks
+        return (resize_pool(1), time.sleep(SETTLE_S), best_of(lambda: vm_call(*tensors)))[-1]
+
     variants = {f"tvmforge {t}T": tvm_run(t) for t in THREADS}
+    variants["tvmforge VM 1T"] = vm_run
     variants.update({f"ORT {t}T": ort_run(t) for t in THREADS})
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -137,6 +156,9 @@ def measure(name: str, proto, data: np.ndarray, batch: int, rounds: int, tmp: Pa
         )
         for t in THREADS
     }
+    ratios["VM"] = statistics.median(
+        o / m for o, m in zip(times["ORT 1T"], times["tvmforge VM 1T"], strict=True)
+    )
     return {
         "model": name,
         "batch": batch,
@@ -149,13 +171,15 @@ def measure(name: str, proto, data: np.ndarray, batch: int, rounds: int, tmp: Pa
 def table(rows: list[dict]) -> list[str]:
     head = ["model", "batch"]
     head += [f"tvmforge {t}T ms" for t in THREADS] + [f"ORT {t}T ms" for t in THREADS]
-    head += [f"ORT / tvmforge ({t}T)" for t in THREADS] + ["outputs match ORT"]
+    head += [f"ORT / tvmforge ({t}T)" for t in THREADS]
+    head += ["tvmforge VM 1T ms", "ORT 1T / VM", "outputs match ORT"]
     out = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 3) + "---|"]
     for r in rows:
         cells = [r["model"], str(r["batch"])]
         cells += [f"{r['ms'][f'tvmforge {t}T']:.3f}" for t in THREADS]
         cells += [f"{r['ms'][f'ORT {t}T']:.3f}" for t in THREADS]
         cells += [f"{r['ratio'][t]:.2f}x" for t in THREADS]
+        cells += [f"{r['ms']['tvmforge VM 1T']:.3f}", f"{r['ratio']['VM']:.2f}x"]
         cells.append("yes" if r["agree"] else "NO")
         out.append("| " + " | ".join(cells) + " |")
     return out
@@ -189,11 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command.strip()}`",
         "",
         "Models: `load_digits` (64 features, 10 classes), skl2onnx with `zipmap` off: "
-        "`RandomForestClassifier(100, random_state=0)` and "
-        "`GradientBoostingClassifier(n_estimators=100, random_state=0)`; tvmforge compiled for "
+        "`RandomForestClassifier(100, random_state=0)`, "
+        "`GradientBoostingClassifier(n_estimators=100, random_state=0)` and "
+        "`RandomForestRegressor(100, random_state=0)` on the digit value; tvmforge compiled for "
         "`x86` at each batch size. Times are medians over rounds that interleave the variants "
         "(best of 3 calls each); the ratio column is the median of per-round ORT / tvmforge "
-        "(above 1: tvmforge is faster).",
+        "(above 1: tvmforge is faster). `tvmforge VM 1T` times the compiled model's Relax VM "
+        "call alone on ready TVM tensors (what `tvmforge.load(...)(X=x)` adds around it: input "
+        "checks, numpy to TVM tensor and back), against the same full ORT 1T call.",
         "",
         *table(rows),
         "",

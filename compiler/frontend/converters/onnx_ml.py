@@ -3,11 +3,18 @@ pre-processing, with ONNX Runtime's semantics where the spec leaves room.
 
 Tree ensembles (``TreeEnsembleClassifier``, ``TreeEnsembleRegressor``: ml-opset 1/3 with their
 ``*_as_tensor`` double variants; ``TreeEnsemble``: ml-opset 5, its ``leaf_*`` and tensor
-attributes) are flattened at import into constant node arrays (feature, threshold, true/false
-successor, mode, missing-value flag, set-membership ranges) and one TIR kernel walks them: per
-sample (the parallel loop) and per tree, from the root for exactly the tree's depth steps
-(a leaf is its own successor, so a shallower leaf just stays put), then adds the leaf's weights
-(a CSR list of ``(target, weight)``) to the sample's accumulators. Every node mode is handled:
+attributes) are flattened at import into constant arrays and one TIR kernel walks them. The
+reachable branch nodes come first, tree by tree in depth-first order, then the leaves; each node
+is 4 words of one int array (feature, threshold bits, true and false successor; a leaf is its
+own successor), so a step is ``node = nodes[4 node + 3 - (x[feature] <= threshold)]`` with no
+mode switch when every node has one mode (mode, missing-value and set-membership arrays join in
+only when the model needs them). Per sample (the parallel loop when the batch is not 1) the
+trees go 4 at a time, their walks advancing side by side (independent load chains the CPU
+overlaps) until all four are at a leaf, or for a fixed number of unrolled steps when the trees
+are nearly complete (gradient boosting's); then the leaves' values are added to the sample's
+accumulators in tree order: a dense row over the targets per leaf when most leaves score most
+targets (random forest classifiers: a vectorized add), one ``(target, weight)`` per leaf
+(gradient boosting, ``TreeEnsemble``), or a list per leaf otherwise. Every node mode is handled:
 ``BRANCH_LEQ/LT/GTE/GT/EQ/NEQ`` and ``BRANCH_MEMBER`` (``x`` in the node's set); ``NaN`` goes
 the true way where ``missing_value_tracks_true`` says so, and otherwise follows the comparison
 (``NaN != v`` is true, the others false), as in ONNX Runtime. Aggregation is ``SUM``,
@@ -42,6 +49,7 @@ TVM's importer picks ``_impl_vN`` by the default-domain opset, so each converter
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -567,29 +575,180 @@ def _tir_dtype(dtype: str) -> str:
     return f"T.{dtype}"
 
 
+# Trees walked side by side for one sample: independent chains of loads the CPU overlaps.
+LANES = 4
+# The kernel walks a fixed number of steps, not to each leaf, when the trees are at most this
+# deep and that many steps per tree are at most FIXED_SLACK times the mean leaf depth.
+MAX_FIXED_DEPTH = 16
+FIXED_SLACK = 1.25
+# Leaf values go dense (a row of every target per leaf) from this fill ratio of the rows up.
+DENSE_FILL = 0.5
+
+
+@dataclass
+class _Layout:
+    """``_Forest`` laid out for the kernel: reachable branch nodes first (tree by tree, in
+    depth-first order), then the leaves; ``nodes`` holds 4 words per node (feature, threshold
+    bits, true successor, false successor; a leaf is its own successor) in an int array as
+    wide as the comparison type. Leaf values: ``dense`` (``[L, K]`` rows), ``single`` (one
+    ``(target, weight)`` per leaf) or ``csr`` (any number per leaf)."""
+
+    nodes: np.ndarray
+    n_branches: int
+    n_leaves: int
+    roots: np.ndarray  # int32 [T], new indices
+    mode: np.ndarray  # int32 [B + L]
+    missing_true: np.ndarray  # int32 [B + L]
+    member_start: np.ndarray  # int32 [B + L + 1]
+    member_values: np.ndarray
+    leaf_kind: str  # "dense", "single" or "csr"
+    leaf_arrays: list[tuple[str, np.ndarray, str]]  # (kernel name, values, dtype)
+    fixed_depth: int | None  # walk exactly this many steps (no leaf is deeper)
+
+
+def _layout(forest: _Forest, cmp_dtype: str, needs_hits: bool, aggregate: str) -> _Layout:
+    """Reorder ``forest`` for the kernel (see ``_Layout``) and pick the leaf value form."""
+    m = len(forest.feature)
+    is_leaf = forest.true_next == np.arange(m)
+    branch_new: dict[int, int] = {}
+    leaf_new: dict[int, int] = {}
+    branch_order: list[int] = []
+    leaf_order: list[int] = []
+    tree_leaf_depths: list[tuple[int, int]] = []  # per tree: (sum of leaf depths, leaves)
+    for root in forest.roots.tolist():
+        stack = [(root, 0)]
+        depth_sum = leaf_count = 0
+        while stack:
+            node, depth = stack.pop()
+            if is_leaf[node]:
+                depth_sum += depth
+                leaf_count += 1
+                if node not in leaf_new:
+                    leaf_new[node] = len(leaf_order)
+                    leaf_order.append(node)
+                continue
+            if node in branch_new:
+                continue
+            branch_new[node] = len(branch_order)
+            branch_order.append(node)
+            stack.append((int(forest.false_next[node]), depth + 1))
+            stack.append((int(forest.true_next[node]), depth + 1))
+        tree_leaf_depths.append((depth_sum, leaf_count))
+    b, n_leaf = len(branch_order), len(leaf_order)
+
+    def new(old: int) -> int:
+        return branch_new[old] if not is_leaf[old] else b + leaf_new[old]
+
+    old = np.asarray(branch_order + leaf_order, np.int64)
+    wide = np.int64 if cmp_dtype == "float64" else np.int32
+    nodes = np.zeros((max(b + n_leaf, 1), 4), wide)
+    nodes[:b, 0] = forest.feature[old[:b]]
+    nodes[:b, 1] = forest.threshold[old[:b]].astype(cmp_dtype).view(wide)
+    nodes[:b, 2] = [new(int(forest.true_next[o])) for o in branch_order]
+    nodes[:b, 3] = [new(int(forest.false_next[o])) for o in branch_order]
+    nodes[b:, 2] = nodes[b:, 3] = np.arange(b, b + n_leaf)
+    starts = forest.member_start
+    member_start = np.zeros(b + n_leaf + 1, np.int32)
+    member_values = []
+    for i, o in enumerate(branch_order):
+        member_values.extend(forest.member_values[starts[o] : starts[o + 1]].tolist())
+        member_start[i + 1] = len(member_values)
+    member_start[b + 1 :] = len(member_values)
+    mode = np.zeros(b + n_leaf, np.int32)
+    mode[:b] = forest.mode[old[:b]]
+    missing = np.zeros(b + n_leaf, np.int32)
+    missing[:b] = forest.missing_true[old[:b]]
+
+    k = forest.n_targets
+    ws, wt, wv = forest.weight_start, forest.weight_target, forest.weight_value
+    counts = np.asarray([ws[o + 1] - ws[o] for o in leaf_order], np.int64)
+    unique = all(len(set(wt[ws[o] : ws[o + 1]].tolist())) == ws[o + 1] - ws[o] for o in leaf_order)
+    summing = aggregate in ("SUM", "AVERAGE")
+    acc_dtype = str(wv.dtype)
+    if summing and not needs_hits and unique and counts.sum() >= DENSE_FILL * n_leaf * k:
+        dense = np.zeros((max(n_leaf, 1), k), acc_dtype)
+        for i, o in enumerate(leaf_order):
+            dense[i, wt[ws[o] : ws[o + 1]]] = wv[ws[o] : ws[o + 1]]
+        kind, arrays = "dense", [("lval", dense.reshape(-1), acc_dtype)]
+    elif (counts <= 1).all() and ((counts == 1).all() or (summing and not needs_hits)):
+        target = np.zeros(max(n_leaf, 1), np.int32)
+        value = np.zeros(max(n_leaf, 1), acc_dtype)
+        for i, o in enumerate(leaf_order):
+            if counts[i]:
+                target[i], value[i] = wt[ws[o]], wv[ws[o]]
+        kind = "single"
+        arrays = [("ltarget", target, "int32"), ("lval", value, acc_dtype)]
+    else:
+        start = np.zeros(n_leaf + 1, np.int32)
+        start[1:] = np.cumsum(counts)
+        sel = [np.arange(ws[o], ws[o + 1]) for o in leaf_order]
+        idx = np.concatenate(sel) if sel else np.zeros(0, np.int64)
+        target = wt[idx] if len(idx) else np.zeros(1, np.int32)
+        value = wv[idx] if len(idx) else np.zeros(1, acc_dtype)
+        kind = "csr"
+        arrays = [
+            ("wstart", start, "int32"),
+            ("wtarget", target.astype(np.int32), "int32"),
+            ("lval", value.astype(acc_dtype), acc_dtype),
+        ]
+    # Walk every tree to the deepest leaf (no exit test per step) when that wastes little:
+    # nearly complete trees, as gradient boosting's are.
+    deepest = int(forest.depth.max(initial=0))
+    fixed = None
+    if deepest <= MAX_FIXED_DEPTH and deepest * len(forest.roots) <= FIXED_SLACK * sum(
+        leaf_depth_sum / max(leaf_count, 1) for leaf_depth_sum, leaf_count in tree_leaf_depths
+    ):
+        fixed = deepest
+    return _Layout(
+        nodes=nodes.reshape(-1),
+        n_branches=b,
+        n_leaves=n_leaf,
+        roots=np.asarray([new(int(r)) for r in forest.roots], np.int32),
+        mode=mode,
+        missing_true=missing,
+        member_start=member_start,
+        member_values=np.asarray(member_values, cmp_dtype),
+        leaf_kind=kind,
+        leaf_arrays=arrays,
+        fixed_depth=fixed,
+    )
+
+
 def _forest_kernel(
     forest: _Forest,
+    lay: _Layout,
     n,
     n_features: int,
     x_dtype: str,
     cmp_dtype: str,
     aggregate: str,
     with_hits: bool,
+    lanes: int = LANES,
 ):
-    """The PrimFunc evaluating ``forest`` on ``X[n, n_features]``: raw aggregated scores
-    ``[n, K]`` (a target no leaf wrote is 0) and, with ``with_hits``, ``[n, K]`` int32 flags
-    saying which targets some leaf wrote."""
-    used = forest.mode[forest.true_next != np.arange(len(forest.mode))]
-    modes = sorted(set(used.tolist())) or [LEQ]
+    """The PrimFunc evaluating ``forest`` (laid out as ``lay``) on ``X[n, n_features]``: raw
+    aggregated scores ``[n, K]`` (a target no leaf wrote is 0) and, with ``with_hits``,
+    ``[n, K]`` int32 flags saying which targets some leaf wrote.
+
+    ``lanes`` walks advance side by side (independent chains of loads the CPU overlaps) until
+    every one is at a leaf, or for ``lay.fixed_depth`` unrolled steps; then their leaves' values
+    are added, each sample's in the trees' order. With a dynamic batch or a fixed one of at
+    least ``lanes`` samples, the lanes are that many samples on one tree at a time (the tree's
+    nodes stay in cache for all of them; a last, partial block repeats its last sample),
+    blocks of samples being the parallel loop; with a fixed smaller batch (1) they are
+    ``lanes`` trees of one sample. (One form per kernel: TVMScript parsing and LLVM time grow
+    with the code, and a dynamic batch of 1 still runs, as fast as one walk at a time.)"""
+    b = lay.n_branches
+    modes = sorted(set(lay.mode[:b].tolist())) or [LEQ]
     uniform = modes[0] if len(modes) == 1 else None
     has_member = MEMBER in modes
-    track_missing = x_dtype in _FLOAT_TYPES and bool(forest.missing_true.any())
+    track_missing = x_dtype in _FLOAT_TYPES and bool(lay.missing_true.any())
     minmax = aggregate in ("MIN", "MAX")
     hits = with_hits or minmax
     acc = cmp_dtype
     k = forest.n_targets
-    m = len(forest.feature)
     nt = forest.n_trees
+    wide = "int64" if cmp_dtype == "float64" else "int32"
+    floats = cmp_dtype in _FLOAT_TYPES
 
     def dim(v):
         return f"T.int64({v})"
@@ -597,29 +756,160 @@ def _forest_kernel(
     n_text = dim(n) if isinstance(n, int) else "n"
     params = [
         ("X", f"({n_text}, {dim(n_features)})", x_dtype),
-        ("feat", f"({dim(m)},)", "int32"),
-        ("thr", f"({dim(m)},)", cmp_dtype),
-        ("tnext", f"({dim(m)},)", "int32"),
-        ("fnext", f"({dim(m)},)", "int32"),
+        ("nodes", f"({dim(len(lay.nodes))},)", wide),
     ]
     if uniform is None:
-        params.append(("mode", f"({dim(m)},)", "int32"))
+        params.append(("mode", f"({dim(len(lay.mode))},)", "int32"))
     if track_missing:
-        params.append(("miss", f"({dim(m)},)", "int32"))
+        params.append(("miss", f"({dim(len(lay.missing_true))},)", "int32"))
     if has_member:
-        params.append(("mstart", f"({dim(m + 1)},)", "int32"))
-        params.append(("mval", f"({dim(max(len(forest.member_values), 1))},)", cmp_dtype))
-    params += [
-        ("roots", f"({dim(nt)},)", "int32"),
-        ("depth", f"({dim(nt)},)", "int32"),
-        ("wstart", f"({dim(m + 1)},)", "int32"),
-        ("wtarget", f"({dim(max(len(forest.weight_target), 1))},)", "int32"),
-        ("wvalue", f"({dim(max(len(forest.weight_value), 1))},)", acc),
-        ("out", f"({n_text}, {dim(k)})", acc),
-    ]
+        params.append(("mstart", f"({dim(len(lay.member_start))},)", "int32"))
+        params.append(("mval", f"({dim(max(len(lay.member_values), 1))},)", cmp_dtype))
+    params.append(("roots", f"({dim(max(nt, 1))},)", "int32"))
+    params += [(name, f"({dim(len(arr))},)", dt) for name, arr, dt in lay.leaf_arrays]
+    params.append(("out", f"({n_text}, {dim(k)})", acc))
     if with_hits:
         params.append(("hits", f"({n_text}, {dim(k)})", "int32"))
     zero = f"{_tir_dtype(acc)}(0)"
+
+    def body(by_samples: bool, ind0: str, z: str) -> list[str]:
+        """The loop nest, its names suffixed ``z`` (both forms can share one function)."""
+        acc_b, nd, hit, found = (f"{name}_l{z}" for name in ("acc", "nd", "hit", "found"))
+        ka = k * lanes if by_samples else k
+        if by_samples:
+            extent = f"({n_text} + {lanes - 1}) // {lanes}"
+            many = not isinstance(n, int) or n > lanes
+        else:
+            extent = n_text
+            many = not isinstance(n, int) or n > 1
+        outer = f"ib{z}" if by_samples else f"i{z}"
+        ind = ind0 + "    "
+        out = [f"{ind0}for {outer} in {'T.parallel' if many else 'T.serial'}({extent}):"]
+        out += [
+            f'{ind}{acc_b} = T.decl_buffer(({ka},), "{acc}", scope="local")',
+            f'{ind}{nd} = T.decl_buffer(({lanes},), "int32", scope="local")',
+        ]
+        if hits:
+            out.append(f'{ind}{hit} = T.decl_buffer(({ka},), "int32", scope="local")')
+        if has_member:
+            out.append(f'{ind}{found} = T.decl_buffer(({lanes},), "bool", scope="local")')
+        out += [f"{ind}for k0{z} in range({ka}):", f"{ind}    {acc_b}[k0{z}] = {zero}"]
+        if hits:
+            out.append(f"{ind}    {hit}[k0{z}] = 0")
+
+        def sample(j: int) -> str:
+            return f"T.min({outer} * {lanes} + {j}, {n_text} - 1)" if by_samples else outer
+
+        def slot(j: int, c: str) -> str:
+            return f"{j * k} + {c}" if by_samples else c
+
+        def compare(mode: int, j: int, s: str) -> str:
+            if mode == NEQ:  # unordered, as in C++: NaN != th holds
+                return f"(v{s} != th{s} or T.isnan(v{s}))" if floats else f"(v{s} != th{s})"
+            return f"{found}[{j}]" if mode == MEMBER else f"(v{s} {_CMP[mode]} th{s})"
+
+        def step(j: int, s: str, ind: str) -> list[str]:
+            """Advance lane ``j`` one node (names suffixed ``s``)."""
+            p, cur = f"p{s}", f"{nd}[{j}]"
+            lines = [
+                f"{ind}{p} = {cur} * 4",
+                f'{ind}v{s} = T.Cast("{cmp_dtype}", X[{sample(j)}, nodes[{p}]])',
+                f'{ind}th{s} = T.reinterpret("{cmp_dtype}", nodes[{p} + 1])',
+            ]
+            if has_member:
+                lines.append(f"{ind}{found}[{j}] = False")
+                inner = ind
+                if uniform != MEMBER:
+                    lines.append(f"{ind}if mode[{cur}] == 6:")
+                    inner = ind + "    "
+                lines += [
+                    f"{inner}for m{s} in range(mstart[{cur}], mstart[{cur} + 1]):",
+                    f"{inner}    {found}[{j}] = {found}[{j}] or v{s} == mval[m{s}]",
+                ]
+            if uniform is not None:
+                cond = compare(uniform, j, s)
+            else:
+                cond = compare(modes[-1], j, s)
+                for mode in reversed(modes[:-1]):
+                    cond = f"T.Select(mode[{cur}] == {mode}, {compare(mode, j, s)}, {cond})"
+            if track_missing:
+                cond = f"({cond} or (miss[{cur}] != 0 and T.isnan(v{s})))"
+            nxt = f'nodes[{p} + 3 - T.Cast("{wide}", {cond})]'
+            lines.append(f"{ind}{cur} = " + (nxt if wide == "int32" else f'T.Cast("int32", {nxt})'))
+            return lines
+
+        def add_leaf(j: int, s: str, ind: str) -> list[str]:
+            leaf = f"({nd}[{j}] - {b})"
+            if lay.leaf_kind == "dense":
+                q = slot(j, f"q{s}")
+                return [
+                    f"{ind}for q{s} in range({k}):",
+                    f"{ind}    {acc_b}[{q}] = {acc_b}[{q}] + lval[{leaf} * {k} + q{s}]",
+                ]
+            if lay.leaf_kind == "single":
+                lines = [f"{ind}c{s} = ltarget[{leaf}]"]
+                w, wind = f"lval[{leaf}]", ind
+            else:
+                lines = [f"{ind}for w{s} in range(wstart[{leaf}], wstart[{leaf} + 1]):"]
+                wind = ind + "    "
+                lines.append(f"{wind}c{s} = wtarget[w{s}]")
+                w = f"lval[w{s}]"
+            c = slot(j, f"c{s}")
+            if aggregate in ("SUM", "AVERAGE"):
+                lines.append(f"{wind}{acc_b}[{c}] = {acc_b}[{c}] + {w}")
+            else:
+                better = "<" if aggregate == "MIN" else ">"
+                lines.append(
+                    f"{wind}{acc_b}[{c}] = T.Select({hit}[{c}] == 0 or {w} {better} "
+                    f"{acc_b}[{c}], {w}, {acc_b}[{c}])"
+                )
+            if hits:
+                lines.append(f"{wind}{hit}[{c}] = 1")
+            return lines
+
+        def group(count: int, root: str, tag: str, ind: str) -> list[str]:
+            """Walk ``count`` lanes from the roots ``root(j)`` side by side, add the leaves."""
+            lines = [f"{ind}{nd}[{j}] = roots[{root(j)}]" for j in range(count)]
+            if lay.fixed_depth is None:
+                alive = " or ".join(f"{nd}[{j}] < {b}" for j in range(count))
+                lines.append(f"{ind}while {alive}:")
+            elif lay.fixed_depth:
+                lines.append(f"{ind}for d{tag} in range({lay.fixed_depth}):")
+            if lay.fixed_depth != 0:
+                for j in range(count):
+                    lines += step(j, f"{tag}{j}", ind + "    ")
+            for j in range(count):
+                lines += add_leaf(j, f"{tag}{j}", ind)
+            return lines
+
+        if by_samples:
+            out.append(f"{ind}for t{z} in range({nt}):")
+            out += group(lanes, lambda j: f"t{z}", f"g{z}", ind + "    ")
+            first = f"{outer} * {lanes} + j{z}"
+            out += [
+                f"{ind}for j{z} in range({lanes}):",
+                f"{ind}    if {first} < {n_text}:",
+                f"{ind}        for k{z} in range({k}):",
+            ]
+            at, row = f"j{z} * {k} + k{z}", f"{first}, k{z}"
+        else:
+            full, rest = divmod(nt, lanes)
+            if full:
+                out.append(f"{ind}for g{z} in range({full}):")
+                out += group(lanes, lambda j: f"g{z} * {lanes} + {j}", f"g{z}", ind + "    ")
+            if rest:
+                out += group(rest, lambda j: f"{full * lanes + j}", f"r{z}", ind)
+            out.append(f"{ind}for k{z} in range({k}):")
+            at, row = f"k{z}", f"{outer}, k{z}"
+        wind = ind + ("            " if by_samples else "    ")
+        if minmax:
+            out.append(f"{wind}out[{row}] = T.Select({hit}[{at}] != 0, {acc_b}[{at}], {zero})")
+        else:
+            out.append(f"{wind}out[{row}] = {acc_b}[{at}]")
+        if with_hits:
+            out.append(f"{wind}hits[{row}] = {hit}[{at}]")
+        return out
+
     lines = [
         "@T.prim_func(private=True, s_tir=True)",
         "def main(" + ", ".join(f"{p}_h: T.handle" for p, _, _ in params) + "):",
@@ -628,76 +918,17 @@ def _forest_kernel(
     if not isinstance(n, int):
         lines.append("    n = T.int64()")
     lines += [f'    {p} = T.match_buffer({p}_h, {shape}, "{dt}")' for p, shape, dt in params]
-    lines += [
-        "    for i in T.parallel(" + n_text + "):",
-        f'        acc = T.decl_buffer(({k},), "{acc}", scope="local")',
-        '        node = T.decl_buffer((1,), "int32", scope="local")',
-    ]
-    if hits:
-        lines.append(f'        hit = T.decl_buffer(({k},), "int32", scope="local")')
-    if has_member:
-        lines.append('        found = T.decl_buffer((1,), "bool", scope="local")')
-    lines += [f"        for k in range({k}):", f"            acc[k] = {zero}"]
-    if hits:
-        lines.append("            hit[k] = 0")
-    lines += [
-        f"        for t in range({nt}):",
-        "            node[0] = roots[t]",
-        "            for d in range(depth[t]):",
-        f'                v = T.Cast("{cmp_dtype}", X[i, feat[node[0]]])',
-        "                th = thr[node[0]]",
-    ]
-    ind = "                "
-    if has_member:
-        lines.append(f"{ind}found[0] = False")
-        guard = "" if uniform == MEMBER else "if mode[node[0]] == 6:"
-        inner = ind
-        if guard:
-            lines.append(ind + guard)
-            inner = ind + "    "
-        lines += [
-            f"{inner}for j in range(mstart[node[0]], mstart[node[0] + 1]):",
-            f"{inner}    found[0] = found[0] or v == mval[j]",
-        ]
+    lines += body(not isinstance(n, int) or n >= lanes, "    ", "")
+    return _parse_tir("\n".join(lines))
 
-    floats = cmp_dtype in _FLOAT_TYPES
 
-    def compare(mode: int) -> str:
-        if mode == NEQ:  # unordered, as in C++: NaN != th holds
-            return "(v != th or T.isnan(v))" if floats else "(v != th)"
-        return "found[0]" if mode == MEMBER else f"(v {_CMP[mode]} th)"
-
-    if uniform is not None:
-        cond = compare(uniform)
-    else:
-        cond = compare(modes[-1])
-        for mode in reversed(modes[:-1]):
-            cond = f"T.Select(mode[node[0]] == {mode}, {compare(mode)}, {cond})"
-    if track_missing:
-        cond = f"({cond} or (miss[node[0]] != 0 and T.isnan(v)))"
-    lines.append(f"{ind}node[0] = T.Select({cond}, tnext[node[0]], fnext[node[0]])")
-    lines += [
-        "            for w in range(wstart[node[0]], wstart[node[0] + 1]):",
-        "                c = wtarget[w]",
-    ]
-    if aggregate in ("SUM", "AVERAGE"):
-        lines.append("                acc[c] = acc[c] + wvalue[w]")
-    else:
-        better = "<" if aggregate == "MIN" else ">"
-        lines.append(
-            f"                acc[c] = T.Select(hit[c] == 0 or wvalue[w] {better} acc[c], "
-            "wvalue[w], acc[c])"
-        )
-    if hits:
-        lines.append("                hit[c] = 1")
-    lines.append(f"        for k in range({k}):")
-    if minmax:
-        lines.append(f"            out[i, k] = T.Select(hit[k] != 0, acc[k], {zero})")
-    else:
-        lines.append("            out[i, k] = acc[k]")
-    if with_hits:
-        lines.append("            hits[i, k] = hit[k]")
-    return tvm.script.from_source("\n".join(lines))
+def _parse_tir(text: str):
+    """``tvm.script.from_source(text)`` on a fresh thread. The parser evaluates the
+    ``@T.prim_func(...)`` decorator, whose ``inspect.stack()`` reads the source of every frame
+    on the calling thread's stack: 0.5 s per kernel or more under a deep stack (pytest, the
+    driver); a new thread's stack is a few frames."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(tvm.script.from_source, text).result()
 
 
 def _run_forest(
@@ -721,36 +952,23 @@ def _run_forest(
             "feed all the features the model was trained on",
         )
     x_dtype = _dtype(x)
-    kernel = _forest_kernel(forest, n, c, x_dtype, cmp_dtype, aggregate, with_hits)
+    lay = _layout(forest, cmp_dtype, with_hits, aggregate)
+    kernel = _forest_kernel(forest, lay, n, c, x_dtype, cmp_dtype, aggregate, with_hits)
     gv = bb.add_func(kernel, "tree_ensemble")
-    uniform = len(set(forest.mode[forest.true_next != np.arange(len(forest.mode))].tolist())) <= 1
-    modes_used = set(forest.mode[forest.true_next != np.arange(len(forest.mode))].tolist())
-    args = [
-        x,
-        _const(forest.feature, "int32"),
-        _const(forest.threshold, cmp_dtype),
-        _const(forest.true_next, "int32"),
-        _const(forest.false_next, "int32"),
-    ]
-    if not uniform:
-        args.append(_const(forest.mode, "int32"))
-    if x_dtype in _FLOAT_TYPES and forest.missing_true.any():
-        args.append(_const(forest.missing_true, "int32"))
+    b = lay.n_branches
+    modes_used = set(lay.mode[:b].tolist())
+    wide = "int64" if cmp_dtype == "float64" else "int32"
+    args = [x, _const(lay.nodes, wide)]
+    if len(modes_used) > 1:
+        args.append(_const(lay.mode, "int32"))
+    if x_dtype in _FLOAT_TYPES and lay.missing_true.any():
+        args.append(_const(lay.missing_true, "int32"))
     if MEMBER in modes_used:
-        args.append(_const(forest.member_start, "int32"))
-        mval = forest.member_values if len(forest.member_values) else np.zeros(1)
+        args.append(_const(lay.member_start, "int32"))
+        mval = lay.member_values if len(lay.member_values) else np.zeros(1)
         args.append(_const(mval, cmp_dtype))
-
-    def padded(a, dtype):
-        return _const(a if len(a) else np.zeros(1), dtype)
-
-    args += [
-        _const(forest.roots, "int32"),
-        _const(forest.depth, "int32"),
-        _const(forest.weight_start, "int32"),
-        padded(forest.weight_target, "int32"),
-        padded(forest.weight_value, cmp_dtype),
-    ]
+    args.append(_const(lay.roots if len(lay.roots) else np.zeros(1), "int32"))
+    args += [_const(arr, dt) for _, arr, dt in lay.leaf_arrays]
     k = forest.n_targets
     out_ty = [relax.TensorType([n, k], cmp_dtype)]
     if with_hits:

@@ -543,6 +543,156 @@ def test_tree_ensemble_v5_variants(tree_ensemble_v5_graph, tmp_path):
     _check(_ours(model, feeds, tmp_path), _ort(_swap_softmax_logistic(model), feeds))
 
 
+def _complete_tree(rng, depth: int, modes: list[int]):
+    """A random tree with every leaf at ``depth`` (as gradient boosting's mostly are)."""
+
+    def grow(level):
+        if level == depth:
+            return {"leaf": True}
+        return {
+            "leaf": False,
+            "mode": int(rng.choice(modes)),
+            "feature": int(rng.integers(N_FEATURES)),
+            "split": float(rng.choice([0.0, 1.0, 1.5, 2.0, 3.0])),
+            "set": [],
+            "missing": int(rng.integers(2)),
+            "t": grow(level + 1),
+            "f": grow(level + 1),
+        }
+
+    return grow(0)
+
+
+def _sparse_weights(rng, trees, n_targets: int, per_leaf: int):
+    """``per_leaf`` distinct random targets per leaf: too few for dense rows (list form)."""
+    for tree in trees:
+        for leaf in _leaves(tree):
+            targets = rng.choice(n_targets, per_leaf, replace=False).tolist()
+            leaf["weights"] = [(int(t), float(rng.normal())) for t in targets]
+
+
+@pytest.fixture(scope="module")
+def kernel_forms_graph():
+    """Tree ensembles that take each form of the kernel: leaf values as dense rows, one per
+    leaf or lists; walks to the leaf or a fixed number of steps (complete trees); tree counts
+    that do and do not fill the groups walked side by side; an int64 input."""
+    rng = np.random.default_rng(17)
+    nodes, outputs, forms = [], [], {}
+
+    def add(name, op, x, trees, n_targets, **extra):
+        prefix = "class" if op == "TreeEnsembleClassifier" else "target"
+        attrs = {**_v3_attrs(trees, prefix), **extra}
+        outs = [name]
+        if op == "TreeEnsembleClassifier":
+            attrs["classlabels_int64s"] = list(range(n_targets))
+            outs = [f"{name}_label", name]
+            outputs.append(_out(f"{name}_label", TensorProto.INT64))
+        else:
+            attrs["n_targets"] = n_targets
+        nodes.append(helper.make_node(op, [x], outs, name=name, domain=ML, **attrs))
+        outputs.append(_out(name))
+        forms[name] = attrs
+
+    def deep(n):  # lopsided trees: a branch per level with a leaf on one side
+        out = []
+        for _ in range(n):
+            tree = {"leaf": True}
+            for _ in range(6):
+                node = _complete_tree(rng, 1, list(range(6)))
+                node["t" if rng.random() < 0.5 else "f"] = tree
+                tree = node
+            out.append(tree)
+        return out
+
+    complete = lambda n, depth, modes: [  # noqa: E731
+        _complete_tree(rng, depth, modes) for _ in range(n)
+    ]
+    trees = deep(9)
+    _sparse_weights(rng, trees, 6, 2)
+    add("lists_sum", "TreeEnsembleRegressor", "X", trees, 6)
+    trees = deep(7)
+    _sparse_weights(rng, trees, 6, 2)
+    add(
+        "lists_max",
+        "TreeEnsembleRegressor",
+        "X",
+        trees,
+        6,
+        aggregate_function="MAX",
+        base_values=[0.5] * 6,
+    )
+    trees = deep(6)
+    _sparse_weights(rng, trees, 5, 2)
+    add("lists_classifier", "TreeEnsembleClassifier", "X", trees, 5, post_transform="SOFTMAX")
+    trees = complete(6, 3, list(range(6)))
+    _fill_weights(rng, trees, 3, dense=False)
+    add("fixed_single", "TreeEnsembleRegressor", "X", trees, 3)
+    trees = complete(8, 2, [0])
+    _fill_weights(rng, trees, 3, dense=True)
+    add("fixed_dense", "TreeEnsembleRegressor", "X", trees, 3)
+    trees = complete(10, 3, [0])
+    _fill_weights(rng, trees, 4, dense=False)
+    add(
+        "fixed_classifier",
+        "TreeEnsembleClassifier",
+        "X",
+        trees,
+        4,
+        post_transform="SOFTMAX",
+        base_values=[0.1, 0.2, 0.3, 0.4],
+    )
+    trees = deep(5)
+    _fill_weights(rng, trees, 3, dense=True)
+    add("int_input", "TreeEnsembleClassifier", "XI", trees, 3)
+    inputs = [
+        helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4]),
+        helper.make_tensor_value_info("XI", TensorProto.INT64, [None, 4]),
+    ]
+    x = _features(rng, 7)
+    feeds = {"X": x, "XI": np.nan_to_num(x).astype(np.int64)}
+    return _model(nodes, inputs, outputs, ml_opset=3), feeds, forms
+
+
+def test_tree_ensemble_kernel_forms(kernel_forms_graph, tmp_path):
+    """Each form matches ONNX Runtime, compiled at a fixed batch of 1 (one sample, no parallel
+    loop, trees side by side) and for any batch (samples side by side; run on 3 and 7)."""
+    from tvmforge.frontend.converters import onnx_ml
+
+    model, feeds, forms = kernel_forms_graph
+    expect = {
+        "lists_sum": ("csr", False),
+        "lists_max": ("csr", False),
+        "lists_classifier": ("csr", False),
+        "fixed_single": ("single", True),
+        "fixed_dense": ("dense", True),
+        "fixed_classifier": ("single", True),
+        "int_input": ("dense", False),
+    }
+    for name, (kind, fixed) in expect.items():
+        attrs = forms[name]
+        classifier = "classlabels_int64s" in attrs
+        k = len(attrs["classlabels_int64s"]) if classifier else attrs["n_targets"]
+        forest = onnx_ml._forest_v3(attrs, "T", "class" if classifier else "target", k, "float32")
+        agg = attrs.get("aggregate_function", "SUM")
+        base = np.arange(k) < len(attrs.get("base_values", []))
+        hits = not (forest.targets_always_hit() | base).all()
+        lay = onnx_ml._layout(forest, "float32", hits, agg)
+        assert (lay.leaf_kind, lay.fixed_depth is not None) == (kind, fixed), name
+    one = {k: v[:1] for k, v in feeds.items()}
+    tvmforge.compile_model(
+        model, "x86", str(tmp_path / "b1"), input_shapes={k: v.shape for k, v in one.items()}
+    )
+    _check(_run(tmp_path / "b1", one), _ort(model, one))
+    tvmforge.compile_model(model, "x86", str(tmp_path / "dyn"))
+    for batch in (3, 7):  # blocks of samples side by side, the last one partial
+        part = {k: v[:batch] for k, v in feeds.items()}
+        _check(_run(tmp_path / "dyn", part), _ort(model, part))
+
+
+def _run(path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in tvmforge.load(str(path))(**feeds).items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # the other ops, side by side in one graph
 
