@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -229,6 +230,8 @@ class Executor(Protocol):
 
 def _flatten(result: Any) -> list[np.ndarray]:
     if hasattr(result, "numpy"):
+        if result.__dlpack_device__()[0] == 1:  # CPU: DLPack view + copy, ~1 us (.numpy() ~25)
+            return [np.from_dlpack(result).copy()]
         return [result.numpy()]
     out: list[np.ndarray] = []
     for item in result:
@@ -257,6 +260,8 @@ class LocalVM:
 
             cuda.prepare_runtime()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.dev)
+        self._main = self.vm["main"]  # looked up once, not per call
+        self._local = threading.local()  # per-thread input tensors (see ``_tensors``)
         from tvmforge.runtime.contention import ThreadGovernor
 
         threads = pool_threads() if dev_kind == "cpu" else 1
@@ -264,14 +269,28 @@ class LocalVM:
         self.governor.enabled &= adapt
 
     def _tensors(self, args: list[np.ndarray]):
+        """The arguments as device tensors: copied into this thread's tensors of the last call
+        when shape and dtype match (~10 us an input, against ~30-70 us for a new tensor)."""
         import tvm
 
-        return [tvm.runtime.tensor(a, self.dev) for a in args]
+        cache = getattr(self._local, "inputs", None)
+        if cache is None or len(cache) != len(args):
+            cache = self._local.inputs = [None] * len(args)
+        out = []
+        for k, a in enumerate(args):
+            a = np.asarray(a)
+            t = cache[k]
+            if t is not None and t.shape == a.shape and str(t.dtype) == str(a.dtype):
+                t.copyfrom(np.ascontiguousarray(a))
+            else:
+                t = cache[k] = tvm.runtime.tensor(a, self.dev)
+            out.append(t)
+        return out
 
     def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
         tensors = self._tensors(args)
         with self.governor.call():
-            result = self.vm["main"](*tensors)
+            result = self._main(*tensors)
         return _flatten(result)
 
     def time(self, args: list[np.ndarray], repeat: int) -> list[float]:
@@ -280,7 +299,7 @@ class LocalVM:
         for _ in range(repeat):
             with self.governor.call():
                 t0 = time.perf_counter()
-                self.vm["main"](*tensors)
+                self._main(*tensors)
                 self.dev.sync()
                 times.append(time.perf_counter() - t0)
         return times

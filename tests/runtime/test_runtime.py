@@ -203,3 +203,32 @@ def test_a_container_cpu_quota_caps_the_default_thread_count(tmp_path, monkeypat
     assert threads == 1 and "quota" in why
     monkeypatch.setenv("TVM_NUM_THREADS", "3")
     assert runtime.thread_choice() == (None, "TVM_NUM_THREADS=3")
+
+
+def test_reused_input_tensors_never_leak_between_calls(tmp_path):
+    """Inputs are copied into the last call's tensors and outputs copied out: a reshaped
+    input returned as an output, edited in place or read after the next call, stays what its
+    call returned; a new batch size gets new tensors."""
+    import tvmforge
+    from onnx import TensorProto, helper
+
+    from onnx_builders import dynamic_batch, make_model
+
+    model = dynamic_batch(make_model(
+        [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+         helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])],
+        [helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 6]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [0, -1])],
+    ), "N")
+    compiled = tvmforge.load(tvmforge.compile_model(model, "x86", tmp_path / "m.tar"))
+    a = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    first = compiled(x=a)
+    first["flat"][:] = -1.0  # the caller's copy, not the model's
+    second = compiled(x=a + 100)
+    np.testing.assert_array_equal(first["y"], a)
+    np.testing.assert_array_equal(second["flat"], (a + 100).reshape(2, 6))
+    third = compiled(x=a[:1] - 5)  # another batch size
+    np.testing.assert_array_equal(third["y"], np.zeros((1, 2, 3), np.float32))
+    np.testing.assert_array_equal(compiled(x=a)["flat"], a.reshape(2, 6))
