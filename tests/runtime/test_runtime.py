@@ -209,9 +209,9 @@ def test_reused_input_tensors_never_leak_between_calls(tmp_path):
     """Inputs are copied into the last call's tensors and outputs copied out: a reshaped
     input returned as an output, edited in place or read after the next call, stays what its
     call returned; a new batch size gets new tensors."""
-    import tvmforge
     from onnx import TensorProto, helper
 
+    import tvmforge
     from onnx_builders import dynamic_batch, make_model
 
     model = dynamic_batch(make_model(
