@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,17 @@ class _Scheduled(Exception):
     """Raised once the kernels are captured, to skip code generation."""
 
 
+_RELAX_VAR = re.compile(r"\blv(\d+)")
+
+
+def _canonical(text: str) -> str:
+    """The kernel's text with the Relax binding names it inherits (``lv194``: the position of
+    the binding in the whole model, which any change upstream renumbers) numbered by first
+    appearance in the kernel, so that only the kernel itself is hashed."""
+    order: dict[str, str] = {}
+    return _RELAX_VAR.sub(lambda m: "lv" + order.setdefault(m[1], str(len(order))), text)
+
+
 @tvm.instrument.pass_instrument
 class _CaptureSchedules:
     """Keeps the kernels of the last schedule stage that ran; ``stop`` ends the build there.
@@ -66,7 +78,7 @@ class _CaptureSchedules:
         kernels = {}
         for gvar, func in mod.functions_items():
             if isinstance(func, tvm.tirx.PrimFunc):
-                text = func.script(show_meta=False)
+                text = _canonical(func.script(show_meta=False))
                 kernels[gvar.name_hint] = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.kernels = kernels
         if self.stop:

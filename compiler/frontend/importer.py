@@ -378,7 +378,7 @@ def unsupported_nodes(model: OnnxModel) -> list[tuple[str, str]]:
     for label, node in _iter_nodes(model.proto.graph):
         foreign = node.domain not in _DOMAINS
         op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
-        if foreign or node.op_type not in supported:
+        if foreign or node.op_type not in supported or op in BY_DESIGN:
             bad.append((label, op))
         elif any(name in strings for name in node.input):
             bad.append((label, f"{op}(string)"))
@@ -403,7 +403,12 @@ _STRING_REASON = (
 _TRAINING_REASON = (
     "training-only operators (gradients, optimizer steps): export the model for inference"
 )
+_MAP_REASON = (
+    "a sequence of maps, which tvmforge does not compile (outputs are tensors): convert the "
+    "classifier with skl2onnx's options={'zipmap': False} to get the probabilities as a tensor"
+)
 BY_DESIGN: dict[str, str] = {
+    "ai.onnx.ml.ZipMap": _MAP_REASON,
     **dict.fromkeys(
         ["StringConcat", "StringSplit", "StringNormalizer", "RegexFullMatch"], _STRING_REASON
     ),

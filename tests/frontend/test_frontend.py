@@ -56,7 +56,7 @@ def test_dynamic_dims_all_named(tmp_model):
 
 def test_unsupported_ops_inside_subgraphs_are_found():
     then_g = helper.make_graph(
-        [helper.make_node("Det", ["m"], ["d"], name="inner_det")],
+        [helper.make_node("RandomNormalLike", ["m"], ["d"], name="inner_rand")],
         "then",
         [],
         [helper.make_tensor_value_info("d", TensorProto.FLOAT, [])],
@@ -80,12 +80,22 @@ def test_unsupported_ops_inside_subgraphs_are_found():
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [])],
     )
     loaded = load(model)
-    assert unsupported_nodes(loaded) == [("branch/then_branch/inner_det", "Det")]
-    with pytest.raises(CompileError, match="inner_det"):
+    assert unsupported_nodes(loaded) == [("branch/then_branch/inner_rand", "RandomNormalLike")]
+    with pytest.raises(CompileError, match="inner_rand"):
         check_supported(loaded)
 
 
 def test_foreign_domain_ops_are_unsupported():
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"], name="custom", domain="com.example")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert unsupported_nodes(load(model)) == [("custom", "com.example.Relu")]
+
+
+def test_zipmap_is_refused_by_design_with_the_skl2onnx_fix():
     model = make_model(
         [
             helper.make_node(
@@ -96,7 +106,10 @@ def test_foreign_domain_ops_are_unsupported():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
     )
     model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
-    assert unsupported_nodes(load(model)) == [("zip", "ai.onnx.ml.ZipMap")]
+    loaded = load(model)
+    assert unsupported_nodes(loaded) == [("zip", "ai.onnx.ml.ZipMap")]
+    with pytest.raises(CompileError, match=r"sequence of maps.*'zipmap': False"):
+        check_supported(loaded)
 
 
 def test_external_data_is_loaded(tmp_path):

@@ -189,10 +189,13 @@ def test_runtime_trip_count_is_one_clear_line_and_listed_by_inspect(cli, tmp_mod
     res = cli("inspect", path)
     assert res.exit_code == 0 and "unsupported: 1 node(s) [Loop]: loop (Loop)" in res.stdout
     res = cli("compile", path, "-o", "m.tar")
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # bad input: the trip count must be given at compile time
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    assert "loop (Loop)" in lines[0] and "known only at run time is not supported" in lines[0]
+    assert "loop (Loop) takes its trip count from graph input 'M'" in lines[0]
+    assert "--freeze M=" in lines[0]
+    res = cli("compile", path, "--freeze", "M=4", "-o", "m.tar")
+    assert res.exit_code == 0, res.output
 
 
 def test_for_loop_in_opset_11_with_a_nested_if_unrolls(tmp_path):
