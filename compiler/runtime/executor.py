@@ -261,6 +261,7 @@ class LocalVM:
             cuda.prepare_runtime()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.dev)
         self._main = self.vm["main"]  # looked up once, not per call
+        self._on_cpu = dev_kind == "cpu"
         self._local = threading.local()  # per-thread input tensors (see ``_tensors``)
         from tvmforge.runtime.contention import ThreadGovernor
 
@@ -269,21 +270,26 @@ class LocalVM:
         self.governor.enabled &= adapt
 
     def _tensors(self, args: list[np.ndarray]):
-        """The arguments as device tensors: copied into this thread's tensors of the last call
-        when shape and dtype match (~10 us an input, against ~30-70 us for a new tensor)."""
+        """The arguments as device tensors. On the CPU each is copied into this thread's tensor
+        of the last call when shape and dtype match, through a numpy view of it (~1 us an
+        input, against ~30-70 us for a new tensor)."""
         import tvm
 
+        if not self._on_cpu:
+            return [tvm.runtime.tensor(np.asarray(a), self.dev) for a in args]
         cache = getattr(self._local, "inputs", None)
         if cache is None or len(cache) != len(args):
             cache = self._local.inputs = [None] * len(args)
         out = []
         for k, a in enumerate(args):
             a = np.asarray(a)
-            t = cache[k]
-            if t is not None and t.shape == a.shape and str(t.dtype) == str(a.dtype):
-                t.copyfrom(np.ascontiguousarray(a))
-            else:
-                t = cache[k] = tvm.runtime.tensor(a, self.dev)
+            slot = cache[k]
+            if slot is not None and slot[2] == a.shape and slot[3] == a.dtype:
+                np.copyto(slot[1], a)
+                out.append(slot[0])
+                continue
+            t = tvm.runtime.tensor(a, self.dev)
+            cache[k] = (t, np.from_dlpack(t), a.shape, a.dtype)
             out.append(t)
         return out
 
