@@ -73,27 +73,25 @@ class Split(onnx_frontend.Split):
         return out
 
     @classmethod
-    def _impl_v13(cls, bb, inputs, attr, params):
+    def _from_input(cls, bb, inputs, attr, params, opset18: bool):
+        """Opset 13+: split sizes from the (constant) second input, if any."""
         splits = inputs[1] if len(inputs) > 1 else None
+        out = None
         if splits is not None:
             splits = onnx_frontend.get_constant(splits, params)
-            if not isinstance(splits, tvm.ir.GenericConst):
-                return onnx_frontend.Split._impl_v13.__func__(cls, bb, inputs, attr, params)
-            splits = splits.value.numpy().reshape(-1).tolist()
-        out = _split(bb, inputs[0], int(attr.get("axis", 0)), splits, attr, False)
-        if out is None:
+            if isinstance(splits, tvm.ir.GenericConst):
+                splits = splits.value.numpy().reshape(-1).tolist()
+                out = _split(bb, inputs[0], int(attr.get("axis", 0)), splits, attr, opset18)
+        else:
+            out = _split(bb, inputs[0], int(attr.get("axis", 0)), None, attr, opset18)
+        if out is None:  # run-time sizes or a symbolic axis: TVM's converter
             return onnx_frontend.Split._impl_v13.__func__(cls, bb, inputs, attr, params)
         return out
 
     @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        return cls._from_input(bb, inputs, attr, params, False)
+
+    @classmethod
     def _impl_v18(cls, bb, inputs, attr, params):
-        splits = inputs[1] if len(inputs) > 1 else None
-        if splits is not None:
-            splits = onnx_frontend.get_constant(splits, params)
-            if not isinstance(splits, tvm.ir.GenericConst):
-                return onnx_frontend.Split._impl_v13.__func__(cls, bb, inputs, attr, params)
-            splits = splits.value.numpy().reshape(-1).tolist()
-        out = _split(bb, inputs[0], int(attr.get("axis", 0)), splits, attr, True)
-        if out is None:
-            return onnx_frontend.Split._impl_v13.__func__(cls, bb, inputs, attr, params)
-        return out
+        return cls._from_input(bb, inputs, attr, params, True)
