@@ -184,7 +184,7 @@ class _Recurrent(OnnxOpConverter):
     def _convert(cls, bb: relax.BlockBuilder, inputs, attr: dict, params, layout: int):
         name = attr.get("tvm_custom", {}).get("name")
         where = f"{cls.op} node {name!r}" if name else f"{cls.op} node (unnamed)"
-        x, w, r, b = inputs[0], inputs[1], inputs[2], inputs[3]
+        x, r, b = inputs[0], inputs[2], inputs[3]
         dtype = str(x.ty.dtype)
         shape = _static_shape(x, where, "X")
         if layout not in (0, 1):
@@ -236,8 +236,7 @@ class _Recurrent(OnnxOpConverter):
 
         # X·Wᵀ for every step and direction at once, then one [B, G*H] slice per (d, t).
         x2d = relax.op.reshape(x, [seq * batch, shape[2]])
-        w_t = relax.op.permute_dims(relax.op.reshape(w, [nd * gh, shape[2]]), [1, 0])
-        proj = relax.op.matmul(x2d, w_t)
+        proj = cls._project_inputs(bb, x2d, inputs, nd * gh, shape[2])
         if proj_bias is not None:
             proj = relax.op.add(proj, proj_bias)
         proj = relax.op.reshape(proj, [seq, batch, nd, gh])
@@ -272,6 +271,19 @@ class _Recurrent(OnnxOpConverter):
         if cls.outputs == 3:
             results.append(_final_state(bb, last_c, nd, batch, hidden, layout))
         return relax.Tuple(results)
+
+    @classmethod
+    def _project_inputs(cls, bb, x2d: relax.Expr, inputs, rows: int, input_size: int):
+        """``X·Wᵀ`` of all steps and directions: ``x2d`` is ``[T*B, I]``, ``W`` (``inputs[1]``)
+        holds ``rows = nd*G*H`` rows; the result is ``[T*B, rows]``. A hook for variants whose
+        W is stored differently (the quantized LSTM)."""
+        w_t = relax.op.permute_dims(relax.op.reshape(inputs[1], [rows, input_size]), [1, 0])
+        return relax.op.matmul(x2d, w_t)
+
+    @classmethod
+    def _recur(cls, bb, h: relax.Expr, dr: _Direction) -> relax.Expr:
+        """``H[t-1]·Rᵀ`` of one step (``[B, G*H]``); a hook like ``_project_inputs``."""
+        return relax.op.matmul(h, dr.r_t)
 
     @classmethod
     def _directions(
@@ -380,7 +392,7 @@ class LSTM(_Recurrent):
     @classmethod
     def _step(cls, bb, xp, h, c, dr, hidden, clip, attr, dtype):
         f, g, act_h = dr.acts
-        gates = bb.emit(relax.op.add(xp, relax.op.matmul(h, dr.r_t)))
+        gates = bb.emit(relax.op.add(xp, cls._recur(bb, h, dr)))
         gi, go, gf, gc = _split(bb, gates, 4, axis=1)
         if dr.peep is not None:
             pi, _, pf = dr.peep  # Po multiplies the new C, below
