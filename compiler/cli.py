@@ -361,11 +361,13 @@ def tune_cmd(
     if report_dir is not None:
         click.echo(f"report: {report_dir / 'report.md'}, report.csv, tuning_curve.png")
     work = tuning_log if tuning_log is not None else tuning.user_cache()
+    defaults = {"calibration_method": "minmax", "prune_method": "l1", "precision": "auto",
+                "group_size": 32}
     same = "".join(
+        f" --{k.replace('_', '-')}" if v is True else
         f" --{k.replace('_', '-')} {','.join(v) if isinstance(v, tuple) else v}"
         for k, v in transforms.items()
-        if v not in (None, (), "") and not (k == "calibration_method" and v == "minmax")
-        and not (k == "prune_method" and v == "l1")
+        if v not in (None, (), "", False) and defaults.get(k) != v
     )
     click.echo(f"apply with: tvmforge compile {model} --target {target}{same} "
                f"--tuning-log {work}")

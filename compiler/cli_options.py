@@ -94,11 +94,21 @@ tuning_log_option = click.option(
 
 
 def transform_options(func: Callable) -> Callable:
-    """``--quantize/--calibration/--calibration-method/--skip-layers/--prune/--prune-method``,
+    """``--quantize/--group-size/--asymmetric/--scale-search/--calibration/
+    --calibration-method/--skip-layers/--precision/--prune/--prune-method``,
     gathered into one ``transforms`` keyword: what ``build_model`` takes as is."""
     options = [
-        click.option("--quantize", type=click.Choice(["int8"]), default=None,
-                     help="Post-training int8 quantization (needs --calibration)."),
+        click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+                     help="int8: post-training quantization of convs and matmuls (needs "
+                          "--calibration); int4: 4-bit weight-only matmuls (no data needed)."),
+        click.option("--group-size", type=click.Choice(["16", "32", "64", "128"]),
+                     default="32", show_default=True,
+                     help="--quantize int4: weights per scale, along the reduction axis."),
+        click.option("--asymmetric", is_flag=True,
+                     help="--quantize int4: a zero point per group (default: symmetric)."),
+        click.option("--scale-search", is_flag=True,
+                     help="--quantize int4: per group, the scale (of a few below max/7) with "
+                          "the least weight error."),
         click.option("--calibration", default=None, metavar="DATA|random",
                      help=".npz keyed by input name with arrays [samples, *input_shape], or a "
                           "folder of them; 'random' only if you accept unknown accuracy."),
@@ -108,6 +118,12 @@ def transform_options(func: Callable) -> Callable:
                      help="How activation ranges are taken from the calibration data."),
         click.option("--skip-layers", default="", metavar="NAME,...",
                      help="ONNX node names to leave in float when quantizing."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]),
+                     default="auto", show_default=True,
+                     help="A pre-quantized (QDQ) model's kernels: auto = integer kernels with "
+                          "its own scales where the CPU has int8 dot products (VNNI, AMX, "
+                          "sdot), float ones rounding at its Q/DQ points elsewhere; fp32 or "
+                          "int8 forces one."),
         click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=None,
                      metavar="RATIO",
                      help="Remove RATIO of the conv/dense FLOPs as whole channels; 0 removes "
@@ -120,7 +136,7 @@ def transform_options(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args, quantize, calibration, calibration_method, skip_layers, prune,
-                prune_method, **kwargs):
+                prune_method, precision, group_size, asymmetric, scale_search, **kwargs):
         if calibration not in (None, "random") and not Path(calibration).exists():
             raise click.BadParameter(
                 f"{calibration}: no such file or folder (an .npz keyed by input name, a folder "
@@ -132,6 +148,10 @@ def transform_options(func: Callable) -> Callable:
             "skip_layers": tuple(n for n in skip_layers.split(",") if n),
             "prune": prune,
             "prune_method": prune_method,
+            "precision": precision,
+            "group_size": int(group_size),
+            "asymmetric": asymmetric,
+            "scale_search": scale_search,
         }
         return func(*args, **kwargs)
 

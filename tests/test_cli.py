@@ -360,3 +360,43 @@ def test_an_unwritable_output_is_refused_before_the_build(cli, tmp_model, tmp_pa
     assert res.exit_code == 2
     line = _one_error_line(res)
     assert "cannot write there" in line and "m.tar" in line
+
+
+# --- quantized builds: --quantize int4, --precision ----------------------------------------
+
+
+def _mlp(k: int = 64, n: int = 32) -> "onnx.ModelProto":
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.2, (k, n)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.2, (n, 8)).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                      [w1, w2])
+
+
+def test_compile_quantize_int4_records_its_settings_and_runs(cli, tmp_model):
+    model = tmp_model(_mlp())
+    res = cli("compile", model, "--quantize", "int4", "--group-size", "16", "--asymmetric",
+              "-o", "q4.tar", "--check", "--rtol", "0.2")  # 4-bit weights: a lossy build
+    assert res.exit_code == 0, res.output
+    manifest = json.loads(cli("inspect", "q4.tar", "--json").stdout)
+    q4 = next(p for p in manifest["passes"] if p.get("name") == "quantize_int4")
+    assert q4["group_size"] == 16 and q4["scheme"] == "asymmetric"
+    assert manifest["quantization"]["layers"] and all(
+        layer["name"] in ("fc1", "fc2") for layer in manifest["quantization"]["layers"])
+
+
+def test_bad_quantization_options_are_one_line_each(cli, tmp_model):
+    model = tmp_model(_mlp())
+    res = cli("compile", model, "--precision", "int8", "-o", "x.tar")
+    assert res.exit_code == 2
+    assert "no QuantizeLinear" in _one_error_line(res)
+    res = cli("compile", model, "--quantize", "int8", "--precision", "fp32", "--calibration",
+              "random", "-o", "x.tar")
+    assert res.exit_code == 2
+    assert "contradict" in _one_error_line(res)
+    res = cli("compile", model, "--quantize", "int4", "--group-size", "48", "-o", "x.tar")
+    assert res.exit_code == 2 and "48" in res.output

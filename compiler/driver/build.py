@@ -43,6 +43,7 @@ class Built:
     frozen: dict[str, list[float]] = field(default_factory=dict)
     pruning: dict[str, Any] | None = None  # prune_channels' report, when pruning was asked for
     quantization: dict[str, Any] | None = None  # quantize_int8's settings and report
+    precision: dict[str, Any] = field(default_factory=dict)  # resolve_precision's note
 
     def manifest(self) -> dict[str, Any]:
         import tvm
@@ -58,8 +59,10 @@ class Built:
             extra["pruning"] = self.pruning
         if self.quantization is not None:
             q = self.quantization
-            caller.append({"name": "quantize_int8", **q["settings"]})
+            caller.append({"name": f"quantize_{q['settings']['mode']}", **q["settings"]})
             extra["quantization"] = q["report"]
+        if self.precision:
+            extra["precision"] = self.precision
         from tvmforge.driver.manifest import pass_list
 
         passes = pass_list(self.target, self.databases, caller)
@@ -119,6 +122,10 @@ def build_model(
     calibration_method: str = "minmax",
     skip_layers: Sequence[str] = (),
     graph_passes: Sequence[Any] = (),
+    precision: str = "auto",
+    group_size: int = 32,
+    asymmetric: bool = False,
+    scale_search: bool = False,
 ) -> Built:
     """Import, optimize and build a model for a target, in memory.
 
@@ -133,7 +140,16 @@ def build_model(
     ``calibration`` (``.npz``, a folder of them, ``{input: [N, *shape]}``, or ``"random"``,
     which must be asked for by name) by ``calibration_method`` (``minmax``, ``percentile``,
     ``entropy``); layers named in ``skip_layers`` stay float. The settings and the per-layer
-    report land in ``Built.quantization`` and the manifest.
+    report land in ``Built.quantization`` and the manifest. ``quantize="int4"`` makes the
+    matmuls with constant weights 4-bit weight-only kernels (groups of ``group_size`` along K,
+    symmetric unless ``asymmetric``, ``scale_search`` for a scale per group that lowers the
+    weight error); it needs no calibration data.
+
+    ``precision`` (``auto``, ``fp32``, ``int8``) says how a pre-quantized (QDQ) model is built:
+    ``auto`` gives it integer kernels with its own scales where the target has int8
+    dot-product kernels and float kernels that round at its Q/DQ points elsewhere
+    (``calibration.resolve_precision``); what was chosen, and why, lands in
+    ``Built.precision`` and the manifest.
 
     ``graph_passes`` (Relax passes) run in the graph stage after pruning and quantization,
     before tvmforge's own layout and packing passes: e.g. ``[pack_conv_weights()]`` keeps the
@@ -161,7 +177,12 @@ def build_model(
     onnx_model = model if isinstance(model, OnnxModel) else frontend.load(model)
     onnx_model = frontend.freeze_inputs(onnx_model, dict(frozen_inputs or {}))
     inputs = frontend.resolve_inputs(onnx_model, dict(input_shapes or {}), dynamic_batch=True)
-    _check_static_for(onnx_model, inputs, prune=prune, quantize=quantize)
+    from tvmforge.driver.calibration import resolve_precision
+
+    quantize, precision_note = resolve_precision(
+        onnx_model, inputs, target.tvm_target(), quantize, precision)
+    _check_static_for(onnx_model, inputs, prune=prune,
+                      quantize=quantize if quantize != "int4" else None)
     seconds: dict[str, float] = {}
 
     say("importing ONNX into Relax")
@@ -183,11 +204,12 @@ def build_model(
         from tvmforge.driver.calibration import quantize_pass
 
         quantizer, q_settings = quantize_pass(
-            onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads
+            onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads,
+            group_size=group_size, asymmetric=asymmetric, scale_search=scale_search,
         )
         from tvmforge.passes.schedule.intrinsics import int8_family
 
-        if int8_family(tvm_target) is None:
+        if quantize == "int8" and int8_family(tvm_target) is None:
             log.warning(
                 "%s: %s has no int8 dot-product instruction (AVX-512 VNNI, ARM sdot): its int8 "
                 "kernels compute exactly but run slower than float (ResNet-50 on an AVX2 EPYC: "
@@ -231,6 +253,10 @@ def build_model(
         ) from err
     seconds["build"] = time.perf_counter() - t0
     built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
+    built.precision = precision_note
+    if precision_note["model"] == "qdq":
+        say(f"pre-quantized model (QDQ): {precision_note['kernels']} kernels; "
+            f"{precision_note['reason']}")
     built.frozen = {
         k: np.asarray(v).reshape(-1).tolist() for k, v in (frozen_inputs or {}).items()
     }

@@ -342,9 +342,102 @@ class Calibrator:
 # Set-up for build_model(quantize=...)
 
 
-QUANTIZE_MODES = ("int8",)
+QUANTIZE_MODES = ("int8", "int4")
+INT4_GROUP_SIZES = (16, 32, 64, 128)
 # ``skip_layers=["auto"]``: leave float the layers whose own relative error exceeds this
 AUTO_SENSITIVITY = 0.05
+
+
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+def resolve_precision(model, inputs: Sequence[TensorInfo], tvm_target, quantize: str | None,
+                      precision: str = "auto") -> tuple[str | None, dict[str, Any]]:
+    """What a model's kernels compute in: the ``quantize`` mode to run and why.
+
+    A *pre-quantized* model (QDQ: ``QuantizeLinear``/``DequantizeLinear`` around its layers, as
+    ONNX Runtime's ``quantize_static`` writes it) is an int8 model, and ``precision="auto"``
+    builds it as one where that pays: on a target with int8 dot-product kernels (AVX-512 VNNI,
+    AMX, ARM ``sdot``) its layers become integer kernels with the model's own scales and zero
+    points (``quantize="int8"`` without calibration data). Where the CPU has no such
+    instruction (AVX2) the integer kernels run several times slower than float ones, so
+    ``auto`` keeps float kernels that round at the model's quantization points, the same
+    numbers (``passes/graph/fake_quant.py``); so it does for an input shape left dynamic (the
+    int8 kernels are built for fixed shapes). ``precision="fp32"`` forces those float kernels
+    (for debugging a quantized model), ``"int8"`` forces integer kernels. A float model is
+    quantized only by ``quantize="int8"``; ``precision`` changes nothing for it.
+
+    Models in the QOperator format (``QLinearConv``, ``QLinearMatMul``, ...) are integer
+    arithmetic whatever ``precision`` says (their converters compute the operators exactly).
+
+    Returns ``(quantize, note)``: the mode for :func:`quantize_pass` (``None``: none) and what
+    the manifest and the compile line say (``model``, ``kernels``, ``reason``).
+
+    Raises
+    ------
+    InputError
+        For an unknown precision, or one that contradicts ``quantize``.
+    """
+    from tvmforge.passes.schedule.intrinsics import int8_family
+
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+    ops = {n.op_type for n in model.proto.graph.node}
+    qdq = "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    qop = bool(ops & {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
+    kind = "qdq" if qdq else "qoperator" if qop else "float"
+    if quantize == "int8" and precision == "fp32":
+        raise InputError(f"{model.path}: --quantize {quantize} and --precision fp32 contradict "
+                         "each other", hint="drop one of them")
+    if quantize is not None:
+        return quantize, {"model": kind, "precision": precision, "kernels": quantize,
+                          "reason": f"--quantize {quantize}"}
+    if precision == "int8" and not qdq:
+        raise InputError(
+            f"{model.path}: --precision int8 builds a pre-quantized (QDQ) model's integer "
+            "kernels, and this model has no QuantizeLinear/DequantizeLinear pairs",
+            hint="quantize a float model with --quantize int8 --calibration DATA")
+    if not qdq:
+        return None, {"model": kind, "precision": precision,
+                      "kernels": "int8" if qop else "fp32", "reason": ""}
+    family = int8_family(tvm_target)
+    dynamic = next((i for i in inputs if not i.static), None)
+    if precision == "int8":
+        return "int8", {"model": kind, "precision": precision, "kernels": "int8",
+                        "reason": "--precision int8"}
+    if precision == "fp32":
+        reason = "--precision fp32: float kernels that round at the model's Q/DQ points"
+    elif family is None:
+        reason = ("this CPU has no int8 dot-product instruction (AVX-512 VNNI, AMX, ARM sdot): "
+                  "float kernels that round at the model's Q/DQ points run faster than integer "
+                  "ones here (--precision int8 forces those)")
+    elif dynamic is not None:
+        reason = (f"input {dynamic.name!r} keeps a dynamic dimension and the int8 kernels need "
+                  "fixed shapes: float kernels that round at the model's Q/DQ points "
+                  "(fix it with --input-shape for integer kernels)")
+    else:
+        return "int8", {"model": kind, "precision": precision, "kernels": "int8",
+                        "reason": f"a QDQ model, built with its own scales on {family} kernels"}
+    return None, {"model": kind, "precision": precision, "kernels": "fp32", "reason": reason}
+
+
+def _int4_pass(model, group_size: int, asymmetric: bool, scale_search: bool,
+               skip_layers: Sequence[str]):
+    from tvmforge.passes.quantize.int4 import QuantizeInt4
+
+    if group_size not in INT4_GROUP_SIZES:
+        raise InputError(f"--group-size {group_size}: use one of "
+                         f"{', '.join(map(str, INT4_GROUP_SIZES))}")
+    if any(e == "auto" or e.startswith("auto:") for e in skip_layers):
+        raise InputError("--skip-layers auto measures int8 layers; with --quantize int4 name the "
+                         "layers to keep float")
+    names = list(skip_layers)
+    qpass = QuantizeInt4(group_size=group_size, symmetric=not asymmetric, skip=names,
+                         search=scale_search, layer_names=onnx_layer_names(model.proto))
+    settings = {"mode": "int4", "group_size": group_size,
+                "scheme": "asymmetric" if asymmetric else "symmetric",
+                "scale_search": scale_search, "skip_layers": names}
+    return qpass, settings
 
 
 def onnx_layer_names(proto) -> dict[str, str]:
@@ -377,8 +470,17 @@ def quantize_pass(
     skip_layers: Sequence[str] = (),
     threads: int | None = None,
     activation: str = "uint8",
+    group_size: int = 32,
+    asymmetric: bool = False,
+    scale_search: bool = False,
 ):
-    """``quantize_int8`` set up for a model: its data, calibrator and ONNX layer names.
+    """``quantize_int8`` (or ``quantize_int4``) set up for a model: its data, calibrator and
+    ONNX layer names.
+
+    ``mode="int4"``: 4-bit weight-only matmuls (``passes/quantize/int4.py``), groups of
+    ``group_size`` along K, symmetric unless ``asymmetric``; ``scale_search`` tries a few
+    smaller scales per group and keeps the one with the least weight error. It needs no
+    calibration data, and keeps dynamic shapes.
 
     ``skip_layers`` holds layer names, and may hold ``"auto"`` or ``"auto:ERROR"``: measure
     each layer's own relative error on the calibration data and leave float those above
@@ -399,6 +501,8 @@ def quantize_pass(
         raise InputError(f"--quantize {mode}: use one of {', '.join(QUANTIZE_MODES)}")
     if method not in METHODS:
         raise InputError(f"--calibration-method {method}: use one of {', '.join(METHODS)}")
+    if mode == "int4":
+        return _int4_pass(model, group_size, asymmetric, scale_search, skip_layers)
     qdq = any(n.op_type == "QuantizeLinear" for n in model.proto.graph.node)
     if calibration is None and not qdq:
         raise InputError(

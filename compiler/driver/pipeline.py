@@ -82,8 +82,11 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     into the conv before them (``stack_sum_to_add``); ``power`` by 0.75 (LRN) and other
     simple exponents becomes vectorizable ``sqrt``/products (``simplify_power``); transposed
     convs whose kernel equals their stride become a 1x1 conv and a depth-to-space instead of
-    a conv over a zero-dilated input (``conv_transpose_direct``). After the caller's passes,
-    float regions between NHWC producers and consumers (an int8 model's FPN) run in NHWC
+    a conv over a zero-dilated input (``conv_transpose_direct``); ONNX Runtime's 4-bit
+    ``MatMulNBits`` become tvmforge's int4 kernels (``lower_matmul_nbits``). After the caller's
+    passes,
+    a QDQ model's quantize-dequantize pairs left float become elementwise arithmetic that fuses
+    and travels in any layout (``fake_quant``), float regions between NHWC producers and consumers (an int8 model's FPN) run in NHWC
     (``sink_transposes``), and a channel shuffle feeding a depthwise conv is read in place by
     it (``fold_channel_shuffle``). Last, after the caller's passes (which may still rewrite
     conv weights), CPU targets carry activations between fp32 convs in the blocked
@@ -96,6 +99,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     targets.
     """
     from tvmforge.passes.graph.conv_transpose_direct import conv_transpose_direct
+    from tvmforge.passes.graph.fake_quant import fake_quant
     from tvmforge.passes.graph.fast_math_cpu import fast_math_cpu
     from tvmforge.passes.graph.fold_channel_shuffle import fold_channel_shuffle
     from tvmforge.passes.graph.fold_constants_numpy import fold_constants_numpy
@@ -105,6 +109,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     from tvmforge.passes.graph.simplify_power import simplify_power
     from tvmforge.passes.graph.sink_transposes import sink_transposes
     from tvmforge.passes.graph.stack_sum_to_add import stack_sum_to_add
+    from tvmforge.passes.quantize.int4 import lower_matmul_nbits
 
     return [
         fold_constants_numpy(),
@@ -115,7 +120,9 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         fold_constants_numpy(),
         simplify_power(),
         conv_transpose_direct(),
+        lower_matmul_nbits(),
         *graph,
+        fake_quant(),
         sink_transposes(),
         fold_channel_shuffle(),
         nchwc_layout(),

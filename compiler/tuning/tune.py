@@ -137,6 +137,10 @@ def tune(
     skip_layers: Sequence[str] = (),
     prune: float | None = None,
     prune_method: str = "l1",
+    precision: str = "auto",
+    group_size: int = 32,
+    asymmetric: bool = False,
+    scale_search: bool = False,
     threads: int | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
@@ -173,7 +177,8 @@ def tune(
         Fixes dynamic input dimensions, as ``--input-shape``.
     frozen_inputs:
         Inputs compiled in as constants, as ``--freeze``.
-    quantize, calibration, calibration_method, skip_layers, prune, prune_method:
+    quantize, calibration, calibration_method, skip_layers, prune, prune_method, precision,
+    group_size, asymmetric, scale_search:
         As for ``compile``: tune the kernels of the pruned and/or int8 model (the VNNI int8
         kernels with a design space that tensorizes with ``vpdpbusd``). Their records apply
         to a compile with the same flags and calibration data (pruned channel counts and the
@@ -225,11 +230,16 @@ def tune(
 
         graph = [*graph, _pruning_pass(onnx_model, inputs, prune, prune_method, calibration,
                                        threads)]
+    from tvmforge.driver.calibration import resolve_precision
+
+    quantize, _ = resolve_precision(onnx_model, inputs, resolved.tvm_target(), quantize,
+                                    precision)
     if quantize is not None:
         from tvmforge.driver.calibration import quantize_pass
 
         quantizer, _ = quantize_pass(
-            onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads
+            onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads,
+            group_size=group_size, asymmetric=asymmetric, scale_search=scale_search,
         )
         graph = [*graph, quantizer]
     mod = frontend.to_relax(onnx_model, inputs)

@@ -126,7 +126,8 @@ class _Site:
     fused: list[str] = field(default_factory=list)
     y: relax.Expr | None = None  # matmul: the second activation
     # fused float stages after bias / residual / act (real values): ("affine", A[OC], B[OC]),
-    # ("hswish",), ("relu",), ("sigmoid",); see ``_post_chain``
+    # ("hswish",), ("relu",), ("sigmoid",), ("fq", QParams) (a QDQ model's quantize-dequantize
+    # inside the chain), ("residual",) (the residual added there); see ``_post_chain``
     post: list[tuple] = field(default_factory=list)
     # ``k`` when a depth-to-space (reshape / permute / reshape, as ``conv_transpose_direct``
     # writes a k x k stride-k conv-transpose) follows the conv; ``post`` is then per output
@@ -277,7 +278,8 @@ def _qdq_pairs(graph: _Graph) -> dict[relax.Var, _Pair]:
 
 
 def _find_sites(graph: _Graph, names: Callable[[str, np.ndarray, int], str],
-                skip: set[str], report: QuantReport) -> list[_Site]:
+                skip: set[str], report: QuantReport,
+                pairs: dict[relax.Var, _Pair] | None = None) -> list[_Site]:
     sites: list[_Site] = []
     claimed: set[relax.Var] = set()
     index = 0  # layers seen, skipped ones included: names do not shift when one is skipped
@@ -335,7 +337,7 @@ def _find_sites(graph: _Graph, names: Callable[[str, np.ndarray, int], str],
             site.members.append(user)
             cur = user
         if kind == "conv2d":
-            _post_chain(graph, site, cur, claimed)
+            _post_chain(graph, site, cur, claimed, pairs or {})
         sites.append(site)
     return sites
 
@@ -461,10 +463,21 @@ def _depth_to_space(graph: _Graph, site: _Site, cur: relax.Var
     return k, chain
 
 
-def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set) -> None:
+def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set,
+                pairs: dict[relax.Var, _Pair] | None = None) -> None:
     """Extend ``site``'s chain with float elementwise stages that run per element in the
     kernel's epilogue: per-channel (or scalar) constant multiply / add / subtract / divide
-    (composed into one affine stage), hardswish, ReLU, Clip(0, inf), sigmoid."""
+    (composed into one affine stage), hardswish, ReLU, Clip(0, inf), sigmoid.
+
+    In a QDQ model the chain also crosses the model's own quantization points: a per-tensor
+    ``dequantize(quantize(t))`` pair (``pairs``) whose only user continues the chain becomes an
+    ``fq`` stage (the kernel rounds and saturates there exactly as the pair would), and the
+    add of another tensor after one (a residual block written ``Q/DQ(conv) + Q/DQ(skip)``)
+    becomes a ``residual`` stage. A pair that ends the chain is not taken: it is the site's
+    output quantization. So ORT's ``conv -> Q/DQ -> Mul -> Add -> Q/DQ`` (a BatchNorm it kept
+    apart from the conv) and ``conv -> Q/DQ -> Add(skip) -> Relu -> Q/DQ`` are one kernel each.
+    """
+    pairs = pairs or {}
     out_shape = _shape(cur)
     if out_shape is None:
         return
@@ -492,6 +505,15 @@ def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set) -> Non
             cur = chain[-1]
             continue
         user = graph.single_user(cur)
+        pair = pairs.get(user) if user is not None else None
+        if (pair is not None and pair.q.same_as(user) and pair.x.same_as(cur)
+                and not site.d2s and graph.single_user(pair.q) is not None
+                and graph.single_user(pair.q).same_as(pair.d)):
+            post.append(("fq", pair.params))
+            site.members.extend([pair.q, pair.d])
+            site.fused.append("qdq")
+            cur = pair.d
+            continue
         if user is None or _shape(user) != out_shape or _dtype(user) != "float32":
             break
         nxt = graph.defn[user]
@@ -513,6 +535,17 @@ def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set) -> Non
             c = _const(other)
             vec = _channel_vector(c, out_shape, 1) if c is not None else None
             if vec is None:
+                if (_op(nxt, "relax.add") and c is None and site.residual is None
+                        and post and post[-1][0] == "fq" and not site.d2s
+                        and _shape(other) == out_shape and _dtype(other) == "float32"
+                        and user not in claimed):
+                    site.residual = other
+                    post.append(("residual",))
+                    site.members.append(user)
+                    site.fused.append("add")
+                    claimed.add(user)
+                    cur = user
+                    continue
                 break
             vec = vec.astype(np.float64)
             if _op(nxt, "relax.multiply"):
@@ -540,6 +573,10 @@ def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set) -> Non
         site.members.append(user)
         site.fused.append(name)
         cur = user
+    while post and post[-1][0] == "fq":  # the output's own quantization: not a stage
+        post.pop()
+        del site.members[-2:]
+        site.fused.pop()
     site.post = post
 
 

@@ -290,7 +290,7 @@ class QuantizeInt8:
     def _plan(self, graph: _Graph, pairs, skip: set[str], report: QuantReport, vnni: bool,
               sdot: bool = False):
         """Sites, their rewriter, the tensors to calibrate and those a Q/DQ pair fixes."""
-        sites = _find_sites(graph, self._name, skip, report)
+        sites = _find_sites(graph, self._name, skip, report, pairs)
         unknown = self.skip_layers - {layer.name for layer in report.layers} - {
             s.name for s in sites}
         if unknown:

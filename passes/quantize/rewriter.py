@@ -338,6 +338,11 @@ class _Rewriter:
             if stage[0] == "affine":
                 post_rows += [np.repeat(stage[1], kk).astype(np.float32),
                               np.repeat(stage[2], kk).astype(np.float32)]
+            elif stage[0] == "fq":
+                fq = stage[1]
+                post_rows += [np.full(oc, np.float32(1.0) / np.float32(fq.scale), np.float32),
+                              np.full(oc, float(fq.zero_point), np.float32),
+                              np.full(oc, np.float32(fq.scale), np.float32)]
         if real and u8_out:
             if chan_out:
                 scale, zp = (np.repeat(np.asarray(a, np.float32), kk) for a in py.arrays())

@@ -136,7 +136,10 @@ class Epilogue:
     # Fused float stages after the bias / residual / bounds, applied to the real value (then
     # ``mult`` is ``s_x s_w`` alone and the bounds are real): "affine" (``t * P[r] + P[r+1]``,
     # per channel, two rows of the ``post`` tensor), "hswish" (``t * clip(t + 3, 0, 6) / 6``),
-    # "sigmoid", "relu". With any stage (or ``requant``) a u8 output is
+    # "sigmoid", "relu", "fq" (a QDQ model's quantize-dequantize inside the chain:
+    # ``(saturate(round(t * P[r]) + P[r+1]) - P[r+1]) * P[r+2]``, u8 codes; an s8 pair has its
+    # zero point + 128), "residual" (the residual is added there instead of before the
+    # bounds). With any stage (or ``requant``) a u8 output is
     # ``saturate(round(t * P[r]) + P[r+1])``: the last two rows, the output's inverse scale
     # and zero point per channel (per-tensor outputs repeat one value).
     post: tuple[str, ...] = ()
@@ -194,12 +197,18 @@ def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int,
 
     def value(b, i, j, c):
         t = (acc_at(b, i, j, c) + bias[c]).astype(f32) * mult[c]
-        if epi.residual == "uint8":
-            r = residual[b, i, j, c].astype(f32) - tirx.const(float(epi.residual_zp), f32)
-            t = t + r * tirx.const(epi.residual_mult, f32)
-        elif epi.residual == "float32":
-            r = residual[b, c, i, j] if epi.layout == "NCHW" else residual[b, i, j, c]
-            t = t + r * tirx.const(epi.residual_mult, f32)
+
+        def add_residual(t):
+            if epi.residual == "uint8":
+                r = residual[b, i, j, c].astype(f32) - tirx.const(float(epi.residual_zp), f32)
+                return t + r * tirx.const(epi.residual_mult, f32)
+            if epi.residual == "float32":
+                r = residual[b, c, i, j] if epi.layout == "NCHW" else residual[b, i, j, c]
+                return t + r * tirx.const(epi.residual_mult, f32)
+            return t
+
+        if "residual" not in epi.post:
+            t = add_residual(t)
         if epi.lower is not None:
             t = tirx.max(t, tirx.const(epi.lower, f32))
         if epi.upper is not None:
@@ -217,6 +226,13 @@ def _epilogue(acc_at, bias, mult, residual, epi: Epilogue, shape, channels: int,
                 t = tirx.max(t, tirx.const(0.0, f32))
             elif stage == "sigmoid":
                 t = tirx.sigmoid(t)
+            elif stage == "fq":  # quantize-dequantize: rows 1/s, zero point, s
+                q = tirx.round(t * post[row, c]) + post[row + 1, c]
+                q = tirx.min(tirx.max(q, tirx.const(0.0, f32)), tirx.const(255.0, f32))
+                t = (q - post[row + 1, c]) * post[row + 2, c]
+                row += 3
+            elif stage == "residual":
+                t = add_residual(t)
             else:
                 raise ValueError(f"unknown epilogue stage {stage!r}")
         if epi.out_dtype == f32:

@@ -12,6 +12,7 @@ unchanged to the next:
 
 ==================== =========================================================================
 ``int8_kernel``      the int8 kernels of ``quantize_int8`` (VNNI/sdot/depthwise hand schedule)
+``int4_kernel``      4-bit weight-only matmuls (``quantize_int4``, ``MatMulNBits``)
 ``batch_outer``      dynamic-batch kernels: a loop over the batch-1 kernel, scheduled by this
                      table
 ``winograd_transform`` Winograd input/output transforms
@@ -48,6 +49,7 @@ from tvm import s_tir, tirx
 from tvmforge.passes.schedule.batch_outer import BatchOuter
 from tvmforge.passes.schedule.contraction import Contraction
 from tvmforge.passes.schedule.generic import Generic, RowReductions
+from tvmforge.passes.schedule.int4 import Int4Kernel
 from tvmforge.passes.schedule.int8 import Int8Kernel
 from tvmforge.passes.schedule.nchwc_conv import NchwcConv
 from tvmforge.passes.schedule.packed_conv import PackedConv
@@ -74,6 +76,7 @@ __all__ = [
 
 RULES: tuple[ScheduleRule, ...] = (
     Int8Kernel(),
+    Int4Kernel(),
     BatchOuter(),
     WinogradTransform(),
     PackedDense(),
