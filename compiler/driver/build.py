@@ -187,7 +187,10 @@ def build_model(
 
     say("importing ONNX into Relax")
     t0 = time.perf_counter()
-    mod = frontend.to_relax(onnx_model, inputs)
+    from tvmforge.frontend.converters.quantized import as_qdq
+
+    with as_qdq(precision_note["model"] == "qoperator" and quantize == "int8"):
+        mod = frontend.to_relax(onnx_model, inputs)
     outputs = _relax_outputs(mod, onnx_model)
     seconds["import"] = time.perf_counter() - t0
 
@@ -211,10 +214,10 @@ def build_model(
 
         if quantize == "int8" and int8_family(tvm_target) is None:
             log.warning(
-                "%s: %s has no int8 dot-product instruction (AVX-512 VNNI, ARM sdot): its int8 "
-                "kernels compute exactly but run slower than float (ResNet-50 on an AVX2 EPYC: "
-                "3.6x); build float for this CPU, or int8 for one with VNNI (--target "
-                "x86:avx512-vnni) or sdot (--target arm:neoverse-n1)",
+                "%s: %s has no int8 kernel family (AVX-512 VNNI, AVX2 vpmaddubsw, ARM sdot): "
+                "its int8 kernels compute exactly but run slower than float (ResNet-50's plain "
+                "int32 kernels: 3.6x); build float for this CPU, or int8 for one with VNNI "
+                "(--target x86:avx512-vnni), AVX2 (x86:avx2) or sdot (--target arm:neoverse-n1)",
                 onnx_model.path, target.spec(),
             )
     from tvmforge.passes.schedule.batch_outer import collect_declined
@@ -254,9 +257,9 @@ def build_model(
     seconds["build"] = time.perf_counter() - t0
     built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
     built.precision = precision_note
-    if precision_note["model"] == "qdq":
-        say(f"pre-quantized model (QDQ): {precision_note['kernels']} kernels; "
-            f"{precision_note['reason']}")
+    if precision_note["model"] in ("qdq", "qoperator"):
+        say(f"pre-quantized model ({precision_note['model']}): "
+            f"{precision_note['kernels']} kernels; {precision_note['reason']}")
     built.frozen = {
         k: np.asarray(v).reshape(-1).tolist() for k, v in (frozen_inputs or {}).items()
     }

@@ -368,7 +368,11 @@ def resolve_precision(model, inputs: Sequence[TensorInfo], tvm_target, quantize:
     quantized only by ``quantize="int8"``; ``precision`` changes nothing for it.
 
     Models in the QOperator format (``QLinearConv``, ``QLinearMatMul``, ...) are integer
-    arithmetic whatever ``precision`` says (their converters compute the operators exactly).
+    arithmetic whatever ``precision`` says. Where ``auto`` would give a QDQ model integer
+    kernels (and with ``int8``), their convs, matmuls and adds are imported in the QDQ form
+    (``converters.quantized.as_qdq``) and become the same int8 kernels; elsewhere (and with
+    ``fp32``) every op is computed exactly in int32, as ONNX Runtime's reference kernels do
+    (note ``kernels: "int32"``).
 
     Returns ``(quantize, note)``: the mode for :func:`quantize_pass` (``None``: none) and what
     the manifest and the compile line say (``model``, ``kernels``, ``reason``).
@@ -383,8 +387,10 @@ def resolve_precision(model, inputs: Sequence[TensorInfo], tvm_target, quantize:
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     ops = {n.op_type for n in model.proto.graph.node}
-    qdq = "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    qop = bool(ops & {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"})
+    # a QOperator model quantizes its input and dequantizes its output too: its QLinear ops
+    # tell it from a QDQ one
+    qop = bool(ops & {"QLinearConv", "QLinearMatMul", "QGemm"})
+    qdq = "QuantizeLinear" in ops and "DequantizeLinear" in ops and not qop
     kind = "qdq" if qdq else "qoperator" if qop else "float"
     if quantize == "int8" and precision == "fp32":
         raise InputError(f"{model.path}: --quantize {quantize} and --precision fp32 contradict "
@@ -392,16 +398,26 @@ def resolve_precision(model, inputs: Sequence[TensorInfo], tvm_target, quantize:
     if quantize is not None:
         return quantize, {"model": kind, "precision": precision, "kernels": quantize,
                           "reason": f"--quantize {quantize}"}
+    family = int8_family(tvm_target)
+    dynamic = next((i for i in inputs if not i.static), None)
+    if qop and not qdq:
+        if precision == "int8" or (precision == "auto" and family is not None
+                                   and dynamic is None):
+            return "int8", {"model": kind, "precision": precision, "kernels": "int8",
+                            "reason": "a QOperator model: its convs and matmuls as int8 "
+                                      f"kernels ({family or 'int32'}) with its own scales"}
+        why = ("--precision fp32" if precision == "fp32" else
+               "no int8 dot-product instruction on this CPU" if family is None else
+               f"input {dynamic.name!r} keeps a dynamic dimension")
+        return None, {"model": kind, "precision": precision, "kernels": "int32",
+                      "reason": f"{why}: every QOperator op computed exactly in int32"}
     if precision == "int8" and not qdq:
         raise InputError(
             f"{model.path}: --precision int8 builds a pre-quantized (QDQ) model's integer "
             "kernels, and this model has no QuantizeLinear/DequantizeLinear pairs",
             hint="quantize a float model with --quantize int8 --calibration DATA")
     if not qdq:
-        return None, {"model": kind, "precision": precision,
-                      "kernels": "int8" if qop else "fp32", "reason": ""}
-    family = int8_family(tvm_target)
-    dynamic = next((i for i in inputs if not i.static), None)
+        return None, {"model": kind, "precision": precision, "kernels": "fp32", "reason": ""}
     if precision == "int8":
         return "int8", {"model": kind, "precision": precision, "kernels": "int8",
                         "reason": "--precision int8"}
@@ -503,7 +519,8 @@ def quantize_pass(
         raise InputError(f"--calibration-method {method}: use one of {', '.join(METHODS)}")
     if mode == "int4":
         return _int4_pass(model, group_size, asymmetric, scale_search, skip_layers)
-    qdq = any(n.op_type == "QuantizeLinear" for n in model.proto.graph.node)
+    qdq = any(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul")
+              for n in model.proto.graph.node)
     if calibration is None and not qdq:
         raise InputError(
             "--quantize int8 needs calibration data to choose activation ranges",

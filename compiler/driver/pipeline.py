@@ -75,28 +75,27 @@ def _backend(target: tvm.target.Target):
 def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform.Pass]:
     """Clean-ups every model gets, then the caller's graph passes.
 
-    Constants are folded with numpy (``fold_constants_numpy``; TVM's ``FoldConstant`` compiles
-    a kernel per folded call and only runs on what numpy leaves), and BatchNorm is folded into
-    the conv before it (``fold_conv_bn``) before ``DecomposeOpsForInference`` would spread it
-    over four elementwise ops; ONNX ``Sum`` (``stack`` + ``sum``) becomes adds, which fuse
-    into the conv before them (``stack_sum_to_add``); ``power`` by 0.75 (LRN) and other
-    simple exponents becomes vectorizable ``sqrt``/products (``simplify_power``); transposed
-    convs whose kernel equals their stride become a 1x1 conv and a depth-to-space instead of
-    a conv over a zero-dilated input (``conv_transpose_direct``); ONNX Runtime's 4-bit
-    ``MatMulNBits`` become tvmforge's int4 kernels (``lower_matmul_nbits``). After the caller's
-    passes,
-    a QDQ model's quantize-dequantize pairs left float become elementwise arithmetic that fuses
-    and travels in any layout (``fake_quant``), float regions between NHWC producers and consumers (an int8 model's FPN) run in NHWC
-    (``sink_transposes``), and a channel shuffle feeding a depthwise conv is read in place by
-    it (``fold_channel_shuffle``). Last, after the caller's passes (which may still rewrite
-    conv weights), CPU targets carry activations between fp32 convs in the blocked
-    ``NCHW{B}c`` layout (``nchwc_layout``: the convs, with their weights packed for the vector
-    width, and the elementwise ops, pools and concats between them; ``pack_conv_weights``,
-    which packs weights for NCHW activations, is no longer needed here: every conv it would
-    take ``nchwc_layout`` takes first, but a caller can put it among its own passes), their
-    constant matmul weights packed in column panels (``pack_dense_weights``) and polynomial
-    ``exp``/``erf``/``tanh``/``softmax`` (``fast_math_cpu``); these four are no-ops on other
-    targets.
+    Constants are folded with numpy (``fold_constants_numpy``; TVM's ``FoldConstant`` compiles a
+    kernel per folded call and only runs on what numpy leaves), and BatchNorm is folded into the
+    conv before it (``fold_conv_bn``) before ``DecomposeOpsForInference`` would spread it over
+    four elementwise ops; ONNX ``Sum`` (``stack`` + ``sum``) becomes adds, which fuse into the
+    conv before them (``stack_sum_to_add``); ``power`` by 0.75 (LRN) and other simple exponents
+    becomes vectorizable ``sqrt``/products (``simplify_power``); transposed convs whose kernel
+    equals their stride become a 1x1 conv and a depth-to-space instead of a conv over a zero-
+    dilated input (``conv_transpose_direct``); ONNX Runtime's 4-bit ``MatMulNBits`` become
+    tvmforge's int4 kernels (``lower_matmul_nbits``). After the caller's passes, a QDQ model's
+    quantize-dequantize pairs left float become elementwise arithmetic that fuses and travels in
+    any layout (``fake_quant``), float regions between NHWC producers and consumers (an int8
+    model's FPN) run in NHWC (``sink_transposes``), and a channel shuffle feeding a depthwise
+    conv is read in place by it (``fold_channel_shuffle``). Last, after the caller's passes
+    (which may still rewrite conv weights), CPU targets carry activations between fp32 convs in
+    the blocked ``NCHW{B}c`` layout (``nchwc_layout``: the convs, with their weights packed for
+    the vector width, and the elementwise ops, pools and concats between them;
+    ``pack_conv_weights``, which packs weights for NCHW activations, is no longer needed here:
+    every conv it would take ``nchwc_layout`` takes first, but a caller can put it among its own
+    passes), their constant matmul weights packed in column panels (``pack_dense_weights``) and
+    polynomial ``exp``/``erf``/``tanh``/``softmax`` (``fast_math_cpu``); these four are no-ops
+    on other targets.
     """
     from tvmforge.passes.graph.conv_transpose_direct import conv_transpose_direct
     from tvmforge.passes.graph.fake_quant import fake_quant

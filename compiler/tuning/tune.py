@@ -232,8 +232,8 @@ def tune(
                                        threads)]
     from tvmforge.driver.calibration import resolve_precision
 
-    quantize, _ = resolve_precision(onnx_model, inputs, resolved.tvm_target(), quantize,
-                                    precision)
+    quantize, precision_note = resolve_precision(onnx_model, inputs, resolved.tvm_target(),
+                                                 quantize, precision)
     if quantize is not None:
         from tvmforge.driver.calibration import quantize_pass
 
@@ -242,7 +242,10 @@ def tune(
             group_size=group_size, asymmetric=asymmetric, scale_search=scale_search,
         )
         graph = [*graph, quantizer]
-    mod = frontend.to_relax(onnx_model, inputs)
+    from tvmforge.frontend.converters.quantized import as_qdq
+
+    with as_qdq(precision_note["model"] == "qoperator" and quantize == "int8"):
+        mod = frontend.to_relax(onnx_model, inputs)
     tvm_target = resolved.tvm_target()
     try:
         kernels = to_kernels(mod, tvm_target, graph)

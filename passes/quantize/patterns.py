@@ -246,7 +246,7 @@ class _Pair:
     """``d = dequantize(q)``, ``q = quantize(x)`` with the same per-tensor scale and zero point
     (a QDQ model's fake quantization of ``x``)."""
 
-    x: relax.Expr
+    x: relax.Expr | None  # None: the integer tensor comes from elsewhere (no quantize)
     q: relax.Var
     d: relax.Var
     params: QParams
@@ -254,7 +254,11 @@ class _Pair:
 
 
 def _qdq_pairs(graph: _Graph) -> dict[relax.Var, _Pair]:
-    """QDQ pairs by their ``quantize`` and ``dequantize`` variables."""
+    """QDQ pairs by their ``quantize`` and ``dequantize`` variables.
+
+    A ``dequantize`` of an 8-bit tensor that no ``quantize`` made (a graph input, the
+    integer output of a QOperator op lowered exactly) is a pair too, with ``x = None``: its
+    parameters are what the integer tensor means."""
     pairs: dict[relax.Var, _Pair] = {}
     for var in graph.order:
         value = graph.defn[var]
@@ -263,6 +267,16 @@ def _qdq_pairs(graph: _Graph) -> dict[relax.Var, _Pair]:
         qvar = value.args[0]
         qval = graph.defn.get(qvar)
         if qval is None or not _op(qval, "relax.quantize"):
+            consts = [_const(e) for e in value.args[1:3]]
+            dtype = _dtype(qvar)
+            if (any(c is None or c.size != 1 for c in consts) or dtype not in ("uint8", "int8")
+                    or consts[0].item() <= 0):
+                continue
+            ds, dz = (c.reshape(()).item() for c in consts)
+            zp = int(dz) + (128 if dtype == "int8" else 0)
+            pair = _Pair(None, qvar, var, QParams(float(ds), zp), dtype)
+            pairs.setdefault(qvar, pair)
+            pairs[var] = pair
             continue
         consts = [_const(e) for e in (*value.args[1:3], *qval.args[1:3])]
         if any(c is None or c.size != 1 for c in consts):
@@ -506,7 +520,8 @@ def _post_chain(graph: _Graph, site: _Site, cur: relax.Var, claimed: set,
             continue
         user = graph.single_user(cur)
         pair = pairs.get(user) if user is not None else None
-        if (pair is not None and pair.q.same_as(user) and pair.x.same_as(cur)
+        if (pair is not None and pair.x is not None and pair.q.same_as(user)
+                and pair.x.same_as(cur)
                 and not site.d2s and graph.single_user(pair.q) is not None
                 and graph.single_user(pair.q).same_as(pair.d)):
             post.append(("fq", pair.params))

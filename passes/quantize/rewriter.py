@@ -74,7 +74,8 @@ class _Rewriter:
             value = self.graph.defn[user]
             if any(_op(value, name) for name in _QUANT_FRIENDLY) and value.args[0].same_as(var):
                 return True
-            if user in self.pairs and self.pairs[user].q.same_as(user):
+            if (user in self.pairs and self.pairs[user].x is not None
+                    and self.pairs[user].q.same_as(user)):
                 return True
         return False
 
@@ -85,7 +86,7 @@ class _Rewriter:
             return self.pairs[var].params
         for user in self.graph.users.get(var, []):
             if user is not None and user in self.pairs and self.pairs[user].q.same_as(user) \
-                    and self.pairs[user].x.same_as(var):
+                    and self.pairs[user].x is not None and self.pairs[user].x.same_as(var):
                 return self.pairs[user].params
         return None
 

@@ -52,7 +52,8 @@ def _residual_cnn(seed: int = 0) -> onnx.ModelProto:
         node("GlobalAveragePool", ["c3"], ["p"], name="pool"),
         node("Flatten", ["p"], ["y"], name="flatten"),
     ]
-    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+    return make_model(nodes,
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits,
                       opset=13)
 
@@ -63,7 +64,7 @@ def _samples(n: int, seed: int) -> list[np.ndarray]:
 
 
 @functools.cache
-def _qdq_model() -> bytes:
+def _qdq_model(fmt: str = "QDQ") -> bytes:
     import tempfile
 
     from onnxruntime.quantization import (
@@ -83,7 +84,7 @@ def _qdq_model() -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         onnx.save(_residual_cnn(), str(src))
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, fmt),
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8)
         return dst.read_bytes()
@@ -177,10 +178,10 @@ def test_integer_kernels_take_the_chains_across_the_models_q_dq_points():
     for seed in range(3):
         x = _samples(1, 100 + seed)[0]
         ref = _ort_as_written(proto, x)
-        # the same integers but where a product sum lands on a rounding tie: a unit of an
-        # intermediate scale moves the pooled output by a small fraction of its range
         err = np.abs(_run(built, x) - ref).max()
-        assert err <= 0.005 * np.abs(ref).max(), err  # exact here; a tie may flip
+        # the model's integers but where a sum lands on a rounding tie; on an AVX2 CPU the
+        # int8 kernels round the weights to 7 bits (exact vpmaddubsw), a few output steps
+        assert err <= 0.02 * np.abs(ref).max(), err
 
 
 def test_float_kernels_round_at_the_q_dq_points_like_the_model():
@@ -193,3 +194,31 @@ def test_float_kernels_round_at_the_q_dq_points_like_the_model():
         ref = _ort_as_written(proto, x)
         err = np.abs(_run(built, x) - ref).max()
         assert err <= 0.005 * np.abs(ref).max(), err  # exact here; a tie may flip
+
+
+# ---- QOperator models --------------------------------------------------------------------
+
+
+def test_a_qoperator_model_gets_the_same_int8_kernels_where_they_pay():
+    proto = _qdq_model("QOperator")
+    ops = {n.op_type for n in onnx.load_from_string(proto).graph.node}
+    assert {"QLinearConv", "QLinearAdd", "QuantizeLinear"} <= ops
+    model = frontend.load(onnx.load_from_string(proto))
+    inputs = frontend.resolve_inputs(model, {})
+    q, note = resolve_precision(model, inputs, resolve("x86:avx512-vnni").tvm_target(), None)
+    assert q == "int8" and note["model"] == "qoperator"
+    q, note = resolve_precision(model, inputs, resolve("arm:cortex-a72").tvm_target(), None)
+    assert q is None and note["kernels"] == "int32"  # the exact lowering
+
+    exact = build_model(onnx.load_from_string(proto), "x86", threads=2, precision="fp32")
+    assert exact.quantization is None
+    built = build_model(onnx.load_from_string(proto), "x86", threads=2, precision="int8")
+    report = built.quantization["report"]
+    assert len(report["layers"]) == 3 and report["observed_tensors"] == 0
+    # QLinearAdd in the QDQ form: the residual add is the second conv's epilogue
+    assert any("add" in layer["fused"] for layer in report["layers"])
+    for seed in range(3):
+        x = _samples(1, 300 + seed)[0]
+        ref = _run(exact, x)
+        # the same integers but for the requantization multiplier's last bit and ties
+        assert np.abs(_run(built, x) - ref).max() <= 0.03 * np.abs(ref).max()

@@ -40,13 +40,26 @@ weights may each be uint8 or int8. Padding is applied to ``x - x_zp``, so padded
 are real zeros, as the spec requires. The arithmetic is int32 throughout (no int8 dot-product
 instructions yet): correct everywhere, not yet fast.
 
+**Integer kernels** (``as_qdq()``): when the build gives a QOperator model tvmforge's int8
+kernels (a target with int8 dot products, see ``driver/calibration.resolve_precision``),
+``QLinearConv``, ``QLinearMatMul`` (a constant ``b``) and ``QLinearAdd`` with constant
+per-tensor activation parameters are written in the QDQ form instead: ``dequantize`` their
+inputs, the float op (the weight's ``dequantize`` folds to a constant, an int32 bias becomes
+``bias * x_scale * w_scale``), ``quantize`` the output. ``quantize_int8`` then takes each as a
+QDQ model's layer (the same integers, the multiplier ``x_scale * w_scale / y_scale`` in
+float32; outputs agree with the exact lowering but where a product lands on a rounding tie).
+Other QOperator ops keep their exact lowerings; their integer outputs feed the next layer
+through its ``dequantize``, whose parameters the int8 kernels read.
+
 The stock ``DynamicQuantizeLinear`` divides by a zero scale when the input is all zeros (every
 output 255, scale 0); ORT (and the sensible reading of the spec) uses scale 1 there. Overridden.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tvm
@@ -57,6 +70,38 @@ from tvmforge.frontend.converters import register
 
 _Converter = onnx_frontend.OnnxOpConverter
 _INT8_TYPES = ("uint8", "int8")
+_AS_QDQ: contextvars.ContextVar[bool] = contextvars.ContextVar("tvmforge_as_qdq", default=False)
+
+
+@contextlib.contextmanager
+def as_qdq(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, QLinearConv / QLinearMatMul / QLinearAdd are written in the QDQ form
+    (see the module docstring), for ``quantize_int8``'s integer kernels."""
+    token = _AS_QDQ.set(enabled)
+    try:
+        yield
+    finally:
+        _AS_QDQ.reset(token)
+
+
+def _qdq_ready(*per_tensor: relax.Expr | None) -> bool:
+    """Whether the QDQ form applies: enabled, and these parameters constant and per tensor."""
+    if not _AS_QDQ.get():
+        return False
+    for p in per_tensor:
+        if p is None:
+            continue
+        v = _value(p)
+        if v is None or v.size != 1:
+            return False
+    return True
+
+
+def _dq_axis(q: relax.Expr, scale: relax.Expr, zp: relax.Expr | None, axis: int) -> relax.Expr:
+    """DequantizeLinear with a per-tensor or per-``axis`` scale (and zero point)."""
+    if zp is None:
+        zp = relax.const(np.zeros(_value(scale).shape, _dtype(q)), _dtype(q))
+    return relax.op.dequantize(q, _float32(scale), zp, axis=axis, out_dtype="float32")
 
 # Quantization parameters are nearly always initializers. Arithmetic on them is done here in
 # numpy (IEEE float32, the same results TVM's kernels give) instead of leaving dozens of tiny
@@ -241,6 +286,20 @@ class QLinearConv(_Converter):
     @classmethod
     def _impl_v10(cls, bb, inputs, attr, params):
         x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias = (inputs[i] for i in range(9))
+        if (_qdq_ready(x_scale, x_zp, y_scale, y_zp) and _value(w) is not None
+                and _value(w_scale) is not None and (w_zp is None or _value(w_zp) is not None)
+                and (bias is None or _value(bias) is not None)):
+            xf = bb.normalize(_dequantize(x, x_scale, x_zp))
+            wf = bb.normalize(_dq_axis(w, w_scale, w_zp, 0))
+            conv_attr = {k: v for k, v in attr.items() if k != "tvm_custom"}
+            y = bb.normalize(onnx_frontend.Conv._impl_v11(bb, [xf, wf, None], conv_attr, params))
+            if bias is not None:
+                b = (_value(bias).astype(np.float64) * np.float32(_value(x_scale).item())
+                     * _value(w_scale).astype(np.float32)).astype(np.float32)
+                shape = [1] * y.ty.ndim
+                shape[1] = -1
+                y = relax.op.add(y, relax.const(b.reshape(shape), "float32"))
+            return _quantize(y, y_scale, y_zp, _out_dtype(y_zp, _dtype(x)))
         acc = _conv_int32(bb, _shifted(bb, x, x_zp), _shifted(bb, w, w_zp, 0), attr, params)
         ndim = acc.ty.ndim
         if bias is not None:
@@ -259,6 +318,13 @@ class QLinearMatMul(_Converter):
     @classmethod
     def _impl_v10(cls, bb, inputs, attr, params):
         a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = (inputs[i] for i in range(8))
+        if (_qdq_ready(a_scale, a_zp, y_scale, y_zp) and _value(b) is not None
+                and _value(b).ndim == 2 and _value(b_scale) is not None
+                and (b_zp is None or _value(b_zp) is not None)):
+            af = _dequantize(a, a_scale, a_zp)
+            bf = _dq_axis(b, b_scale, b_zp, 1)
+            y = relax.op.matmul(bb.normalize(af), bb.normalize(bf))
+            return _quantize(y, y_scale, y_zp, _out_dtype(y_zp, _dtype(a)))
         rows = max(a.ty.ndim - 2, 0)  # the axis of M in a
         a_shifted = _shifted(bb, a, a_zp, rows)
         b_shifted = _shifted(bb, b, b_zp, b.ty.ndim - 1)
@@ -314,6 +380,11 @@ class QLinearAdd(_Converter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         a, a_scale, a_zp, b, b_scale, b_zp, c_scale, c_zp = (inputs[i] for i in range(8))
+        if (_qdq_ready(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp)
+                and _dtype(a) == _dtype(b)):
+            y = relax.op.add(bb.normalize(_dequantize(a, a_scale, a_zp)),
+                             bb.normalize(_dequantize(b, b_scale, b_zp)))
+            return _quantize(y, c_scale, c_zp, _out_dtype(c_zp, _dtype(a)))
 
         def term(q, scale, zp):
             real = relax.op.astype(_shifted(bb, q, zp), "float32")

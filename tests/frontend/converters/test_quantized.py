@@ -74,8 +74,12 @@ def _run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
     return session.run(None, feeds)
 
 
-def _run_tvm(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    built = tvmforge.build_model(model, "x86")
+def _run_tvm(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+             precision: str = "fp32") -> list[np.ndarray]:
+    # fp32: the exact lowering of every QOperator op (what these tests check); the int8
+    # kernels a QOperator model gets by default where they pay are tested in
+    # tests/driver/test_precision.py
+    built = tvmforge.build_model(model, "x86", precision=precision)
     vm = relax.VirtualMachine(built.executable, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(feeds[i.name]) for i in built.inputs])
     outs = [out] if hasattr(out, "numpy") else list(out)
