@@ -250,6 +250,22 @@ class QuantizeInt8:
         pairs = _qdq_pairs(graph)
         skip = set(self.skip_layers)
         sites, rewriter, observed, fixed = self._plan(graph, pairs, skip, report, vnni, sdot)
+        # Without data (a pre-quantized model), a layer whose input or output the model gives
+        # no scale for stays float, rather than failing the build.
+        for _ in range(len(sites)):
+            missing = {v for v in observed if v.name not in self.ranges}
+            if self.calibrator is not None or not missing:
+                break
+            unknown = {s.name for s in sites if {s.x, s.y, s.residual, s.tail} & missing}
+            log.info("quantize_int8: no Q/DQ scale for the input or output of %s: left float",
+                     ", ".join(sorted(unknown)))
+            skip |= unknown
+            report.layers.clear()
+            report.refused.clear()
+            sites, rewriter, observed, fixed = self._plan(graph, pairs, skip, report, vnni, sdot)
+            for layer in report.layers:
+                if layer.name in unknown:
+                    layer.reason = "the model gives no scale for its input or output"
         if not sites:
             log.info("quantize_int8: no layer to quantize")
             return mod
