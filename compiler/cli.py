@@ -282,6 +282,13 @@ def _print_compiled(path: Path, built) -> None:
                 "  per layer: tvmforge --verbose compile ..., or "
                 f"tvmforge inspect {path.name} --json"
             )
+    quantization = getattr(built, "quantization", None)
+    if quantization:
+        click.echo(f"quantized: {quantization['report']['summary']}")
+    precision = getattr(built, "precision", None) or {}
+    if precision.get("model") in ("qdq", "qoperator"):
+        click.echo(f"pre-quantized model ({precision['model']}): {precision['kernels']} "
+                   f"kernels; {precision['reason']}")
     secs = built.seconds
     click.echo(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {built.target.spec()} in "
@@ -362,7 +369,7 @@ def tune_cmd(
         click.echo(f"report: {report_dir / 'report.md'}, report.csv, tuning_curve.png")
     work = tuning_log if tuning_log is not None else tuning.user_cache()
     defaults = {"calibration_method": "minmax", "prune_method": "l1", "precision": "auto",
-                "group_size": 32}
+                "group_size": 32, "activation_scales": "static"}
     same = "".join(
         f" --{k.replace('_', '-')}" if v is True else
         f" --{k.replace('_', '-')} {','.join(v) if isinstance(v, tuple) else v}"

@@ -101,6 +101,11 @@ def transform_options(func: Callable) -> Callable:
         click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
                      help="int8: post-training quantization of convs and matmuls (needs "
                           "--calibration); int4: 4-bit weight-only matmuls (no data needed)."),
+        click.option("--activation-scales", type=click.Choice(["static", "dynamic"]),
+                     default="static", show_default=True,
+                     help="--quantize int8: static = calibrated ranges (needs --calibration); "
+                          "dynamic = each matmul's input quantized with its own range at run "
+                          "time (transformers; no data, convs stay float)."),
         click.option("--group-size", type=click.Choice(["16", "32", "64", "128"]),
                      default="32", show_default=True,
                      help="--quantize int4: weights per scale, along the reduction axis."),
@@ -136,7 +141,8 @@ def transform_options(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args, quantize, calibration, calibration_method, skip_layers, prune,
-                prune_method, precision, group_size, asymmetric, scale_search, **kwargs):
+                prune_method, precision, group_size, asymmetric, scale_search,
+                activation_scales, **kwargs):
         if calibration not in (None, "random") and not Path(calibration).exists():
             raise click.BadParameter(
                 f"{calibration}: no such file or folder (an .npz keyed by input name, a folder "
@@ -152,6 +158,7 @@ def transform_options(func: Callable) -> Callable:
             "group_size": int(group_size),
             "asymmetric": asymmetric,
             "scale_search": scale_search,
+            "activation_scales": activation_scales,
         }
         return func(*args, **kwargs)
 

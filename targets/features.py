@@ -83,6 +83,13 @@ class CpuFeatures:
         return self.int8_dot == "amx" or self.bf16 == "amx"
 
     @property
+    def avx2(self) -> bool:
+        """256-bit integer SIMD (AVX2: ``vpmaddubsw``, ``vpmaddwd`` on ``ymm``), whatever else
+        the CPU has; not in ``describe()`` or the tuning key (``x86_level`` says ``avx2``
+        already for such CPUs without AVX-512)."""
+        return self.arch == "x86_64" and "avx2" in self.flags
+
+    @property
     def x86_level(self) -> str:
         """The x86 ISA level (a tuning key's suffix): ``generic``, ``avx2``, ``avx512``,
         ``avx512-vnni``; ``""`` on other architectures."""

@@ -365,7 +365,7 @@ def test_an_unwritable_output_is_refused_before_the_build(cli, tmp_model, tmp_pa
 # --- quantized builds: --quantize int4, --precision ----------------------------------------
 
 
-def _mlp(k: int = 64, n: int = 32) -> "onnx.ModelProto":
+def _mlp(k: int = 64, n: int = 32):
     rng = np.random.default_rng(3)
     w1 = numpy_helper.from_array(rng.normal(0, 0.2, (k, n)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.2, (n, 8)).astype(np.float32), "w2")
@@ -400,3 +400,49 @@ def test_bad_quantization_options_are_one_line_each(cli, tmp_model):
     assert "contradict" in _one_error_line(res)
     res = cli("compile", model, "--quantize", "int4", "--group-size", "48", "-o", "x.tar")
     assert res.exit_code == 2 and "48" in res.output
+
+
+def test_compile_dynamic_activation_scales_needs_no_data(cli, tmp_model):
+    model = tmp_model(_mlp())
+    res = cli("compile", model, "--quantize", "int8", "--activation-scales", "dynamic",
+              "-o", "d8.tar", "--check", "--rtol", "0.1")  # int8: a lossy build
+    assert res.exit_code == 0, res.output
+    manifest = json.loads(cli("inspect", "d8.tar", "--json").stdout)
+    q8 = next(p for p in manifest["passes"] if p.get("name") == "quantize_int8")
+    assert q8["activation_scales"] == "dynamic"
+    assert len(manifest["quantization"]["layers"]) == 2
+
+
+def _qdq_conv():
+    """x -> Q/DQ -> Conv(DQ(int8 weights)) -> Relu -> Q/DQ: a QDQ model as ORT writes one."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, (16, 3, 3, 3)).astype(np.int8), "wq"),
+             numpy_helper.from_array((rng.random(16) * 0.01 + 0.001).astype(f32), "ws"),
+             numpy_helper.from_array(np.zeros(16, np.int8), "wz"),
+             numpy_helper.from_array(f32(0.01), "xs"), numpy_helper.from_array(np.uint8(128), "xz"),
+             numpy_helper.from_array(f32(0.02), "ys"), numpy_helper.from_array(np.uint8(0), "yz")]
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             node("Relu", ["c"], ["r"]),
+             node("QuantizeLinear", ["r", "ys", "yz"], ["rq"]),
+             node("DequantizeLinear", ["rq", "ys", "yz"], ["y"])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                      inits, opset=13)
+
+
+def test_compile_says_how_it_built_a_pre_quantized_model(cli, tmp_model):
+    model = tmp_model(_qdq_conv())
+    res = cli("compile", model, "--target", "x86:avx512-vnni", "-o", "v.tar")
+    assert res.exit_code == 0, res.output
+    assert "pre-quantized model (qdq): int8 kernels" in res.stdout
+    assert "1 layer(s) int8 (1 with VNNI)" in res.stdout
+    res = cli("compile", model, "--precision", "fp32", "-o", "f.tar", "--check")
+    assert res.exit_code == 0, res.output
+    assert "pre-quantized model (qdq): fp32 kernels; --precision fp32" in res.stdout
+    manifest = json.loads(cli("inspect", "f.tar", "--json").stdout)
+    assert manifest["precision"]["kernels"] == "fp32"

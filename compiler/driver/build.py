@@ -126,6 +126,7 @@ def build_model(
     group_size: int = 32,
     asymmetric: bool = False,
     scale_search: bool = False,
+    activation_scales: str = "static",
 ) -> Built:
     """Import, optimize and build a model for a target, in memory.
 
@@ -143,7 +144,9 @@ def build_model(
     report land in ``Built.quantization`` and the manifest. ``quantize="int4"`` makes the
     matmuls with constant weights 4-bit weight-only kernels (groups of ``group_size`` along K,
     symmetric unless ``asymmetric``, ``scale_search`` for a scale per group that lowers the
-    weight error); it needs no calibration data.
+    weight error); it needs no calibration data. ``activation_scales="dynamic"`` with
+    ``quantize="int8"`` quantizes the matmuls' inputs with their own range at run time (no
+    calibration data; convolutions stay float).
 
     ``precision`` (``auto``, ``fp32``, ``int8``) says how a pre-quantized (QDQ) model is built:
     ``auto`` gives it integer kernels with its own scales where the target has int8
@@ -181,8 +184,9 @@ def build_model(
 
     quantize, precision_note = resolve_precision(
         onnx_model, inputs, target.tvm_target(), quantize, precision)
+    lenient = quantize == "int4" or activation_scales == "dynamic"
     _check_static_for(onnx_model, inputs, prune=prune,
-                      quantize=quantize if quantize != "int4" else None)
+                      quantize=quantize if not lenient else None)
     seconds: dict[str, float] = {}
 
     say("importing ONNX into Relax")
@@ -209,6 +213,7 @@ def build_model(
         quantizer, q_settings = quantize_pass(
             onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads,
             group_size=group_size, asymmetric=asymmetric, scale_search=scale_search,
+            activation_scales=activation_scales,
         )
         from tvmforge.passes.schedule.intrinsics import int8_family
 

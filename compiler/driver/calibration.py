@@ -351,6 +351,21 @@ AUTO_SENSITIVITY = 0.05
 PRECISIONS = ("auto", "fp32", "int8")
 
 
+def _widest_weight_code(proto) -> int:
+    """The largest ``|q|`` of the int8 initializers a ``DequantizeLinear`` reads (weights)."""
+    import onnx
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    widest = 0
+    for node in proto.graph.node:
+        t = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if t is not None and t.data_type == onnx.TensorProto.INT8:
+            q = onnx.numpy_helper.to_array(t)
+            if q.size:
+                widest = max(widest, int(np.abs(q.astype(np.int16)).max()))
+    return widest
+
+
 def resolve_precision(model, inputs: Sequence[TensorInfo], tvm_target, quantize: str | None,
                       precision: str = "auto") -> tuple[str | None, dict[str, Any]]:
     """What a model's kernels compute in: the ``quantize`` mode to run and why.
@@ -432,8 +447,12 @@ def resolve_precision(model, inputs: Sequence[TensorInfo], tvm_target, quantize:
                   "fixed shapes: float kernels that round at the model's Q/DQ points "
                   "(fix it with --input-shape for integer kernels)")
     else:
+        reason = f"a QDQ model, built with its own scales on {family} kernels"
+        if family == "avx2" and _widest_weight_code(model.proto) > 64:
+            reason += (" (its 8-bit weights rounded to 7 bits, which AVX2's vpmaddubsw adds "
+                       "without saturating; --precision fp32 keeps the model's own numbers)")
         return "int8", {"model": kind, "precision": precision, "kernels": "int8",
-                        "reason": f"a QDQ model, built with its own scales on {family} kernels"}
+                        "reason": reason}
     return None, {"model": kind, "precision": precision, "kernels": "fp32", "reason": reason}
 
 
@@ -489,6 +508,7 @@ def quantize_pass(
     group_size: int = 32,
     asymmetric: bool = False,
     scale_search: bool = False,
+    activation_scales: str = "static",
 ):
     """``quantize_int8`` (or ``quantize_int4``) set up for a model: its data, calibrator and
     ONNX layer names.
@@ -497,6 +517,10 @@ def quantize_pass(
     ``group_size`` along K, symmetric unless ``asymmetric``; ``scale_search`` tries a few
     smaller scales per group and keeps the one with the least weight error. It needs no
     calibration data, and keeps dynamic shapes.
+
+    ``activation_scales="dynamic"`` (with ``mode="int8"``): the matmuls with constant weights
+    quantize their input with its own range at run time (``passes/quantize/dynamic_int8.py``,
+    what transformers need); no calibration data, convolutions stay float.
 
     ``skip_layers`` holds layer names, and may hold ``"auto"`` or ``"auto:ERROR"``: measure
     each layer's own relative error on the calibration data and leave float those above
@@ -519,6 +543,16 @@ def quantize_pass(
         raise InputError(f"--calibration-method {method}: use one of {', '.join(METHODS)}")
     if mode == "int4":
         return _int4_pass(model, group_size, asymmetric, scale_search, skip_layers)
+    if activation_scales not in ("static", "dynamic"):
+        raise InputError(f"--activation-scales {activation_scales}: use static or dynamic")
+    if activation_scales == "dynamic":
+        from tvmforge.passes.quantize.dynamic_int8 import dynamic_int8
+
+        if any(e == "auto" or e.startswith("auto:") for e in skip_layers):
+            raise InputError("--skip-layers auto measures calibrated layers; with "
+                             "--activation-scales dynamic name the layers (matmul_<i>)")
+        return dynamic_int8(tuple(skip_layers)), {
+            "mode": "int8", "activation_scales": "dynamic", "skip_layers": list(skip_layers)}
     qdq = any(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul")
               for n in model.proto.graph.node)
     if calibration is None and not qdq:

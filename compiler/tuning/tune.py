@@ -141,6 +141,7 @@ def tune(
     group_size: int = 32,
     asymmetric: bool = False,
     scale_search: bool = False,
+    activation_scales: str = "static",
     threads: int | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
@@ -178,7 +179,7 @@ def tune(
     frozen_inputs:
         Inputs compiled in as constants, as ``--freeze``.
     quantize, calibration, calibration_method, skip_layers, prune, prune_method, precision,
-    group_size, asymmetric, scale_search:
+    group_size, asymmetric, scale_search, activation_scales:
         As for ``compile``: tune the kernels of the pruned and/or int8 model (the VNNI int8
         kernels with a design space that tensorizes with ``vpdpbusd``). Their records apply
         to a compile with the same flags and calibration data (pruned channel counts and the
@@ -240,6 +241,7 @@ def tune(
         quantizer, _ = quantize_pass(
             onnx_model, inputs, quantize, calibration, calibration_method, skip_layers, threads,
             group_size=group_size, asymmetric=asymmetric, scale_search=scale_search,
+            activation_scales=activation_scales,
         )
         graph = [*graph, quantizer]
     from tvmforge.frontend.converters.quantized import as_qdq

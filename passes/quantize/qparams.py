@@ -73,16 +73,23 @@ def channel_params(lo: np.ndarray, hi: np.ndarray) -> ChannelQParams:
     return ChannelQParams(tuple(p.scale for p in ps), tuple(p.zero_point for p in ps))
 
 
-def weight_params(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def weight_params(w: np.ndarray, axis: int = 0, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric int8 weights: ``(scale[w.shape[axis]], q)`` with
-    ``q = clip(round(w / scale), -127, 127)``; an all-zero channel gets scale 1."""
+    ``scale = max|w| / qmax``, ``q = clip(round(w / scale), -qmax, qmax)``; an all-zero channel
+    gets scale 1.
+
+    ``qmax`` is 127, or 64 for 7-bit weights (the AVX2 ``vpmaddubsw`` kernels, exact when
+    ``|q| <= 64``; ONNX Runtime's ``reduce_range`` range, so its 7-bit weights come back as
+    their own codes)."""
+    if not 1 <= qmax <= 127:
+        raise ValueError(f"qmax must be in [1, 127], not {qmax}")
     w = np.asarray(w, np.float32)
     others = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.max(np.abs(w), axis=others) if others else np.abs(w)
-    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
     return scale, q
 
 

@@ -37,7 +37,8 @@ tensor (uint8, each at its own calibrated range) and ``int8_kernels.qmatmul`` ac
 The maths
 ---------
 Weights: per output channel, symmetric int8: ``s_w[o] = max|W[o]| / 127``,
-``w_q = clip(round(W / s_w), -127, 127)``. Activations: per tensor, from a calibrated range
+``w_q = clip(round(W / s_w), -127, 127)``; 7 bits for the AVX2 kernels (``/ 64``, ``[-64, 64]``,
+below). Activations: per tensor, from a calibrated range
 ``[lo, hi]`` (``lo <= 0 <= hi`` after widening): ``uint8`` asymmetric, ``s = (hi - lo) / 255``,
 ``zp = round(-lo / s)``; or ``int8`` symmetric, ``s = max(|lo|, |hi|) / 127``, stored as
 ``uint8`` with ``zp = 128`` (``q_u8 = q_s8 + 128``: the same arithmetic, and what VNNI's
@@ -71,8 +72,14 @@ IC/4, 16, 4]``; on a target with AVX-512 VNNI the kernel is marked ``tvmforge.in
 else its hand schedule tensorized with ``vpdpbusd`` (``schedule_int8``); on an AArch64 target
 with the dot product (``+dotprod``: Cortex-A76, Neoverse-N1) likewise with ``sdot`` (the
 kernel reads ``x_q - 128`` as int8 and the bias carries ``+128 · Σ_k w_q[o, k]``: the same
-integers); depthwise convs get their own hand schedule (``"depthwise"``); elsewhere, and for
-grouped convs, the plain int32 kernel is left to the default schedules.
+integers); on an AVX2 CPU without a dot product (AMD Zen 2/3, Intel client CPUs) likewise
+with ``vpmaddubsw`` + ``vpmaddwd`` (``"avx2"``), whose u8 x s8 pairs saturate in s16 unless
+``|w_q| <= 64``: this family's conv and dense weights are 7-bit, ``s_w[o] = max|W[o]| / 64``,
+``w_q`` in ``[-64, 64]`` (a pair is at most ``2 * 255 * 64 = 32640``: exact; ONNX Runtime's
+``reduce_range`` range, whose QDQ weights keep their codes; a QDQ model's full-range 8-bit
+weights are requantized to 7 bits, which its layer's report entry says); depthwise convs get
+their own hand schedule (``"depthwise"``); elsewhere, and for grouped convs, the plain int32
+kernel is left to the default schedules.
 
 Calibration
 -----------
@@ -137,8 +144,8 @@ log = logging.getLogger(__name__)
 
 def _error_probe(func: relax.Function, sites: list[_Site], params: Mapping[relax.Var, QParams],
                  probed: list[str],
-                 channel_params: Mapping[relax.Var, ChannelQParams] | None = None
-                 ) -> relax.Function:
+                 channel_params: Mapping[relax.Var, ChannelQParams] | None = None,
+                 weight_max=None) -> relax.Function:
     """``func`` returning, per site, ``(sum((y_q - y)^2), sum(y^2))`` (see ``_layer_errors``);
     the names of the sites measured, in order, are appended to ``probed``."""
     by_var = {s.var: s for s in sites}
@@ -176,7 +183,8 @@ def _error_probe(func: relax.Function, sites: list[_Site], params: Mapping[relax
                         other = fake_quant(site.y, params[site.y])
                     else:
                         axis = 0 if site.kind == "conv2d" else 1
-                        s_w, w_q = weight_params(site.weight, axis=axis)
+                        qmax = weight_max(site) if weight_max is not None else 127
+                        s_w, w_q = weight_params(site.weight, axis=axis, qmax=qmax)
                         shape = [1] * site.weight.ndim
                         shape[axis] = -1
                         other = relax.const((w_q.astype(np.float32) * s_w.reshape(shape))
@@ -211,6 +219,7 @@ class QuantizeInt8:
         sensitivity: float | None = None,
         depthwise_channels: bool = True,
         sdot: bool | None = None,
+        avx2: bool | None = None,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
@@ -224,6 +233,8 @@ class QuantizeInt8:
         self.sensitivity = sensitivity
         self.depthwise_channels = depthwise_channels
         self.sdot = sdot
+        self.avx2 = avx2
+        self._avx2 = False  # this run's choice (transform_module)
         self.report: QuantReport | None = None
         self.observed: list[str] = []
 
@@ -240,6 +251,9 @@ class QuantizeInt8:
         family = int8_family(tvm.target.Target.current(allow_none=True))
         vnni = self.vnni if self.vnni is not None else family == "vnni"
         sdot = not vnni and (self.sdot if self.sdot is not None else family == "sdot")
+        # an explicit vnni=False asks for the plain int32 kernels on x86, as before this family
+        self._avx2 = not vnni and not sdot and (
+            self.avx2 if self.avx2 is not None else family == "avx2" and self.vnni is None)
         report = self.report = QuantReport(self.activation, vnni, sdot=sdot)
         gv = next((g for g in mod.get_global_vars() if g.name_hint == "main"), None)
         func = mod[gv] if gv is not None else None
@@ -254,8 +268,8 @@ class QuantizeInt8:
         # no scale for stays float, rather than failing the build.
         for _ in range(len(sites)):
             missing = {v for v in observed if v.name not in self.ranges}
-            if self.calibrator is not None or not missing:
-                break
+            if self.calibrator is not None or not missing or not pairs:
+                break  # a float model without data: _params says what is missing
             unknown = {s.name for s in sites if {s.x, s.y, s.residual, s.tail} & missing}
             log.info("quantize_int8: no Q/DQ scale for the input or output of %s: left float",
                      ", ".join(sorted(unknown)))
@@ -273,7 +287,8 @@ class QuantizeInt8:
         tensor_params, channel_params = self._params(mod, func, observed, channels)
         params = {**fixed, **tensor_params}
         if self.sensitivity is not None:
-            errors = self._layer_errors(mod, func, sites, params, channel_params)
+            errors = self._layer_errors(mod, func, sites, params, channel_params,
+                                        rewriter.weight_max)
             worst = {name for name, e in errors.items() if e > self.sensitivity}
             if worst:
                 log.info("quantize_int8: left float by sensitivity > %g: %s", self.sensitivity,
@@ -294,7 +309,7 @@ class QuantizeInt8:
         new_main, out = rewriter.run(mod)
         out.update_func(out.get_global_var("main"), new_main)
         for kvar, kind in rewriter.kernels.items():
-            if kind in ("vnni", "sdot", "depthwise"):
+            if kind in ("vnni", "sdot", "avx2", "depthwise"):
                 # Scheduled in the schedule stage (``schedule_int8``), after the tuning records:
                 # unscheduled here, so that ``tune`` sees them as tasks and records apply.
                 out.update_func(kvar, out[kvar].with_attr(K.KERNEL_ATTR, kind)
@@ -311,7 +326,8 @@ class QuantizeInt8:
             s.name for s in sites}
         if unknown:
             log.warning("quantize_int8: skip_layers names no layer: %s", ", ".join(sorted(unknown)))
-        rewriter = _Rewriter(graph, sites, {}, vnni, report, pairs, sdot)
+        rewriter = _Rewriter(graph, sites, {}, vnni, report, pairs, sdot,
+                             avx2=self._avx2)
         observed: list[relax.Var] = []
         fixed: dict[relax.Var, QParams] = {}
         for v in [*(s.x for s in sites), *(s.y for s in sites if s.y is not None),
@@ -347,7 +363,7 @@ class QuantizeInt8:
         return found
 
     def _layer_errors(self, mod, func, sites: list[_Site], params,
-                      channel_params=None) -> dict[str, float]:
+                      channel_params=None, weight_max=None) -> dict[str, float]:
         """Each layer's own error on the calibration data: ``||y_q - y|| / ||y||`` where ``y``
         is the float layer and ``y_q`` the layer with its input and weight quantized (the
         float input it gets in the float model; errors of earlier layers are not included)."""
@@ -357,7 +373,7 @@ class QuantizeInt8:
                              "(tvmforge.driver.calibration.Calibrator)")
         probed: list[str] = []
         probe = tvm.IRModule({"main": _error_probe(func, sites, params, probed,
-                                                   channel_params or {})})
+                                                   channel_params or {}, weight_max)})
         for name, f in mod.functions_items():
             if name.name_hint != "main":
                 probe[name] = f
@@ -411,6 +427,7 @@ def quantize_int8(
     sensitivity: float | None = None,
     depthwise_channels: bool = True,
     sdot: bool | None = None,
+    avx2: bool | None = None,
 ) -> QuantizeInt8:
     """Post-training int8 quantization as a module pass.
 
@@ -441,9 +458,13 @@ def quantize_int8(
     sdot:
         Force the ARM ``sdot`` kernels on or off [default: when the current target is AArch64
         with the dot product, ``+dotprod``, and VNNI is off].
+    avx2:
+        Force the AVX2 ``vpmaddubsw`` kernels (7-bit weights) on or off [default: when the
+        current target is an AVX2 CPU without AVX-512 or a dot product, and ``vnni`` is not
+        given: an explicit ``vnni=False`` keeps the plain int32 kernels, as before].
     """
     return QuantizeInt8(calibrator, ranges, skip_layers, layer_names, activation, vnni,
-                        sensitivity, depthwise_channels, sdot)
+                        sensitivity, depthwise_channels, sdot, avx2)
 
 __all__ = [
     "ChannelQParams",

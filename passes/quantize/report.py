@@ -44,6 +44,9 @@ class QuantReport:
         dot = f"{vnni} with VNNI"
         if self.sdot:
             dot = f"{sum(layer.kernel == 'sdot' for layer in self.layers)} with sdot"
+        elif not vnni and any(layer.kernel == "avx2" for layer in self.layers):
+            dot = (f"{sum(layer.kernel == 'avx2' for layer in self.layers)} with AVX2 "
+                   "vpmaddubsw, 7-bit weights")
         return (f"{len(self.quantized)} layer(s) int8 ({dot}), {skipped} left float; "
                 f"{self.observed_tensors} activation range(s) calibrated{qdq}")
 

@@ -43,11 +43,13 @@ _QUANT_FRIENDLY = ("relax.nn.max_pool2d", "relax.nn.relu")
 class _Rewriter:
     def __init__(self, graph: _Graph, sites: list[_Site], params: Mapping[relax.Var, QParams],
                  vnni: bool, report: QuantReport, pairs: Mapping[relax.Var, _Pair] | None = None,
-                 sdot: bool = False):
+                 sdot: bool = False, avx2: bool = False):
         self.graph, self.sites, self.params = graph, sites, params
         self.pairs = dict(pairs or {})
         self.vnni, self.report = vnni, report
         self.sdot = sdot and not vnni
+        # AVX2 ``vpmaddubsw`` kernels: exact with 7-bit weights (|q| <= 64), see weight_max
+        self.avx2 = avx2 and not vnni and not self.sdot
         self.site_of_tail = {s.tail: s for s in sites}
         self.inner = {m for s in sites for m in s.members[:-1]}
         self.inputs = ({s.x for s in sites} | {s.residual for s in sites if s.residual is not None}
@@ -280,7 +282,7 @@ class _Rewriter:
         else:
             w_oihw = site.weight.T[:, :, None, None]
         oc = w_oihw.shape[0]
-        s_w, w_q = weight_params(w_oihw, axis=0)
+        s_w, w_q = weight_params(w_oihw, axis=0, qmax=self.weight_max(site))
         groups = int(site.call.attrs.groups) if conv else 1
         if channelwise:  # depthwise: output o reads input channel o // (OC / IC) only
             x_scale, x_zp = px.arrays()
@@ -313,7 +315,7 @@ class _Rewriter:
             upper = None if hi is None else float(np.float32(hi) / out_scale)
         # a float output of a VNNI conv is written NCHW by the kernel itself (no transpose)
         nchw_out = (conv and not out_quant and not chan_out and groups == 1
-                    and (self.vnni or self.sdot))
+                    and (self.vnni or self.sdot or self.avx2))
         # ... unless a spatial mean (an SE block's squeeze) reads it: then NHWC, the mean
         # reduces NHWC, and the NCHW view other users take fuses into their kernels as reads
         nhwc_float = (nchw_out and not site.d2s
@@ -382,7 +384,8 @@ class _Rewriter:
         if groups == 1:
             kernel_fn, weight = K.qconv2d_nhwc, K.pack_weight_vnni(w_q)
             vec = lambda v, dt: np.pad(v, (0, ocp - oc)).astype(dt)  # noqa: E731
-            kind = "vnni" if self.vnni else "sdot" if self.sdot else "int32"
+            kind = ("vnni" if self.vnni else "sdot" if self.sdot else "avx2" if self.avx2
+                    else "int32")
         else:
             kernel_fn = K.qconv2d_grouped_nhwc
             weight = np.ascontiguousarray(w_q.transpose(2, 3, 1, 0))  # KH, KW, ICg, OC
@@ -415,7 +418,8 @@ class _Rewriter:
         if not conv:
             out = bb.emit(relax.op.reshape(out, [*x_shape[:-1], oc]))
         self.report.layers.append(LayerInfo(site.name, site.kind, kind, epi.out_dtype,
-                                            fused=list(site.fused)))
+                                            fused=list(site.fused),
+                                            reason=self._requantized(w_oihw, s_w, w_q)))
         if site.d2s:
             return self._depth_to_space(out, site.d2s, nhwc=not nchw_out, u8=u8_out, py=py)
         if out_quant or chan_out:
@@ -425,6 +429,29 @@ class _Rewriter:
                 self.nhwc_float[site.tail] = out
             return bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
         return out
+
+    def weight_max(self, site: _Site) -> int:
+        """The largest weight code of ``site``: 64 (7 bits) for an AVX2 ``vpmaddubsw`` kernel,
+        whose u8 x s8 pairs saturate in s16 beyond ``2 * 255 * 64 = 32640``; 127 otherwise
+        (grouped and depthwise convs are plain int32 arithmetic on every family)."""
+        if not self.avx2 or site.kind == "matmul":
+            return 127
+        if site.kind == "conv2d" and int(site.call.attrs.groups) != 1:
+            return 127
+        return 64
+
+    def _requantized(self, w: np.ndarray, s_w: np.ndarray, w_q: np.ndarray) -> str:
+        """The report's note when a QDQ model's weights could not keep their codes: 8-bit
+        weights (``[-127, 127]``) requantized to the 7 bits of the AVX2 kernels. Weights
+        already 7-bit (ONNX Runtime's ``reduce_range``) come back as their own codes (the scale
+        ``max|w| / 64`` is the model's), and then nothing is said."""
+        if not self.pairs or int(np.abs(w_q).max(initial=0)) > 64 or not self.avx2:
+            return ""
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        if np.array_equal(w_q.astype(np.float32) * s_w.reshape(shape), w):
+            return ""
+        return ("the model's 8-bit weights requantized to 7 bits (|q| <= 64) for the AVX2 "
+                "vpmaddubsw kernel, which saturates beyond")
 
     def _spatial_mean(self, user: relax.Var, var: relax.Var) -> bool | None:
         """``keepdims`` when ``user`` is ``mean(var, axis=[2, 3])`` of a 4-D tensor."""

@@ -552,8 +552,8 @@ def _resnet_like() -> onnx.ModelProto:
 
 @pytest.mark.parametrize("target", ["x86", "x86:avx2"])
 def test_small_cnn_int8_matches_float_build(target):
-    """On a VNNI host the x86 build uses VNNI kernels; AVX2 gets the int32 kernels, scheduled
-    by the default CPU schedules."""
+    """The x86 build uses the host's int8 family (VNNI; AVX2's vpmaddubsw with 7-bit weights);
+    grouped convs get the int32 kernels, scheduled by the default CPU schedules."""
     from tvmforge.driver.build import build_model
 
     model = _resnet_like()
@@ -562,8 +562,7 @@ def test_small_cnn_int8_matches_float_build(target):
     f = build_model(model, target, threads=2)
     q = build_model(model, target, threads=2, quantize="int8", calibration=calibration)
     report = q.quantization["report"]
-    vnni = HOST_VNNI and target == "x86"
-    dense = "vnni" if vnni else "int32"
+    dense = int8_family(resolve(target, threads=2).tvm_target()) or "int32"
     assert {layer["name"]: layer["kernel"] for layer in report["layers"]} == {
         "conv1": dense, "conv2": dense, "dwconv": "int32", "conv3": dense, "fc": dense}
     fused = {layer["name"]: layer["fused"] for layer in report["layers"]}
@@ -573,7 +572,8 @@ def test_small_cnn_int8_matches_float_build(target):
         ref, got = _run(f.executable, x), _run(q.executable, x)
         assert np.abs(got - ref).max() < 0.03 * np.abs(ref).max()
     asm = q.executable.mod.imports[0].inspect_source("asm")
-    assert (asm.count("vpdpbusd") > 0) == vnni
+    assert (asm.count("vpdpbusd") > 0) == (dense == "vnni")
+    assert (asm.count("vpmaddubsw") > 0) == (dense == "avx2")
 
 
 def test_qdq_model_compiles_to_the_int8_kernel_without_calibration():
@@ -604,7 +604,9 @@ def test_qdq_model_compiles_to_the_int8_kernel_without_calibration():
 
     m = frontend.load(model)
     mod = frontend.to_relax(m, frontend.resolve_inputs(m, {}))
-    qpass = quantize_int8()  # no calibrator: every range comes from the model's Q/DQ pairs
+    # no calibrator: every range comes from the model's Q/DQ pairs; avx2=False: the model's
+    # own 8-bit weight codes (AVX2's vpmaddubsw kernels would requantize them to 7 bits)
+    qpass = quantize_int8(avx2=False)
     ex = tvm.compile(mod, target=HOST, relax_pipeline=tvmforge_pipeline(target=HOST,
                                                                          graph=[qpass]))
     assert qpass.report.qdq_tensors == 2 and qpass.report.observed_tensors == 0
@@ -625,7 +627,10 @@ def test_qdq_model_compiles_to_the_int8_kernel_without_calibration():
     built = build_model(model, "x86", threads=2, quantize="int8")  # no data needed
     assert built.quantization["report"]["qdq_tensors"] == 2
     assert built.quantization["settings"]["calibration"] == "qdq"
-    np.testing.assert_array_equal(_run(built.executable, x), _run(ex, x))
+    if int8_family(resolve("x86").tvm_target()) == "avx2":  # 7-bit weights: a few units
+        assert np.abs(_run(built.executable, x) - ref).max() <= 3 * 0.02 * 1.001
+    else:
+        np.testing.assert_array_equal(_run(built.executable, x), _run(ex, x))
 
 
 # ---- accuracy on the digits split ----------------------------------------------------------
@@ -897,8 +902,9 @@ def test_conv_transpose_depth_to_space_is_fused_and_stays_uint8():
         ref, got = _run(f.executable, x), _run(q.executable, x)
         want = sess.run(None, {"x": x})[0]
         np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-4)
-        # (the same error as the unfused int8 build's: 0.027 / 0.033 max, 1.2 % norm)
-        assert np.abs(got - want).max() < 0.05
+        # (the same error as the unfused int8 build's: 0.027 / 0.033 max, 1.2 % norm; AVX2's
+        # 7-bit weights: 0.054 max)
+        assert np.abs(got - want).max() < 0.08
         assert np.linalg.norm(got - want) < 0.02 * np.linalg.norm(want)
 
 
