@@ -553,7 +553,7 @@ def quantize_pass(
                              "--activation-scales dynamic name the layers (matmul_<i>)")
         return dynamic_int8(tuple(skip_layers)), {
             "mode": "int8", "activation_scales": "dynamic", "skip_layers": list(skip_layers)}
-    qdq = any(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul")
+    qdq = any(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm")
               for n in model.proto.graph.node)
     if calibration is None and not qdq:
         raise InputError(

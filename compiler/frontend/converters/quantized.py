@@ -3,8 +3,8 @@
 ONNX: ``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``. ONNX Runtime contrib ops (domain
 ``com.microsoft``), as ``onnxruntime.quantization.quantize_static(..., QuantFormat.QOperator)``
 emits them: ``QLinearAdd``, ``QLinearMul``, ``QLinearGlobalAveragePool``, ``QLinearAveragePool``,
-``QLinearConcat``, ``QLinearSigmoid``, ``QLinearLeakyRelu``, ``QGemm``. Also an override of the
-stock ``DynamicQuantizeLinear`` (see below).
+``QLinearConcat``, ``QLinearSigmoid``, ``QLinearLeakyRelu``, ``QLinearSoftmax``, ``QGemm``. Also
+an override of the stock ``DynamicQuantizeLinear`` (see below).
 
 Notation: ``q = saturate(round_half_to_even(v / scale) + zp)`` quantizes a real ``v`` to the
 8-bit type of ``zp``; ``real(q) = scale * (q - zp)``.
@@ -42,8 +42,8 @@ instructions yet): correct everywhere, not yet fast.
 
 **Integer kernels** (``as_qdq()``): when the build gives a QOperator model tvmforge's int8
 kernels (a target with int8 dot products, see ``driver/calibration.resolve_precision``),
-``QLinearConv``, ``QLinearMatMul`` (a constant ``b``) and ``QLinearAdd`` with constant
-per-tensor activation parameters are written in the QDQ form instead: ``dequantize`` their
+``QLinearConv``, ``QLinearMatMul`` and ``QGemm`` (a constant ``b``) and ``QLinearAdd`` with
+constant per-tensor activation parameters are written in the QDQ form instead: ``dequantize`` their
 inputs, the float op (the weight's ``dequantize`` folds to a constant, an int32 bias becomes
 ``bias * x_scale * w_scale``), ``quantize`` the output. ``quantize_int8`` then takes each as a
 QDQ model's layer (the same integers, the multiplier ``x_scale * w_scale / y_scale`` in
@@ -343,6 +343,25 @@ class QGemm(_Converter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         a, a_scale, a_zp, b, b_scale, b_zp, c, y_scale, y_zp = (inputs[i] for i in range(9))
+        trans_b = bool(attr.get("transB", 0))
+        if (_qdq_ready(a_scale, a_zp, y_scale, y_zp) and not attr.get("transA", 0)
+                and _value(b) is not None and _value(b).ndim == 2
+                and _value(b_scale) is not None and (b_zp is None or _value(b_zp) is not None)
+                and (c is None or _value(c) is not None)):
+            bf = _dq_axis(b, b_scale, b_zp, 0 if trans_b else 1)
+            if trans_b:
+                bf = relax.op.permute_dims(bb.normalize(bf))
+            y = relax.op.matmul(bb.normalize(_dequantize(a, a_scale, a_zp)), bb.normalize(bf))
+            alpha = np.float32(attr.get("alpha", 1.0))
+            if alpha != 1:
+                y = relax.op.multiply(y, relax.const(alpha, "float32"))
+            if c is not None:  # int32, at scale alpha * a_scale * b_scale
+                scale = alpha * np.float32(_value(a_scale).item()) * _value(b_scale).astype(
+                    np.float32)
+                y = relax.op.add(y, relax.const((_value(c) * scale).astype(np.float32)))
+            if y_scale is None:
+                return y
+            return _quantize(bb.normalize(y), y_scale, y_zp, _out_dtype(y_zp, _dtype(a)))
         a_shifted = _shifted(bb, a, a_zp)
         b_shifted = _shifted(bb, b, b_zp, 0 if attr.get("transB", 0) else 1)
         if attr.get("transA", 0):
@@ -431,6 +450,30 @@ class QLinearAveragePool(_Converter):
         if channels_last:
             pooled = relax.op.permute_dims(pooled, [0, *range(2, rank), 1])
         return _quantize(pooled, y_scale, y_zp, _out_dtype(y_zp, _dtype(x)))
+
+
+@register("QLinearSoftmax")
+class QLinearSoftmax(_Converter):
+    """com.microsoft QLinearSoftmax: dequantize, Softmax in float32, quantize. ``opset`` (the
+    original Softmax's) below 13 means the old semantics: the input flattened to 2-D at
+    ``axis``, normalized over the second dimension. ORT computes ``exp`` through a 256-entry
+    table and divides in float; the results agree to a unit where the rounding is close."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        x, x_scale, x_zp, y_scale, y_zp = (inputs[i] for i in range(5))
+        ndim = x.ty.ndim
+        axis = int(attr.get("axis", -1))
+        axis = axis + ndim if axis < 0 else axis
+        real = bb.normalize(_dequantize(x, x_scale, x_zp))
+        if int(attr.get("opset", 13)) < 13 and axis != ndim - 1:
+            shape = [int(d) for d in x.ty.shape.values]
+            rows = int(np.prod(shape[:axis], dtype=np.int64))
+            flat = bb.normalize(relax.op.reshape(real, [rows, -1]))
+            out = relax.op.reshape(relax.op.nn.softmax(flat, axis=1), shape)
+        else:
+            out = relax.op.nn.softmax(real, axis=axis)
+        return _quantize(bb.normalize(out), y_scale, y_zp, _out_dtype(y_zp, _dtype(x)))
 
 
 def _identity(v: np.ndarray | relax.Expr) -> np.ndarray | relax.Expr:

@@ -457,6 +457,19 @@ def test_qlinear_lookup_ops_match_ort(op: str, dtype):
     _compare(model, {"x": x}, exact=op == "QLinearLeakyRelu")
 
 
+@pytest.mark.parametrize("opset, axis", [(13, -1), (11, 1)], ids=["opset13", "opset11-2d"])
+def test_qlinear_softmax_matches_ort(opset: int, axis: int):
+    """Dequantize, Softmax, quantize: ORT takes exp from a table, so a unit may differ."""
+    rng = np.random.default_rng(12)
+    x = _codes(rng, U8, (2, 4, 32))
+    params = _consts(xs=_f32(0.05), xz=np.asarray(128, U8), ys=_f32(1 / 256),
+                     yz=np.asarray(0, U8))
+    node = helper.make_node("QLinearSoftmax", ["x", "xs", "xz", "ys", "yz"], ["y"],
+                            domain="com.microsoft", axis=axis, opset=opset)
+    model = _model([node], [_input("x", x)], [_output("y", U8)], params)
+    _compare(model, {"x": x}, exact=False)
+
+
 @pytest.mark.parametrize("op", ["QLinearConv", "QLinearConcat", "QLinearSigmoid"])
 def test_quantization_parameters_given_at_run_time(op: str):
     """Scales and zero points fed as graph inputs take the in-graph path (no numpy folding)."""
