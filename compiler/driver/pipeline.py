@@ -83,7 +83,8 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     becomes vectorizable ``sqrt``/products (``simplify_power``); transposed convs whose kernel
     equals their stride become a 1x1 conv and a depth-to-space instead of a conv over a zero-
     dilated input (``conv_transpose_direct``); ONNX Runtime's 4-bit ``MatMulNBits`` become
-    tvmforge's int4 kernels (``lower_matmul_nbits``). After the caller's passes, a QDQ model's
+    tvmforge's int4 kernels (``lower_matmul_nbits``) and a ``quantize_dynamic`` model's integer
+    matmuls its int8 kernels (``lower_qmatmul_integer``). After the caller's passes, a QDQ model's
     quantize-dequantize pairs left float become elementwise arithmetic that fuses and travels in
     any layout (``fake_quant``), float regions between NHWC producers and consumers (an int8
     model's FPN) run in NHWC (``sink_transposes``), and a channel shuffle feeding a depthwise
@@ -108,6 +109,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     from tvmforge.passes.graph.simplify_power import simplify_power
     from tvmforge.passes.graph.sink_transposes import sink_transposes
     from tvmforge.passes.graph.stack_sum_to_add import stack_sum_to_add
+    from tvmforge.passes.quantize.dynamic_int8 import lower_qmatmul_integer
     from tvmforge.passes.quantize.int4 import lower_matmul_nbits
 
     return [
@@ -120,6 +122,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         simplify_power(),
         conv_transpose_direct(),
         lower_matmul_nbits(),
+        lower_qmatmul_integer(),
         *graph,
         fake_quant(),
         sink_transposes(),

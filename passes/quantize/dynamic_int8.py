@@ -31,6 +31,11 @@ with a dynamic dimension stay float. The bias add, GELU, LayerNorm and softmax a
 matmuls stay float and fuse as before. Per-tensor scales are ONNX Runtime's choice too; the
 accuracy against fp32 is what ``benchmarks/bert_int8.py`` reports.
 
+``lower_qmatmul_integer`` gives a ``quantize_dynamic`` model's own integer products
+(``MatMulInteger``, ``DynamicQuantizeMatMul``, ``MatMulIntegerToFloat`` with a constant int8
+``B``, imported as ``tvmforge.qmatmul_integer`` calls) the same kernels: their weights stay
+int8 in the artifact instead of becoming int32 constants.
+
 Where it sits
 -------------
 In the graph stage where ``quantize_int8`` goes (``build_model(quantize="int8",
@@ -52,7 +57,7 @@ from tvmforge.passes.quantize.qparams import weight_params
 from tvmforge.passes.schedule import int8_kernels as K
 from tvmforge.passes.schedule.intrinsics import int8_family
 
-__all__ = ["DynamicInt8", "DynamicReport", "dynamic_int8"]
+__all__ = ["DynamicInt8", "DynamicReport", "dynamic_int8", "lower_qmatmul_integer"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +175,98 @@ class _Rewriter(relax.PyExprMutator):
         self.owner.report.layers.append({"name": name, "k": k, "n": n, "m": m,
                                          "kernel": kind})
         return relax.op.reshape(out, [*shape[:-1], n])
+
+
+# ``compiler/frontend/converters/dynamic_quantized.py``'s placeholder for the integer product of
+# a ``quantize_dynamic`` model (the frontend may not import the passes, where the kernels live)
+QMATMUL_INTEGER = "tvmforge.qmatmul_integer"
+
+
+def _integer_kernel(bb: relax.BlockBuilder, family: str | None, a_q: relax.Expr,
+                    a_zp: relax.Expr, b: np.ndarray, shape: tuple[int, ...]):
+    """``float32(sum_k (a_q - a_zp) b)`` for a uint8 ``a_q [..., K]`` on the int8 kernels,
+    and the kernel's kind. ``b`` (int8 ``[K, N]``) is used as it is, except on the AVX2
+    kernels, exact for ``|b| <= 64`` only: wider codes are halved there (rounded half to
+    even) and the sum doubled, as ``quantize_int8`` rounds a QDQ model's weights to 7 bits."""
+    k, n = b.shape
+    m = int(np.prod(shape[:-1]))
+    w = b.T.astype(np.int32)  # [N, K]
+    factor = 1.0
+    if family == "avx2" and np.abs(w).max() > 64:
+        w, factor = np.round(w / 2.0), 2.0
+    w_q = np.clip(w, -127, 127).astype(np.int8)[:, :, None, None]
+    ocp = -(-n // 16) * 16
+    wsum = np.zeros(ocp, np.int32)
+    wsum[:n] = w_q.reshape(n, -1).astype(np.int64).sum(axis=1)
+    bias_q = relax.op.negative(relax.op.multiply(relax.op.astype(a_zp, "int32"),
+                                                 relax.const(wsum, "int32")))
+    if family == "sdot":
+        bias_q = relax.op.add(bias_q, relax.const(128 * wsum, "int32"))
+    kind = family if family in ("vnni", "sdot", "avx2") else "int32"
+    epi = K.Epilogue(out_dtype="float32", zero_point=0, layout="NHWC")
+    te_fn = functools.partial(K.qconv2d_nhwc, spec=K.ConvSpec(kernel=(1, 1)), epi=epi,
+                              x_zero_point=0, out_channels=n)
+    if kind == "sdot":
+        te_fn = functools.partial(te_fn, signed=True)
+    elif kind == "int32":
+        te_fn = functools.partial(te_fn, flat=True)
+    x = bb.emit(relax.op.reshape(a_q, [1, 1, m, k]))
+    call = bb.call_te(te_fn, x, relax.const(K.pack_weight_vnni(w_q), "int8"),
+                      bb.emit(bias_q), relax.const(np.full(ocp, factor, np.float32)),
+                      primfunc_name_hint=f"qmatmul_integer_{kind}")
+    out = bb.emit(call)
+    return relax.op.reshape(out, [*shape[:-1], n]), call.args[0], kind
+
+
+@relax.expr_functor.mutator
+class _LowerInteger(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, family: str | None):
+        super().__init__(mod)
+        self.family = family
+        self.kernels: list[tuple[relax.Expr, str]] = []
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_dps_packed"):
+            return call
+        fn = call.args[0]
+        if not (isinstance(fn, relax.ExternFunc) and fn.global_symbol == QMATMUL_INTEGER):
+            return call
+        a_q, a_zp, b = call.args[1].fields
+        if isinstance(b, relax.Var):
+            bound = self.lookup_binding(b)
+            b = bound if bound is not None else b
+        value = _const(b)
+        shape = _static_shape(a_q)
+        if value is None or shape is None:
+            raise ValueError(f"{QMATMUL_INTEGER}: B must be a constant and A of static shape")
+        out, kvar, kind = _integer_kernel(self.builder_, self.family, a_q, a_zp, value, shape)
+        self.kernels.append((kvar, kind))
+        return out
+
+
+def lower_qmatmul_integer() -> tvm.transform.Pass:
+    """The dynamic-quantization converters' ``tvmforge.qmatmul_integer`` calls as int8 kernels
+    (the target's family); a no-op on models without them."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LowerQMatMulInteger")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        family = int8_family(tvm.target.Target.current(allow_none=True))
+        lower = _LowerInteger(mod, family)
+        updates = {gv: lower.visit_expr(f) for gv, f in mod.functions_items()
+                   if isinstance(f, relax.Function)}
+        if not lower.kernels:
+            return mod
+        out = lower.builder_.get()
+        for gv, func in updates.items():
+            out.update_func(gv, func)
+        for kvar, kind in lower.kernels:
+            if kind in ("vnni", "sdot", "avx2"):
+                out.update_func(kvar, out[kvar].with_attr(K.KERNEL_ATTR, kind)
+                                .with_attr("op_pattern", 8))
+        return out
+
+    return _pass
 
 
 @tvm.transform.module_pass(opt_level=0, name="DynamicInt8")

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend
 
 from tvmforge.errors import InputError
 from tvmforge.frontend.converters import register, rnn
@@ -158,6 +159,31 @@ def _shift_b(bb: relax.BlockBuilder, b: relax.Expr, b_zp: relax.Expr | None) -> 
     return bb.emit(relax.op.subtract(b32, zp32))
 
 
+# The extern name ``lower_qmatmul_integer`` (passes/quantize/dynamic_int8.py) lowers to the
+# int8 kernels: ``call_dps_packed(QMATMUL_INTEGER, [A_q (uint8 [..., K]), a_zp (uint8 []),
+# B (int8 [K, N], a constant)]) -> float32 [..., N]``, the value ``float32(sum_k (A_q - a_zp)
+# B)``: exact where the sum fits float32's 24 bits, else rounded as ``Cast`` would round it.
+QMATMUL_INTEGER = "tvmforge.qmatmul_integer"
+
+
+def _kernel_ready(bb: relax.BlockBuilder, a_q: relax.Expr, a_zp: relax.Expr | None,
+                  b: relax.Expr, b_zp: relax.Expr | None) -> bool:
+    """Whether the int8 kernels take this product: uint8 ``A`` of static shape with a
+    per-tensor zero point, a constant int8 ``[K, N]`` ``B`` with zero zero points (what
+    ``quantize_dynamic`` writes by default)."""
+    a_shape, b_value = _shape(bb, a_q), _value(b)
+    if (a_shape is None or len(a_shape) < 2 or _dtype(a_q) != "uint8" or b_value is None
+            or b_value.ndim != 2 or b_value.dtype != np.int8 or a_shape[-1] != b_value.shape[0]):
+        return False
+    if a_zp is not None and (not _is_scalar(bb, a_zp) or _dtype(a_zp) != "uint8"):
+        return False
+    if b_zp is not None:
+        zp = _value(b_zp)
+        if zp is None or np.any(zp != 0):
+            return False
+    return True
+
+
 def _integer_matmul(
     bb: relax.BlockBuilder,
     a_q: relax.Expr,
@@ -165,9 +191,35 @@ def _integer_matmul(
     b: relax.Expr,
     b_zp: relax.Expr | None,
 ) -> relax.Expr:
-    """``(A_q - a_zp) @ (B - b_zp)`` in int32, exact (``a_zp`` per tensor)."""
+    """``(A_q - a_zp) @ (B - b_zp)`` in int32 (``a_zp`` per tensor): on the int8 kernels
+    where ``_kernel_ready`` (through ``QMATMUL_INTEGER``, whose float32 sum comes back as
+    int32), else exact int32 arithmetic."""
+    if _kernel_ready(bb, a_q, a_zp, b, b_zp):
+        zp = (relax.const(np.uint8(0), "uint8") if a_zp is None
+              else bb.normalize(relax.op.reshape(a_zp, [])))
+        shape = [*_shape(bb, a_q)[:-1], int(_value(b).shape[1])]
+        acc = bb.emit(relax.call_dps_packed(
+            QMATMUL_INTEGER, relax.Tuple([a_q, zp, b]),
+            relax.TensorType(shape, "float32")))
+        return relax.op.astype(acc, "int32")
     a_shifted = _shifted(bb, a_q, _as_scalar(bb, a_zp) if a_zp is not None else None)
     return relax.op.matmul(a_shifted, _shift_b(bb, b, b_zp), out_dtype="int32")
+
+
+@register("MatMulInteger")
+class MatMulInteger(_Converter):
+    """ONNX MatMulInteger: the int8 kernels where they take it (``_kernel_ready``: a
+    constant int8 ``B`` with zero zero points, as ``quantize_dynamic`` writes), else TVM's
+    own exact lowering."""
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        a, b = inputs[0], inputs[1]
+        a_zp = inputs[2] if len(inputs) > 2 else None
+        b_zp = inputs[3] if len(inputs) > 3 else None
+        if _kernel_ready(bb, a, a_zp, b, b_zp):
+            return _integer_matmul(bb, a, a_zp, b, b_zp)
+        return onnx_frontend.MatMulInteger._impl_v10(bb, inputs, attr, params)
 
 
 def _to_float(
