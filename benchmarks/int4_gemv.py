@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=3072)
     ap.add_argument("--dim", type=int, default=768)
     args = ap.parse_args()
+    from tvmforge.runtime.executor import set_threads
+
+    set_threads(args.threads)  # TVM's pool, which relax.VirtualMachine alone leaves at its default
 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 

@@ -242,6 +242,14 @@ def int4_matmul(
 # Schedule
 
 
+# x's group sums run in parallel from this many adds on. A batch-1 row's (768 adds, well
+# under a microsecond) in a parallel loop of their own cost a second fork-join per call, and
+# with another process on one of two cores that fork-join made the kernel 13x slower on two
+# threads than on one (Zen 3, ``[1, 768] x [768, 3072]`` group 32, interleaved in one process:
+# 1 thread 209 us, 2 threads 2881 us; the sums serial: 211 / 272 us).
+_XSUM_PARALLEL_ADDS = 1 << 16
+
+
 def _rows(m: int, vectors: int, accumulators: int) -> int:
     """Rows of the register tile: ``rows x vectors`` accumulators, rows dividing ``m``."""
     bound = max(min(accumulators // max(vectors, 1), 4), 1)
@@ -290,7 +298,10 @@ def apply_default_schedule(sch: s_tir.Schedule, lanes: int, num_cores: int,
         last = sch.get_loops(block)[-1]
         if sch.get(last).kind != tirx.ForKind.VECTORIZED:
             sch.vectorize(last)
-    # x's group sums: M x K adds, before the panels
-    xm, xg, _xr = sch.get_loops(xs)
-    if num_cores > 1 and int(sch.get(xm).extent) * int(sch.get(xg).extent) >= 8 * num_cores:
+    # x's group sums: M x K adds, before the panels; a parallel loop of their own only when
+    # there are enough of them (``_XSUM_PARALLEL_ADDS``)
+    xm, xg, xr = sch.get_loops(xs)
+    sums = ext_m * int(sch.get(xg).extent)
+    if (num_cores > 1 and sums >= 8 * num_cores
+            and sums * int(sch.get(xr).extent) >= _XSUM_PARALLEL_ADDS):
         sch.parallel(sch.fuse(xm, xg))
