@@ -360,9 +360,9 @@ def _unannotated(sch: Any, block: Any) -> list[Any]:
 
 def _tune_contexts(extracted: list[Any], db_dir: Path, budget: Budget, seed: int):
     """MetaSchedule's tune contexts: the target's default design space for every kernel,
-    except the VNNI int8 kernels of ``quantize_int8``, whose space tensorizes their ``16 x 4``
-    blocks with ``vpdpbusd`` (the default x86 rules have no VNNI rule in TVM 0.27, so they
-    would only search scalar int32 schedules)."""
+    except the VNNI and AVX2 int8 kernels of ``quantize_int8``, whose space tensorizes their
+    ``16 x 4`` blocks with ``vpdpbusd`` or ``vpmaddubsw`` (the default x86 rules have no such
+    rule in TVM 0.27, so they would only search scalar int32 schedules)."""
     from tvm.s_tir import meta_schedule as ms
 
     from tvmforge.passes.schedule import int8_kernels
@@ -384,11 +384,15 @@ def _tune_contexts(extracted: list[Any], db_dir: Path, budget: Budget, seed: int
         )
 
     _pass_through_unknown_rules(extracted)
-    vnni = [t for t in extracted if kind(t) == "vnni"]
-    rest = [t for t in extracted if kind(t) != "vnni"]
-    c_vnni, w_vnni = contexts_for(vnni, int8_kernels.vnni_tuning_space())
-    c_rest, w_rest = contexts_for(rest, "post-order-apply")
-    return list(c_rest) + list(c_vnni), list(w_rest) + list(w_vnni)
+    dot = int8_kernels.TUNING_INTRINSICS
+    rest = [t for t in extracted if kind(t) not in dot]
+    contexts, weights = (list(x) for x in contexts_for(rest, "post-order-apply"))
+    for family in dot:
+        c, w = contexts_for([t for t in extracted if kind(t) == family],
+                            int8_kernels.vnni_tuning_space(family))
+        contexts += list(c)
+        weights += list(w)
+    return contexts, weights
 
 
 def _progress_bar(total: int, show: bool | None):

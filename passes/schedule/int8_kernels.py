@@ -665,11 +665,16 @@ def apply_default_schedule(sch: s_tir.Schedule, kind: str, num_cores: int) -> No
         raise ValueError(f"no int8 schedule for kernel kind {kind!r}")
 
 
-def vnni_tuning_space():
-    """MetaSchedule's design space for tuning a ``vnni`` kernel: multi-level tiling whose
-    innermost ``16 x 4`` block is tensorized with :data:`VNNI_INTRIN` (TVM 0.27 ships no x86
-    VNNI rule set, and its own ``dot_16x4_vnni`` intrinsic does not build), then LLVM's
-    parallelize/vectorize/unroll, as TVM's former ``DefaultVNNI`` rules did."""
+# The kernel kinds whose ``16 x 4`` block a tuning space tensorizes, and with what
+TUNING_INTRINSICS = {"vnni": VNNI_INTRIN, "avx2": AVX2_INTRIN}
+
+
+def vnni_tuning_space(kind: str = "vnni"):
+    """MetaSchedule's design space for tuning a ``vnni`` (or ``avx2``) kernel: multi-level
+    tiling whose innermost ``16 x 4`` block is tensorized with :data:`VNNI_INTRIN` (or
+    :data:`AVX2_INTRIN`; TVM 0.27 ships no x86 VNNI rule set, and its own ``dot_16x4_vnni``
+    intrinsic does not build), then LLVM's parallelize/vectorize/unroll, as TVM's former
+    ``DefaultVNNI`` rules did."""
     from tvm.s_tir import meta_schedule as ms
 
     rule, post = ms.schedule_rule, ms.postproc
@@ -678,7 +683,7 @@ def vnni_tuning_space():
                         disallow_if_then_else=True, require_injective=True,
                         require_ordered=True, disallow_op=["tirx.exp"]),
         rule.MultiLevelTilingWithIntrin(
-            VNNI_INTRIN, structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
+            TUNING_INTRINSICS[kind], structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
             vector_load_lens=None, reuse_read=None,
             reuse_write=rule.ReuseType(req="may", levels=[1, 2], scope="local"),
         ),

@@ -179,8 +179,8 @@ def test_quantize_without_data_is_refused_unless_random_is_asked_for():
     with pytest.raises(InputError, match="needs calibration data") as err:
         quantize_pass(model, inputs, "int8", None)
     assert "--calibration random" in err.value.hint
-    with pytest.raises(InputError, match="--quantize int4"):
-        quantize_pass(model, inputs, "int4", "random")
+    with pytest.raises(InputError, match="--quantize int2"):
+        quantize_pass(model, inputs, "int2", "random")
     with pytest.raises(InputError, match="--calibration-method kl"):
         quantize_pass(model, inputs, "int8", "random", "kl")
 

@@ -47,16 +47,19 @@ def test_cuda_pipeline_schedules_every_kernel():
 
 
 def test_cpu_graph_passes_end_with_layouts_packing_and_fast_math():
-    """After the caller's passes (the quantizer makes NHWC regions): transposes sunk, channel
-    shuffles folded into depthwise convs, then blocked conv layouts, dense weight packing and
-    fast math."""
+    """After the caller's passes (the quantizer makes NHWC regions): the Q/DQ pairs left float
+    made elementwise, transposes sunk, channel shuffles folded into depthwise convs, then
+    blocked conv layouts, dense weight packing and fast math; the 4-bit and dynamic-int8
+    placeholders are lowered before the caller's passes."""
     marker = relax.transform.CanonicalizeBindings()
     names = [p.info.name for p in pipeline.graph_passes([marker])]
     caller = len(names) - 1 - names[::-1].index(marker.info.name)
     assert names[caller + 1 :] == [
-        "SinkTransposes", "FoldChannelShuffle", "NchwcLayout", "PackDenseWeights", "FastMathCpu"
+        "FakeQuant", "SinkTransposes", "FoldChannelShuffle", "NchwcLayout", "PackDenseWeights",
+        "FastMathCpu"
     ]
     assert names.index("ConvTransposeDirect") < caller
+    assert names.index("LowerMatMulNBits") < caller and names.index("LowerQMatMulInteger") < caller
 
 
 @I.ir_module

@@ -447,18 +447,21 @@ def _unscheduled_int8(name: str) -> tvm.ir.IRModule:
 def tuned_int8(tmp_path_factory) -> dict:
     from tvmforge.passes.schedule.intrinsics import int8_family
 
-    if int8_family(resolve("x86").tvm_target()) != "vnni":
-        pytest.skip("the int8 VNNI kernels need AVX-512 VNNI, which this CPU lacks")
+    family = int8_family(resolve("x86").tvm_target())
+    if family not in ("vnni", "avx2"):
+        pytest.skip(f"no tensorized int8 kernels on this CPU (family {family})")
     work = tmp_path_factory.mktemp("tune8")
     result = tuning.tune(conv_relu_model(), "x86", trials=24, work_dir=work, quantize="int8",
                          calibration="random", progress=False)
-    return {"work": work, "db": tuning.database_dir(work, resolve("x86")), "result": result}
+    return {"work": work, "db": tuning.database_dir(work, resolve("x86")), "result": result,
+            "family": family}
 
 
-def test_int8_vnni_kernels_are_tuned_in_a_space_that_uses_vpdpbusd(tuned_int8):
-    from tvmforge.passes.schedule.int8_kernels import VNNI_INTRIN
+def test_int8_kernels_are_tuned_in_a_space_that_uses_the_dot_product(tuned_int8):
+    from tvmforge.passes.schedule.int8_kernels import TUNING_INTRINSICS
 
-    task = next(t for t in tuned_int8["result"].tasks if "vnni" in t.name)
+    family = tuned_int8["family"]
+    task = next(t for t in tuned_int8["result"].tasks if family in t.name)
     assert task.trials > 0 and task.best_s and task.default_s
     kernels = _int8_kernels([])
     workload = _unscheduled_int8(task.name)
@@ -466,17 +469,17 @@ def test_int8_vnni_kernels_are_tuned_in_a_space_that_uses_vpdpbusd(tuned_int8):
     records = db.get_top_k(db.commit_workload(workload), 1000)
     default = _kernel(kernels, task.name)
     searched = [r for r in records if not _same(_replay(r.trace, workload), default)]
-    assert searched and all(VNNI_INTRIN in str(r.trace) for r in searched)
+    assert searched and all(TUNING_INTRINSICS[family] in str(r.trace) for r in searched)
 
 
 def test_compile_applies_int8_records_with_the_same_bits(tuned_int8, tmp_path):
-    """A searched (non-default) VNNI schedule promoted to best is what compile builds; int8
-    arithmetic is exact, so the outputs are the untuned build's to the bit."""
+    """A searched (non-default) VNNI / AVX2 schedule promoted to best is what compile builds;
+    int8 arithmetic is exact, so the outputs are the untuned build's to the bit."""
     target = resolve("x86")
     db_dir = tmp_path / target.tuning_key
     shutil.copytree(tuned_int8["db"], db_dir, ignore=shutil.ignore_patterns("logs"))
     db = ms.database.JSONDatabase(work_dir=str(db_dir))
-    task = next(t for t in tuned_int8["result"].tasks if "vnni" in t.name)
+    task = next(t for t in tuned_int8["result"].tasks if tuned_int8["family"] in t.name)
     workload = _unscheduled_int8(task.name)
     default = _kernel(_int8_kernels([]), task.name)
     searched = [r for r in db.get_top_k(db.commit_workload(workload), 1000)
@@ -492,7 +495,8 @@ def test_compile_applies_int8_records_with_the_same_bits(tuned_int8, tmp_path):
     tuned = build.build_model(conv_relu_model(), target, quantize="int8", calibration="random",
                               tuning_logs=[tmp_path], use_shipped_logs=False)
     assert tuned.databases == [db_dir]  # the folder's database for this key, and only it
-    assert "vpdpbusd" in tuned.executable.mod.imports[0].inspect_source("asm")
+    instruction = {"vnni": "vpdpbusd", "avx2": "vpmaddubsw"}[tuned_int8["family"]]
+    assert instruction in tuned.executable.mod.imports[0].inspect_source("asm")
     arrays = runtime.random_inputs(plain.inputs, seed=2)
     outs = []
     for built in (plain, tuned):
