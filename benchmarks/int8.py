@@ -50,43 +50,9 @@ def ort_session(proto_bytes: bytes, threads: int):
 
 def ort_quantize(proto, samples: list[dict[str, np.ndarray]], folder: Path) -> bytes:
     """``quantize_static`` (QDQ, per channel) of ``proto`` calibrated on ``samples``."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from prequantized import quantize_ort  # benchmarks/prequantized.py, beside this script
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(samples)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    src, pre, dst = folder / "float.onnx", folder / "pre.onnx", folder / "int8.onnx"
-    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset < 13:  # per-channel DequantizeLinear (its axis) needs opset 13
-        from onnx import version_converter
-
-        proto = version_converter.convert_version(proto, 13)
-    onnx.save(proto, str(src))
-    try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    except Exception:  # pre-processing is an optimization: quantize the original then
-        pre = src
-    quantize_static(
-        str(pre),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return dst.read_bytes()
+    return quantize_ort(proto, samples, folder, "QDQ")
 
 
 def library_bytes(built, folder: Path, name: str) -> int:

@@ -132,10 +132,6 @@ class _Rewriter(relax.PyExprMutator):
         family = self.family
         qmax = 64 if family == "avx2" else 127
         s_w, w_q = weight_params(np.ascontiguousarray(w.T)[:, :, None, None], axis=0, qmax=qmax)
-        ocp = -(-n // 16) * 16
-        wsum = np.zeros(ocp, np.int32)
-        wsum[:n] = w_q.reshape(n, -1).astype(np.int64).sum(axis=1)
-        s_w_pad = np.pad(s_w.astype(np.float32), (0, ocp - n), constant_values=1.0)
         f32 = "float32"
 
         # DynamicQuantizeLinear of x, per tensor (ONNX's definition)
@@ -149,32 +145,14 @@ class _Rewriter(relax.PyExprMutator):
             relax.op.divide(lo, scale))), 0.0, 255.0))
         xq = relax.op.clip(relax.op.add(relax.op.round(relax.op.divide(x, scale)), zp),
                            0.0, 255.0)
-        xq = bb.emit(relax.op.reshape(relax.op.astype(xq, "uint8"), [1, 1, m, k]))
+        xq = bb.emit(relax.op.astype(xq, "uint8"))
 
-        # run-time constants: the zero point's term in int32, the multiplier in float32
-        zp_int = relax.op.astype(zp, "int32")
-        bias_q = relax.op.negative(relax.op.multiply(zp_int, relax.const(wsum, "int32")))
-        if family == "sdot":  # sdot reads x_q - 128: the bias gives the 128 back
-            bias_q = relax.op.add(bias_q, relax.const(128 * wsum, "int32"))
-        bias_q = bb.emit(bias_q)
-        mult = bb.emit(relax.op.multiply(relax.const(s_w_pad, f32), scale))
-
-        kind = family if family in ("vnni", "sdot", "avx2") else "int32"
-        epi = K.Epilogue(out_dtype=f32, zero_point=0, layout="NHWC")
-        te_fn = functools.partial(K.qconv2d_nhwc, spec=K.ConvSpec(kernel=(1, 1)), epi=epi,
-                                  x_zero_point=0, out_channels=n)
-        if kind == "sdot":
-            te_fn = functools.partial(te_fn, signed=True)
-        elif kind == "int32":
-            te_fn = functools.partial(te_fn, flat=True)
-        weight = relax.const(K.pack_weight_vnni(w_q), "int8")
-        out = bb.call_te(te_fn, xq, weight, bias_q, mult,
-                         primfunc_name_hint=f"qdense_dynamic_{kind}")
-        self.kernels.append((out.args[0], kind))
-        out = bb.emit(out)
+        out, kvar, kind = _emit_kernel(bb, family, xq, zp, w_q, s_w, scale, shape,
+                                       "qdense_dynamic")
+        self.kernels.append((kvar, kind))
         self.owner.report.layers.append({"name": name, "k": k, "n": n, "m": m,
                                          "kernel": kind})
-        return relax.op.reshape(out, [*shape[:-1], n])
+        return out
 
 
 # ``compiler/frontend/converters/dynamic_quantized.py``'s placeholder for the integer product of
@@ -188,20 +166,36 @@ def _integer_kernel(bb: relax.BlockBuilder, family: str | None, a_q: relax.Expr,
     and the kernel's kind. ``b`` (int8 ``[K, N]``) is used as it is, except on the AVX2
     kernels, exact for ``|b| <= 64`` only: wider codes are halved there (rounded half to
     even) and the sum doubled, as ``quantize_int8`` rounds a QDQ model's weights to 7 bits."""
-    k, n = b.shape
-    m = int(np.prod(shape[:-1]))
+    n = b.shape[1]
     w = b.T.astype(np.int32)  # [N, K]
     factor = 1.0
     if family == "avx2" and np.abs(w).max() > 64:
         w, factor = np.round(w / 2.0), 2.0
     w_q = np.clip(w, -127, 127).astype(np.int8)[:, :, None, None]
+    return _emit_kernel(bb, family, a_q, a_zp, w_q, np.full(n, factor, np.float32), None,
+                        shape, "qmatmul_integer")
+
+
+def _emit_kernel(bb: relax.BlockBuilder, family: str | None, a_q: relax.Expr, a_zp: relax.Expr,
+                 w_q: np.ndarray, column_mult: np.ndarray, scale: relax.Expr | None,
+                 shape: tuple[int, ...], hint: str):
+    """``float32(sum_k (a_q - a_zp) w_q[n, k]) * column_mult[n] (* scale)`` for a uint8
+    ``a_q [..., K]`` and int8 ``w_q [N, K, 1, 1]``, as the int8 1x1-conv kernel of the
+    target's family (``a_zp`` and ``scale``: run-time scalars); the output ``[..., N]``, the
+    kernel's GlobalVar and its kind."""
+    n, k = w_q.shape[:2]
+    m = int(np.prod(shape[:-1]))
     ocp = -(-n // 16) * 16
     wsum = np.zeros(ocp, np.int32)
     wsum[:n] = w_q.reshape(n, -1).astype(np.int64).sum(axis=1)
     bias_q = relax.op.negative(relax.op.multiply(relax.op.astype(a_zp, "int32"),
                                                  relax.const(wsum, "int32")))
-    if family == "sdot":
+    if family == "sdot":  # sdot reads x_q - 128: the bias gives the 128 back
         bias_q = relax.op.add(bias_q, relax.const(128 * wsum, "int32"))
+    mult = relax.const(np.pad(column_mult.astype(np.float32), (0, ocp - n),
+                              constant_values=1.0))
+    if scale is not None:
+        mult = relax.op.multiply(mult, scale)
     kind = family if family in ("vnni", "sdot", "avx2") else "int32"
     epi = K.Epilogue(out_dtype="float32", zero_point=0, layout="NHWC")
     te_fn = functools.partial(K.qconv2d_nhwc, spec=K.ConvSpec(kernel=(1, 1)), epi=epi,
@@ -211,9 +205,8 @@ def _integer_kernel(bb: relax.BlockBuilder, family: str | None, a_q: relax.Expr,
     elif kind == "int32":
         te_fn = functools.partial(te_fn, flat=True)
     x = bb.emit(relax.op.reshape(a_q, [1, 1, m, k]))
-    call = bb.call_te(te_fn, x, relax.const(K.pack_weight_vnni(w_q), "int8"),
-                      bb.emit(bias_q), relax.const(np.full(ocp, factor, np.float32)),
-                      primfunc_name_hint=f"qmatmul_integer_{kind}")
+    call = bb.call_te(te_fn, x, relax.const(K.pack_weight_vnni(w_q), "int8"), bb.emit(bias_q),
+                      bb.emit(mult), primfunc_name_hint=f"{hint}_{kind}")
     out = bb.emit(call)
     return relax.op.reshape(out, [*shape[:-1], n]), call.args[0], kind
 
