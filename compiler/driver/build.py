@@ -44,6 +44,9 @@ class Built:
     pruning: dict[str, Any] | None = None  # prune_channels' report, when pruning was asked for
     quantization: dict[str, Any] | None = None  # quantize_int8's settings and report
     precision: dict[str, Any] = field(default_factory=dict)  # resolve_precision's note
+    # the kernels the tuning databases covered (pipeline.collect_tuning_coverage, plus the
+    # target's tuning key); ``manifest.coverage_line`` says it in one line
+    tuning_coverage: dict[str, Any] | None = None
 
     def manifest(self) -> dict[str, Any]:
         import tvm
@@ -63,6 +66,8 @@ class Built:
             extra["quantization"] = q["report"]
         if self.precision:
             extra["precision"] = self.precision
+        if self.tuning_coverage is not None:
+            extra["tuning"] = self.tuning_coverage
         from tvmforge.driver.manifest import pass_list
 
         passes = pass_list(self.target, self.databases, caller)
@@ -167,7 +172,7 @@ def build_model(
     """
     import tvm
 
-    from tvmforge.driver.pipeline import tvmforge_pipeline
+    from tvmforge.driver.pipeline import collect_tuning_coverage, tvmforge_pipeline
 
     say = progress or (lambda _msg: None)
     if isinstance(target, str):
@@ -236,7 +241,8 @@ def build_model(
         return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
 
     try:
-        with collect_declined() as mixed:  # dynamic-batch kernels left unscheduled
+        # dynamic-batch kernels left unscheduled; the kernels tuning records covered
+        with collect_declined() as mixed, collect_tuning_coverage() as coverage:
             try:
                 executable = _compile(fuse=True)
             except Exception as err:
@@ -262,6 +268,8 @@ def build_model(
     seconds["build"] = time.perf_counter() - t0
     built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
     built.precision = precision_note
+    if coverage:
+        built.tuning_coverage = {**coverage, "tuning_key": target.tuning_key}
     if precision_note["model"] in ("qdq", "qoperator"):
         say(f"pre-quantized model ({precision_note['model']}): "
             f"{precision_note['kernels']} kernels; {precision_note['reason']}")

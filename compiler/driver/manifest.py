@@ -1,5 +1,6 @@
-"""What the manifest records about the passes a build ran: read off the pipeline itself, so
-the record cannot drift from what runs."""
+"""What the manifest records about the passes a build ran (read off the pipeline itself, so
+the record cannot drift from what runs), and the line that says how much of the model the
+tuning records covered."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from tvmforge.targets import ResolvedTarget
 
-__all__ = ["pass_list"]
+__all__ = ["coverage_line", "pass_list"]
 
 
 # Graph passes that rewrite nothing unless the target is a CPU (each checks the current target).
@@ -54,3 +55,47 @@ def pass_list(
     )
     steps += [{"name": p.info.name} for p in buffer_passes()]
     return steps
+
+
+def coverage_line(coverage: dict[str, Any] | None) -> str:
+    """One line saying how many of the model's tunable kernels tuning records scheduled.
+
+    ``coverage`` is ``Built.tuning_coverage`` (the manifest's ``"tuning"`` entry); e.g.
+    ``tuning records: 41 of 53 kernels (tuning_logs/x86-avx512-vnni)``, or
+    ``tuning records: none apply (0 of 53 kernels; no database for x86-avx2)``. Where several
+    databases covered kernels, each is named with its count.
+    """
+    if not coverage:
+        return "tuning records: not measured"
+    kernels, covered = coverage["kernels"], coverage["covered"]
+    if kernels == 0:
+        return "tuning records: no kernel to tune (every kernel is scheduled by hand)"
+    databases = [_short_path(d) for d in coverage["databases"]]
+    key = coverage.get("tuning_key") or ""
+    if not databases:
+        where = f"no database for {key}" if key else "no database for this target"
+        return f"tuning records: none apply (0 of {kernels} kernels; {where})"
+    if covered == 0:
+        return (f"tuning records: none apply (0 of {kernels} kernels; no record matches in "
+                f"{', '.join(databases)})")
+    used = [(d, n) for d, n in zip(databases, coverage["covered_by"], strict=True) if n]
+    source = used[0][0] if len(used) == 1 else ", ".join(f"{d}: {n}" for d, n in used)
+    return f"tuning records: {covered} of {kernels} kernels ({source})"
+
+
+def _short_path(path: str) -> str:
+    """A database folder as a user would name it: ``tuning_logs/<key>`` for a shipped one,
+    relative to the working directory or ``~/...`` under the home folder (whichever of the two
+    is nearer), else the path as it is."""
+    from tvmforge.tuning.databases import shipped_roots
+
+    p = Path(path)
+    for root in shipped_roots():
+        if p.is_relative_to(root):
+            return str(Path(root.name) / p.relative_to(root))
+    bases = [(base, shown) for base, shown in ((Path.cwd(), ""), (Path.home(), "~"))
+             if p.is_absolute() and p.is_relative_to(base) and p != base]
+    if not bases:
+        return str(p)
+    base, shown = max(bases, key=lambda b: len(b[0].parts))
+    return str(Path(shown) / p.relative_to(base)) if shown else str(p.relative_to(base))

@@ -8,7 +8,8 @@ Stages, in order (each a list of passes; nothing flows backwards):
    a TIR function; fusion groups neighbouring ops into one kernel.
 3. ``schedule``: tuning records that match a kernel are applied first; kernels that no record
    covers get the target's default schedules (dlight for GPUs, where an unscheduled kernel is not
-   even valid).
+   even valid). How many kernels the records covered is measured there
+   (``collect_tuning_coverage``).
 4. ``lower`` and ``finalize``: TVM's dataflow lowering and VM finalisation for the target.
 
 The pipeline is registered with Relax as ``"tvmforge"``, so ``relax.get_pipeline("tvmforge",
@@ -17,13 +18,15 @@ target=...)`` gives it to any TVM user.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import tvm
 from tvm import relax
 
-__all__ = ["SCHEDULERS", "tvmforge_pipeline"]
+__all__ = ["SCHEDULERS", "collect_tuning_coverage", "tvmforge_pipeline"]
 
 
 def _gpu_default_schedules(target: tvm.target.Target) -> list[tvm.transform.Pass]:
@@ -149,10 +152,88 @@ def legalize_passes(fuse: bool = True) -> list[tvm.transform.Pass]:
 def schedule_passes(
     target: tvm.target.Target, databases: Sequence[Path] = ()
 ) -> list[tvm.transform.Pass]:
-    """Apply matching tuning records, then the device's default schedules to the rest."""
-    applied = [_apply_database(Path(db)) for db in databases]
+    """Apply matching tuning records, then the device's default schedules to the rest.
+
+    The records stage reports what it covered to ``collect_tuning_coverage``."""
     scheduler = SCHEDULERS.get(_device_of(target), SCHEDULERS["cuda"])
-    return applied + scheduler(target)
+    return [_apply_databases([Path(db) for db in databases]), *scheduler(target)]
+
+
+# Active collectors of the records stage's coverage (``collect_tuning_coverage``); a stack.
+_COVERAGE: list[dict[str, Any]] = []
+
+# How many uncovered kernels the coverage names (the count is always whole).
+UNCOVERED_NAMED = 10
+
+
+@contextlib.contextmanager
+def collect_tuning_coverage() -> Iterator[dict[str, Any]]:
+    """While open, every records stage that runs (``schedule_passes``) writes into the dict
+    yielded here how many kernels the tuning databases covered::
+
+        {"kernels": N, "covered": M, "databases": [path, ...], "covered_by": [m, ...],
+         "uncovered": [name, ...]}
+
+    ``kernels`` counts the kernels that were not scheduled before the records stage (the ones
+    tuning extracts as tasks; hand-written kernels carry ``tirx.is_scheduled`` from the start),
+    ``covered`` those among them that a database scheduled (``MetaScheduleApplyDatabase`` marks
+    what it schedules ``tirx.is_scheduled``), ``covered_by`` how many each database took (in
+    the order applied: a kernel counts for the first that has a record of it), ``uncovered``
+    the names of up to ``UNCOVERED_NAMED`` of the rest, sorted. A later records stage replaces
+    what an earlier one wrote (a build that retries unfused; the calibration builds that run
+    inside the graph stage), so the dict describes the last compile. Empty if none ran.
+    """
+    found: dict[str, Any] = {}
+    _COVERAGE.append(found)
+    try:
+        yield found
+    finally:
+        _COVERAGE.remove(found)
+
+
+def _unscheduled_kernels(mod: tvm.ir.IRModule) -> set[str]:
+    """Names of the module's PrimFuncs not marked ``tirx.is_scheduled``."""
+    from tvm import tirx
+
+    names = set()
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        attrs = func.attrs
+        if attrs is None or not bool(attrs.get("tirx.is_scheduled", False)):
+            names.add(gv.name_hint)
+    return names
+
+
+def _apply_databases(databases: Sequence[Path]) -> tvm.transform.Pass:
+    """The records stage: each database's ``MetaScheduleApplyDatabase`` in order, measuring
+    which kernels they scheduled for ``collect_tuning_coverage`` (the module is not changed by
+    the measuring)."""
+    applied = [_apply_database(db) for db in databases]
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmforge.ApplyTuningRecords")
+    def _pass(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        tunable = _unscheduled_kernels(mod)
+        left = set(tunable)
+        covered_by = []
+        for apply in applied:
+            mod = apply(mod)
+            now = _unscheduled_kernels(mod) & left
+            covered_by.append(len(left - now))
+            left = now
+        coverage = {
+            "kernels": len(tunable),
+            "covered": len(tunable) - len(left),
+            "databases": [str(db) for db in databases],
+            "covered_by": covered_by,
+            "uncovered": sorted(left)[:UNCOVERED_NAMED],
+        }
+        for found in _COVERAGE:
+            found.clear()
+            found.update(coverage)
+        return mod
+
+    return _pass
 
 
 def _apply_database(db: Path) -> tvm.transform.Pass:
