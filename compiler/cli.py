@@ -289,6 +289,9 @@ def _print_compiled(path: Path, built) -> None:
     if precision.get("model") in ("qdq", "qoperator"):
         click.echo(f"pre-quantized model ({precision['model']}): {precision['kernels']} "
                    f"kernels; {precision['reason']}")
+    from tvmforge.driver.manifest import coverage_line
+
+    click.echo(coverage_line(getattr(built, "tuning_coverage", None)))
     secs = built.seconds
     click.echo(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) for {built.target.spec()} in "
@@ -306,8 +309,11 @@ def _print_compiled(path: Path, built) -> None:
               default=None,
               help="Folder to tune into, one database per target key; tuning again continues "
                    "it [default: ~/.cache/tvmforge/tuning_logs].")
-@click.option("--cost-model", type=click.Choice(["xgb", "random", "mlp"]), default="xgb",
-              show_default=True, help="MetaSchedule's cost model (mlp needs PyTorch).")
+@click.option("--cost-model", type=click.Choice(["xgb", "xgb-fresh", "random", "mlp"]),
+              default="xgb", show_default=True,
+              help="MetaSchedule's cost model: xgb starts from the pre-trained model of the "
+                   "target's tuning key where there is one, xgb-fresh from nothing (mlp needs "
+                   "PyTorch).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the search and the task scheduler.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -315,6 +321,15 @@ def _print_compiled(path: Path, built) -> None:
               help="Write report.md and report.csv (per kernel) and tuning_curve.png here.")
 @click.option("--max-trials-per-task", type=click.IntRange(min=1), default=None, metavar="N",
               help="Cap per kernel [default: trials / kernels, rounded up to the batch].")
+@click.option("--rpc-tracker", default=None, metavar="HOST:PORT",
+              help="Measure on the devices this RPC tracker lends (python -m "
+                   "tvm.exec.rpc_tracker), not here; candidates are built here.")
+@click.option("--rpc-key", default=None, metavar="KEY",
+              help="The device key the servers registered with (--key of "
+                   "python -m tvm.exec.rpc_server); needed with --rpc-tracker.")
+@click.option("--rpc-session-timeout", type=click.FloatRange(min=1), default=60.0,
+              show_default=True, metavar="S",
+              help="Seconds one candidate may hold a device (upload, run, time).")
 @input_shape_option
 @freeze_option
 @transform_options
@@ -329,6 +344,9 @@ def tune_cmd(
     seed: int,
     report_dir: Path | None,
     max_trials_per_task: int | None,
+    rpc_tracker: str | None,
+    rpc_key: str | None,
+    rpc_session_timeout: float,
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
     frozen: tuple[tuple[str, list[float]], ...],
     threads: int | None,
@@ -337,8 +355,19 @@ def tune_cmd(
     """Tune MODEL's kernels for a target with MetaSchedule; compile applies the records.
 
     With --quantize/--prune (and the same --calibration), the kernels tuned are those of the
-    int8 and/or pruned model, which a compile with the same flags looks up."""
+    int8 and/or pruned model, which a compile with the same flags looks up. With
+    --rpc-tracker/--rpc-key the candidates are measured on the devices a TVM RPC tracker lends
+    (ARM boards, other machines), as many at once as it has under the key."""
+    from tvmforge.tuning import fleet
     from tvmforge.tuning import tune as tuning
+
+    rpc = None
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise InputError("--rpc-tracker and --rpc-key go together",
+                         hint="e.g. --rpc-tracker 127.0.0.1:9190 --rpc-key rasp4")
+    if rpc_tracker is not None:
+        host, port = fleet.parse_tracker(rpc_tracker)
+        rpc = fleet.Fleet(host, port, rpc_key, rpc_session_timeout)
 
     with _reports_interrupted_tuning():
         res = tuning.tune(
@@ -354,9 +383,12 @@ def tune_cmd(
             frozen_inputs=dict(frozen),
             threads=threads,
             echo=_tuning_echo,
+            rpc=rpc,
             **transforms,
         )
     click.echo(_tuned_line(res))
+    if rpc is not None:
+        click.echo(f"{fleet.usage_line(res.devices)} (candidates, with the defaults)")
     before, after = (res.curve[0][1] if res.curve else None), res.estimate_s()
     if before is not None and after is not None:
         click.echo(
@@ -540,9 +572,15 @@ def _print_tensors(title: str, tensors: list[dict]) -> None:
 
 @main.command("targets", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--rpc-tracker", default=None, metavar="HOST:PORT",
+              help="List the devices this RPC tracker has, by key, instead.")
 @_reports_errors
-def targets_cmd(as_json: bool) -> None:
-    """List known targets and what this machine can build and run."""
+def targets_cmd(as_json: bool, rpc_tracker: str | None) -> None:
+    """List known targets and what this machine can build and run (or, with --rpc-tracker,
+    the devices a tuning fleet has)."""
+    if rpc_tracker is not None:
+        _list_fleet(rpc_tracker, as_json)
+        return
     from tvmforge.targets import REGISTRY, host_key
     from tvmforge.targets.features import detect_host
 
@@ -589,6 +627,26 @@ def targets_cmd(as_json: bool) -> None:
             mark = " (default)" if name == r["default_preset"] else ""
             click.echo(f"    {r['key']}:{name}{mark}  {desc}")
     click.echo('json: any TVM target as JSON, e.g. --target \'{"kind": "llvm", "mcpu": "znver4"}\'')
+
+
+def _list_fleet(rpc_tracker: str, as_json: bool) -> None:
+    from tvmforge.tuning import fleet
+
+    host, port = fleet.parse_tracker(rpc_tracker)
+    found = fleet.devices(fleet.tracker_summary(host, port))
+    if as_json:
+        click.echo(json.dumps({"tracker": f"{host}:{port}", "keys": found}, indent=2))
+        return
+    click.echo(f"RPC tracker {host}:{port}: {len(found)} key(s)")
+    for key, info in found.items():
+        click.echo(f"  {key}: {len(info['servers'])} device(s), {info['free']} free, "
+                   f"{info['pending']} request(s) waiting")
+        for addr in info["servers"]:
+            click.echo(f"    {addr}")
+    if found:
+        key = next(iter(found))
+        click.echo(f"tune on one: tvmforge tune MODEL --target TARGET --trials N "
+                   f"--rpc-tracker {host}:{port} --rpc-key {key}")
 
 
 @main.command("bench", context_settings=CONTEXT)

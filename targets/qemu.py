@@ -22,10 +22,12 @@ The runtime lives in one folder, ``runtime_root()`` (``$TVMFORGE_AARCH64_ROOT``,
     ``libstdc++6``, unpacked by ``mmdebstrap --variant=extract`` (no dpkg of the host is touched,
     no package script runs).
 ``pyarm/``
-    The ``manylinux`` aarch64 wheels of ``apache-tvm``, ``apache-tvm-ffi``, numpy, ml_dtypes
-    and typing_extensions, installed by ``pip install --target``. ``libtvm_compiler.so`` and
-    ``libtvm_runtime_cuda.so`` are deleted (230 MB), so TVM loads runtime-only: the runner uses
-    ``tvm.runtime.vm.VirtualMachine``, not ``tvm.relax``.
+    The ``manylinux`` aarch64 wheels of ``apache-tvm``, ``apache-tvm-ffi``, numpy, ml_dtypes,
+    typing_extensions, and cloudpickle and psutil (for TVM's RPC server), installed by ``pip
+    install --target``. ``libtvm_compiler.so`` and ``libtvm_runtime_cuda.so`` are deleted
+    (230 MB), so TVM loads runtime-only: the runner uses ``tvm.runtime.vm.VirtualMachine``, not
+    ``tvm.relax``; an RPC server there (``start_rpc_server``) has no random filler, so the
+    fleet's runner sends the measurement inputs.
 ``READY``
     The marker, written last, naming what the folder was made from. A folder without it (or
     made from other pins) is never taken as ready; ``prepare()`` builds in a temporary folder
@@ -66,6 +68,10 @@ WHEELS = (
     "numpy",
     "ml_dtypes",
     "typing_extensions",
+    # TVM's RPC server (an aarch64 device of a tuning fleet) starts its serving process with
+    # these; the VM runner does not need them.
+    "cloudpickle==3.1.2",
+    "psutil==7.2.2",
 )
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
 # Only the runtime is needed in the emulated process; these two are most of the wheel's size.
@@ -116,6 +122,23 @@ np.savez(os.path.join(work, "outputs.npz"),
             for i, a in enumerate(outputs)})
 with open(os.path.join(work, "outputs.json"), "w") as f:
     json.dump({"dtypes": [a.dtype.name for a in outputs], "times": times}, f)
+"""
+
+
+# An RPC server in the emulated Python. ``python -m tvm.exec.rpc_server`` cannot be used: it
+# starts the serving process with ``subprocess`` on ``sys.executable``, an aarch64 binary the
+# host kernel cannot exec (qemu-user runs one process, not its children's ``exec``). The
+# serving state is what that process would run; the session processes it forks stay inside the
+# emulator. argv: tracker host, tracker port, key, host, port.
+_RPC_SERVER = r"""
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+from tvm.rpc.server import PopenRPCServerState
+tracker_host, tracker_port, key, host, port = sys.argv[1:6]
+state = PopenRPCServerState(host, int(port), int(port) + 1,
+                            tracker_addr=(tracker_host, int(tracker_port)), key=key)
+PopenRPCServerState.current = state
+state.thread.join()
 """
 
 
@@ -553,6 +576,64 @@ def run_library(
         with np.load(work / "outputs.npz", allow_pickle=False) as data:
             outputs = [_restore(data[f"a{i}"], dtype) for i, dtype in enumerate(meta["dtypes"])]
     return outputs, [float(t) for t in meta["times"]]
+
+
+def start_rpc_server(
+    tracker: tuple[str, int],
+    key: str,
+    *,
+    qemu_cpu: str,
+    port: int = 9091,
+    host: str = "127.0.0.1",
+    log: Path | None = None,
+    threads: int | None = None,
+    root: Path | None = None,
+) -> subprocess.Popen:
+    """Start an aarch64 TVM RPC server under qemu that registers with ``tracker`` as ``key``.
+
+    It is an emulated ARM device for a tuning fleet (``tvmforge tune --rpc-tracker``): kernels
+    built for an aarch64 target are uploaded to it and timed there, in emulated time (~45x
+    native), with ``QEMU_CPU=qemu_cpu`` refusing what that core lacks. The process gets its own
+    session (``os.killpg(proc.pid, ...)`` ends it and the session processes it forked).
+
+    Parameters
+    ----------
+    tracker:
+        The tracker's ``(host, port)``.
+    key:
+        The device key it registers under (``--rpc-key`` of ``tune``).
+    qemu_cpu:
+        The core to emulate (``targets.arm.qemu_cpu(preset)``).
+    port, host:
+        Where the server listens.
+    log:
+        File for its output [default: discarded].
+    threads:
+        ``TVM_NUM_THREADS`` of the server [default: the runtime's own choice].
+    root:
+        The runtime root; ``runtime_root()`` if ``None``.
+
+    Raises
+    ------
+    RuntimeError
+        The runtime is not available (the message says how to prepare it).
+    """
+    root = Path(root).expanduser().absolute() if root is not None else runtime_root()
+    cap = available(root=root)
+    if not cap:
+        raise RuntimeError(cap.reason)
+    env = _emulated_env(root, qemu_cpu)
+    if threads:
+        env["TVM_NUM_THREADS"] = str(threads)
+    cmd = [QEMU, "-L", str(root / "sysroot"), str(_python(root)), "-c", _RPC_SERVER,
+           tracker[0], str(tracker[1]), key, host, str(port)]
+    out = open(log, "w") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        if log is not None:
+            out.close()
 
 
 def _restore(array: np.ndarray, dtype: str) -> np.ndarray:

@@ -72,6 +72,8 @@ class TuneResult:
     seconds: float = 0.0
     # (trials measured so far, estimated end-to-end seconds) after each measured batch.
     curve: list[tuple[int, float | None]] = field(default_factory=list)
+    # Candidates measured per device (``host:port``) when tuned on an RPC fleet.
+    devices: dict[str, int] = field(default_factory=dict)
 
     def estimate_s(self) -> float | None:
         """Sum over tasks of weight x latency of what compile applies; None if one is unknown."""

@@ -21,7 +21,7 @@ from tvmforge.tuning.results import BatchInfo, TaskResult
 
 log = logging.getLogger(__name__)
 
-COST_MODELS = ("xgb", "mlp", "random")
+COST_MODELS = ("xgb", "xgb-fresh", "mlp", "random")
 
 
 
@@ -70,13 +70,18 @@ def _meta_schedule_console(verbose: bool) -> Iterator[None]:
         ms_log.setLevel(logging.DEBUG)
 
 
-def _make_kernel_builder(max_workers: int, timeout_s: float):
+def _make_kernel_builder(max_workers: int, timeout_s: float, *, shared: bool = False,
+                         export_cc: str | None = None):
     """A MetaSchedule builder whose worker processes live for the whole run.
 
     The stock ``LocalBuilder`` starts new processes for every batch, and its build function
     imports ``tvm.s_tir.tensor_intrin`` in each (20-40 s on 2 cores): with batches of a few
     candidates that dwarfs the build itself. The kernels arrive already tensorized, so the
     intrinsic registry is not needed to build them.
+
+    ``shared``: link each candidate here into a ``.so`` (with ``export_cc``, the target's cross
+    linker, when given) instead of a ``.tar`` of objects that the runner links: an RPC device
+    then needs no compiler, and an ARM one gets an ARM library.
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
@@ -93,6 +98,10 @@ def _make_kernel_builder(max_workers: int, timeout_s: float):
 
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
         lib = tvm_build(mod, target=target)
+        if shared:
+            path = _os.path.join(_tempfile.mkdtemp(), "tvm_tmp_mod.so")
+            lib.export_library(path, **({"cc": export_cc} if export_cc else {}))
+            return path
         path = _os.path.join(_tempfile.mkdtemp(), "tvm_tmp_mod." + tar.output_format)
         lib.export_library(path, fcompile=tar)
         return path

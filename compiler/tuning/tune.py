@@ -37,6 +37,7 @@ XGBoost cost model into ``WORK_DIR/<tuning-key>/``.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Any
 
 from tvmforge.errors import CompileError, InputError
 from tvmforge.targets import ResolvedTarget
+from tvmforge.tuning import transfer
 from tvmforge.tuning.budget import plan_budget
 from tvmforge.tuning.databases import (
     count_records,
@@ -53,6 +55,8 @@ from tvmforge.tuning.databases import (
     writer_lock,
 )
 from tvmforge.tuning.defaults import _best_in, _measure_defaults
+from tvmforge.tuning.fleet import Fleet, check_fleet, make_runner
+from tvmforge.tuning.fleet import usage as fleet_usage
 from tvmforge.tuning.report import write_report
 from tvmforge.tuning.results import BatchInfo, TaskResult, TuneResult, TuningInterrupted
 from tvmforge.tuning.search import (
@@ -114,6 +118,16 @@ def _check_can_measure(target: ResolvedTarget) -> None:
 
 
 
+def _check_can_build(target: ResolvedTarget) -> None:
+    """A fleet measures elsewhere, but the candidates are built (and linked) here."""
+    from tvmforge.targets import REGISTRY
+
+    fam = REGISTRY.get(target.key)
+    can = fam.can_build() if fam is not None else None
+    if can is not None and not can:
+        raise InputError(f"cannot build for {target.spec()} here: {can.reason}")
+
+
 # --------------------------------------------------------------------------------------------
 # tune
 
@@ -146,6 +160,7 @@ def tune(
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
     on_batch: Callable[[BatchInfo], None] | None = None,
+    rpc: Fleet | None = None,
 ) -> TuneResult:
     """Tune a model's kernels for a target into a MetaSchedule JSON database.
 
@@ -165,7 +180,9 @@ def tune(
     work_dir:
         Folder holding one database per tuning key [default: ``user_cache()``].
     cost_model:
-        ``xgb`` (XGBoost, MetaSchedule's default), ``mlp`` (needs PyTorch) or ``random``.
+        ``xgb`` (XGBoost, MetaSchedule's default, starting from the pre-trained model of the
+        tuning key where one is shipped or lies beside the database: ``transfer``),
+        ``xgb-fresh`` (XGBoost from nothing), ``mlp`` (needs PyTorch) or ``random``.
     seed:
         Seeds the search, the task scheduler and the random cost model. Measurements vary
         from run to run, so the records still may.
@@ -195,6 +212,11 @@ def tune(
         Called with the plan and warnings about the budget, before tuning starts.
     on_batch:
         Called after each measured batch (after its records are in the database).
+    rpc:
+        Measure on the devices an RPC tracker lends under a key (``fleet.Fleet``) instead of
+        this machine: candidates are built here (cross-compiled, linked with the target's
+        linker) and timed on as many devices at once as the tracker has under the key. The
+        target need not run here.
 
     Raises
     ------
@@ -219,8 +241,18 @@ def tune(
         )
     model_cost = _cost_model(cost_model, seed)
     resolved = _resolve_target(target, threads)
-    _check_can_measure(resolved)
+    servers: list[str] = []
+    if rpc is None:
+        _check_can_measure(resolved)
+    else:
+        _check_can_build(resolved)
+        servers = check_fleet(rpc)
     db_dir = database_dir(Path(work_dir) if work_dir is not None else user_cache(), resolved)
+    if cost_model == "xgb":
+        pretrained = transfer.pretrained_for(db_dir, shipped_roots())
+        if pretrained is not None:
+            model_cost = transfer.load(pretrained)
+            say(f"cost model: {transfer.describe(pretrained)}")
     t0 = time.perf_counter()
 
     onnx_model = model if isinstance(model, frontend.OnnxModel) else frontend.load(model)
@@ -263,19 +295,23 @@ def tune(
         return TuneResult(db_dir, resolved.spec(), None, [])
     budget = plan_budget(trials, len(extracted), max_trials_per_task)
     say(f"{budget.summary()}; database {db_dir}")
+    if rpc is not None:
+        s = "s" if len(servers) != 1 else ""
+        say(f"measuring on {len(servers)} device{s} under key {rpc.key!r} of the RPC tracker "
+            f"at {rpc.address()}: {', '.join(servers)}")
     for note in budget.notes():
         say(f"note: {note}")
 
     with writer_lock(db_dir, say):
         return _tune_into(
             db_dir, extracted, budget, seed, model_cost, resolved, tvm_target, progress,
-            on_batch, report_dir, t0, say,
+            on_batch, report_dir, t0, say, rpc, len(servers),
         )
 
 
 def _tune_into(
     db_dir, extracted, budget, seed, model_cost, resolved, tvm_target, progress, on_batch,
-    report_dir, t0, say,
+    report_dir, t0, say, rpc=None, devices=0,
 ) -> TuneResult:
     """``tune``'s search, with the database's writer lock held."""
     from tvm.s_tir import meta_schedule as ms
@@ -301,12 +337,18 @@ def _tune_into(
         for ctx, w in zip(contexts, weights, strict=True)
     ]
     cores = int(contexts[0].num_threads)
-    builder = _make_kernel_builder(max_workers=cores, timeout_s=60.0)
+    builder = _make_kernel_builder(max_workers=cores, timeout_s=60.0, shared=rpc is not None,
+                                   export_cc=resolved.export_cc)
     bar = None
     state = _TuningState(results, None, on_batch)
     measuring = _runner_threads(cores)
     measuring.__enter__()
-    runner = ms.runner.LocalRunner(timeout_sec=60.0)
+    usage_dir = tempfile.TemporaryDirectory(prefix="tvmforge-fleet-")
+    usage_file = Path(usage_dir.name) / "devices"
+    if rpc is None:
+        runner = ms.runner.LocalRunner(timeout_sec=60.0)
+    else:
+        runner = make_runner(rpc, devices, usage_file)
     signals = state.catching_sigint()
     signals.__enter__()
     try:
@@ -354,6 +396,8 @@ def _tune_into(
         builder.shutdown()
         runner.pool.shutdown(wait=False)
         measuring.__exit__(None, None, None)
+        per_device = fleet_usage(usage_file)
+        usage_dir.cleanup()
 
     for ctx, res in zip(contexts, results, strict=True):
         res.best_s = _best_in(database, ctx.mod)
@@ -367,6 +411,7 @@ def _tune_into(
         records_after=count_records(db_dir),
         seconds=time.perf_counter() - t0,
         curve=state.curve,
+        devices=per_device,
     )
     if report_dir is not None:
         write_report(result, Path(report_dir))
