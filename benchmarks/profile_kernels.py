@@ -1,12 +1,7 @@
-"""Where a compiled model spends its time: per-kernel times inside a real run, next to ONNX
-Runtime's per-node times on the same model.
-
-Each kernel is timed in place, in the Relax VM running the whole model (an instrument around
-every call), so caches hold what they hold in a real inference: a kernel timed alone with
-its inputs hot in cache can look twice as fast as it runs in the model (a 3 MB conv output
-written from a cold cache, weights streamed from memory). ONNX Runtime's own profiler gives
-its per-node times; they are grouped by op and shapes, so a conv of ours can be matched with
-ONNX Runtime's conv of the same shapes.
+"""Per-kernel times inside a real run, next to ONNX Runtime's per-node times grouped by op and
+shapes: a thin wrapper over ``tvmforge.bench.profile`` (what ``tvmforge profile`` runs), kept
+for the grouping by shapes, which matches a conv of ours with ONNX Runtime's conv of the same
+shapes.
 
 Usage::
 
@@ -14,104 +9,40 @@ Usage::
         [--ort]
 
 ``MODEL`` is an ONNX file or ``zoo:NAME``. Times are medians over ``--runs`` runs, summed over
-a kernel's calls in one run.
+a kernel's calls in one run. ``tvmforge profile MODEL`` gives the same kernel times with the
+ONNX nodes of each kernel and ONNX Runtime's totals by op type.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 
 def tvmforge_profile(spec: str, threads: int, runs: int, use_logs: bool) -> tuple[float, dict]:
     """``(median run ms, {kernel: (ms per run, calls per run)})``."""
-    from tvmforge.driver import build
-    from tvmforge.runtime import executor as runtime
+    from tvmforge.bench.profile import profile
 
-    built = build.build_model(spec, "x86", threads=threads, use_shipped_logs=use_logs)
-    with tempfile.TemporaryDirectory() as tmp:
-        compiled = runtime.load(build.export(built, Path(tmp) / "m.tar"), threads=threads)
-        local = next(v for v in vars(compiled).values() if hasattr(v, "vm"))
-        arrays = runtime.random_inputs(compiled.inputs, 0)
-        tensors = local._tensors([arrays[i.name] for i in compiled.inputs])
-        vm = local.vm
-        for _ in range(3):
-            vm["main"](*tensors)
-        whole = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            vm["main"](*tensors)
-            whole.append(time.perf_counter() - t0)
-        calls: dict[str, list[float]] = collections.defaultdict(list)
-        started = {}
-
-        def instrument(func, name, before, ret, *args):
-            now = time.perf_counter()
-            if before:
-                started["t"] = now
-            else:
-                calls[name].append(now - started["t"])
-            return 0
-
-        vm.set_instrument(instrument)
-        for _ in range(runs):
-            vm["main"](*tensors)
-        vm.set_instrument(lambda *a: 0)
-    per_kernel = {}
-    for name, times in calls.items():
-        n = len(times) // runs
-        per_run = [sum(times[i * n : (i + 1) * n]) for i in range(runs)]
-        per_kernel[name] = (statistics.median(per_run) * 1e3, n)
-    return statistics.median(whole) * 1e3, per_kernel
+    res = profile(spec, "x86", threads=threads, runs=runs, ort=False, use_shipped_logs=use_logs)
+    return res.run_ms, {row.kernel: (row.ms, row.calls) for row in res.rows}
 
 
 def ort_profile(spec: str, threads: int, runs: int) -> tuple[float, dict]:
     """``(sum of node medians ms, {(op, input shapes, output shape): (ms per run, nodes)})``."""
-    import numpy as np
-    import onnxruntime as ort
-
+    from tvmforge.bench import profile as profiling
     from tvmforge.frontend import importer as frontend
-    from tvmforge.frontend import zoo
+    from tvmforge.runtime.executor import random_inputs
 
-    model = frontend.load(zoo.load(spec[4:]) if spec.startswith("zoo:") else spec)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(
-            model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-        rng = np.random.default_rng(0)
-        feed = {}
-        for i in sess.get_inputs():
-            shape = [d if isinstance(d, int) else 1 for d in i.shape]
-            dtype = np.float32 if "float" in i.type else np.int64
-            feed[i.name] = rng.random(shape).astype(dtype)
-        for _ in range(runs + 3):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    durations: dict[str, list[float]] = collections.defaultdict(list)
-    keys = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            node = e["name"][: -len("_kernel_time")]
-            durations[node].append(e["dur"] / 1e3)
-            args = e["args"]
-            shapes = [list(d.values())[0] for d in args.get("input_type_shape", [])][:2]
-            out = [list(d.values())[0] for d in args.get("output_type_shape", [])][:1]
-            keys[node] = (args.get("op_name", "?"), str(shapes), str(out))
+    model = frontend.load(spec)
+    arrays = random_inputs(frontend.resolve_inputs(model, {}, dynamic_batch=True), 0)
+    res = profiling.ort_profile(model, arrays, threads, runs)
     groups: dict[tuple, list] = collections.defaultdict(lambda: [0.0, 0])
-    for node, times in durations.items():
-        groups[keys[node]][0] += statistics.median(times[3:] or times)
-        groups[keys[node]][1] += 1
-    return sum(g[0] for g in groups.values()), {k: tuple(v) for k, v in groups.items()}
+    for node in res["nodes"]:
+        key = (node["op"], str(node["inputs"][:2]), str(node["output"][:1]))
+        groups[key][0] += node["ms"]
+        groups[key][1] += 1
+    return res["nodes_ms"], {k: tuple(v) for k, v in groups.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The ``tvmforge`` command line: ``compile``, ``tune``, ``run``, ``bench``, ``inspect``,
-``targets`` (the options they share live in ``cli_options``).
+"""The ``tvmforge`` command line: ``compile``, ``tune``, ``run``, ``bench``, ``profile``,
+``inspect``, ``targets`` (the options they share live in ``cli_options``).
 
 Exit status: 0 on success, 2 for bad usage or bad input, 1 for a compile failure or a failed
 check. Every failure prints one line naming the file, node or op and what to do; ``--verbose``
@@ -718,6 +718,76 @@ def bench_cmd(
         verdict = "compared with the float model; pruning/quantization changes outputs by design"
     click.echo(f"  outputs: max abs err {res.max_abs_err:.3g}, max rel err {res.max_rel_err:.3g}, "
                f"{verdict}")
+
+
+@main.command("profile", context_settings=CONTEXT)
+@click.argument("model", metavar="MODEL|OUT.tar")
+@target_option
+@input_shape_option
+@freeze_option
+@threads_option
+@tuning_log_option
+@click.option("--no-tune", is_flag=True,
+              help="Apply no tuning records at all (not the shipped ones, not --tuning-log).")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed runs; each kernel's time is its median over them.")
+@click.option("--top", type=click.IntRange(min=1), default=25, show_default=True, metavar="N",
+              help="Show the N slowest kernels (--json has them all).")
+@click.option("--no-ort", is_flag=True, help="Skip ONNX Runtime's profile of the same model.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@transform_options
+@_reports_errors
+def profile_cmd(
+    model: str,
+    target: str,
+    input_shapes: tuple,
+    frozen: tuple,
+    threads: int | None,
+    tuning_logs: tuple[Path, ...],
+    no_tune: bool,
+    runs: int,
+    top: int,
+    no_ort: bool,
+    as_json: bool,
+    transforms: dict[str, Any],
+) -> None:
+    """Where MODEL's time goes: each kernel's time in a real run, the ONNX nodes fused into
+    it, next to ONNX Runtime's per-op profile.
+
+    MODEL is an .onnx file or zoo:NAME (compiled here first, with the compile options) or an
+    artifact from `tvmforge compile` (profiled as built; ONNX Runtime then runs the source
+    model its manifest names, if that file is still there)."""
+    from tvmforge.bench import profile as profiling
+    from tvmforge.runtime import artifact
+
+    if Path(model).is_file() and artifact.is_artifact(model):
+        given = [name for name, value in (
+            ("--target", target != "x86"), ("--input-shape", input_shapes),
+            ("--freeze", frozen), ("--tuning-log", tuning_logs), ("--no-tune", no_tune),
+            ("--quantize", transforms["quantize"]), ("--prune", transforms["prune"] is not None),
+        ) if value]
+        if given:
+            raise click.UsageError(
+                f"{model} is an artifact, profiled as it was built: {', '.join(given)} "
+                "apply only to a model compiled here (pass the .onnx)")
+    res = profiling.profile(
+        model,
+        target,
+        threads=threads,
+        runs=runs,
+        ort=not no_ort,
+        input_shapes=dict(input_shapes),
+        frozen_inputs=dict(frozen),
+        tuning_logs=[] if no_tune else list(tuning_logs),
+        use_shipped_logs=not no_tune,
+        progress=_progress(),
+        **transforms,
+    )
+    if as_json:
+        click.echo(json.dumps(res.to_json(), indent=2))
+        return
+    for line in profiling.table(res, top=top):
+        click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,6 +47,9 @@ class Built:
     # the kernels the tuning databases covered (pipeline.collect_tuning_coverage, plus the
     # target's tuning key); ``manifest.coverage_line`` says it in one line
     tuning_coverage: dict[str, Any] | None = None
+    # per kernel (the name the VM reports): the ONNX nodes it computes, its ops, FLOPs
+    # (``provenance.tracking``); ``tvmforge profile`` joins its times with them
+    kernels: dict[str, dict[str, Any]] | None = None
 
     def manifest(self) -> dict[str, Any]:
         import tvm
@@ -68,6 +71,8 @@ class Built:
             extra["precision"] = self.precision
         if self.tuning_coverage is not None:
             extra["tuning"] = self.tuning_coverage
+        if self.kernels is not None:
+            extra["kernels"] = self.kernels
         from tvmforge.driver.manifest import pass_list
 
         passes = pass_list(self.target, self.databases, caller)
@@ -196,10 +201,12 @@ def build_model(
 
     say("importing ONNX into Relax")
     t0 = time.perf_counter()
+    from tvmforge.driver import provenance
     from tvmforge.frontend.converters.quantized import as_qdq
 
     with as_qdq(precision_note["model"] == "qoperator" and quantize == "int8"):
-        mod = frontend.to_relax(onnx_model, inputs)
+        # to_relax, and which ONNX node each binding computes (the module is the same)
+        mod, onnx_nodes = provenance.import_with_provenance(onnx_model, inputs)
     outputs = _relax_outputs(mod, onnx_model)
     seconds["import"] = time.perf_counter() - t0
 
@@ -242,7 +249,9 @@ def build_model(
 
     try:
         # dynamic-batch kernels left unscheduled; the kernels tuning records covered
-        with collect_declined() as mixed, collect_tuning_coverage() as coverage:
+        # ... and which ONNX nodes each kernel computes (provenance)
+        with collect_declined() as mixed, collect_tuning_coverage() as coverage, \
+                provenance.tracking(onnx_nodes) as kernels:
             try:
                 executable = _compile(fuse=True)
             except Exception as err:
@@ -268,6 +277,7 @@ def build_model(
     seconds["build"] = time.perf_counter() - t0
     built = Built(onnx_model, target, executable, inputs, outputs, databases, seconds)
     built.precision = precision_note
+    built.kernels = dict(kernels) or None
     if coverage:
         built.tuning_coverage = {**coverage, "tuning_key": target.tuning_key}
     if precision_note["model"] in ("qdq", "qoperator"):

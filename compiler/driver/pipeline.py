@@ -262,11 +262,16 @@ def buffer_passes() -> list[tvm.transform.Pass]:
 def pre_schedule_passes(
     target: tvm.target.Target, graph: Sequence[tvm.transform.Pass] = (), fuse: bool = True
 ) -> list[tvm.transform.Pass]:
-    """Stages 1-2: everything before scheduling (what tuning extracts its tasks from)."""
+    """Stages 1-2: everything before scheduling (what tuning extracts its tasks from).
+
+    Fusion is watched by ``provenance.recording`` (read-only stages that record, inside a
+    ``provenance.tracking`` block, which ONNX nodes each kernel computes)."""
+    from tvmforge.driver.provenance import recording
+
     return (
         graph_passes(graph)
         + _backend(target).library_dispatch_passes(target)
-        + legalize_passes(fuse)
+        + recording(legalize_passes(fuse))
     )
 
 
