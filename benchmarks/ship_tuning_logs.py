@@ -12,6 +12,10 @@ Usage::
     python benchmarks/ship_tuning_logs.py SRC_DB DEST_DB [--min-gain 0.03] [--report OUT.md]
         [--exclude-model zoo:NAME ...]
 
+``--cost-model`` also trains the XGBoost cost model on every record of ``SRC_DB`` (all the
+measured candidates, not just the shipped best) and writes ``DEST_DB/cost_model.tar``, which
+``tune --cost-model xgb`` starts from (``tvmforge.tuning.transfer``).
+
 Revalidate what is shipped after the default schedules change::
 
     python benchmarks/ship_tuning_logs.py --revalidate DB [--min-gain 0.03] [--report OUT.md]
@@ -220,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain", type=float, default=0.03)
     ap.add_argument("--report", type=Path, default=None)
     ap.add_argument("--exclude-model", action="append", default=[], metavar="SPEC")
+    ap.add_argument("--cost-model", action="store_true",
+                    help="also train the XGBoost cost model on every record of SRC_DB and ship "
+                         "it as DEST_DB/cost_model.tar (tune --cost-model xgb starts from it)")
+    ap.add_argument("--target", default="x86",
+                    help="the target SRC_DB was tuned for (the cost model's features) "
+                         "[default: x86]")
     args = ap.parse_args(argv)
     if args.revalidate is not None:
         rows = revalidate(args.revalidate, args.min_gain)
@@ -248,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
              r["shipped"]]
             for r in rows
         ]  # fmt: skip
+        if args.cost_model:
+            from tvmforge.targets import resolve
+            from tvmforge.tuning import transfer
+
+            info = transfer.train([args.src], resolve(args.target).tvm_target(),
+                                  args.dest / transfer.MODEL_FILE)
+            head += (f"; cost model trained on {info['records']} records of "
+                     f"{info['workloads']} kernels in {args.dest / transfer.MODEL_FILE}")
     text = _table(head, columns, [r["kernel"] for r in rows], cells, [r["default_us"] for r in rows])
     print(text)
     if args.report:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,9 @@ def train(
     _retrain(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(out))
+    with warnings.catch_warnings():  # xgboost: "Saving model in the UBJSON format as default"
+        warnings.simplefilter("ignore")
+        model.save(str(out))
     info = {"workloads": len(groups), "records": records,
             "seconds": round(time.perf_counter() - t0, 1),
             "databases": [str(d) for d in databases], "target": str(tvm.target.Target(target))}
@@ -145,7 +148,9 @@ def load(path: Path) -> Any:
     own measurements.
     """
     model = xgb_model()
-    model.load(str(path))
+    with warnings.catch_warnings():  # xgboost: "Unknown file format: `bin`" (it is UBJSON)
+        warnings.simplefilter("ignore")
+        model.load(str(path))
     model.last_train_size = model.data_size
     return model
 

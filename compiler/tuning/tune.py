@@ -299,6 +299,9 @@ def tune(
         s = "s" if len(servers) != 1 else ""
         say(f"measuring on {len(servers)} device{s} under key {rpc.key!r} of the RPC tracker "
             f"at {rpc.address()}: {', '.join(servers)}")
+        if resolved.preset == "native":
+            say(f"note: --target {resolved.key} is this machine's CPU ({resolved.tuning_key}); "
+                f"name the devices' level (`tvmforge targets` lists them) if theirs differs")
     for note in budget.notes():
         say(f"note: {note}")
 
