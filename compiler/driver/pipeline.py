@@ -85,7 +85,8 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     conv before them (``stack_sum_to_add``); ``power`` by 0.75 (LRN) and other simple exponents
     becomes vectorizable ``sqrt``/products (``simplify_power``); transposed convs whose kernel
     equals their stride become a 1x1 conv and a depth-to-space instead of a conv over a zero-
-    dilated input (``conv_transpose_direct``); ONNX Runtime's 4-bit ``MatMulNBits`` become
+    dilated input (``conv_transpose_direct``); 1-D convs (audio front ends) become 2-D convs of
+    height 1, which the blocked conv kernels take (``conv1d_as_conv2d``); ONNX Runtime's 4-bit ``MatMulNBits`` become
     tvmforge's int4 kernels (``lower_matmul_nbits``) and a ``quantize_dynamic`` model's integer
     matmuls its int8 kernels (``lower_qmatmul_integer``). After the caller's passes, a QDQ model's
     quantize-dequantize pairs left float become elementwise arithmetic that fuses and travels in
@@ -101,6 +102,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     polynomial ``exp``/``erf``/``tanh``/``softmax`` (``fast_math_cpu``); these four are no-ops
     on other targets.
     """
+    from tvmforge.passes.graph.conv1d_as_conv2d import conv1d_as_conv2d
     from tvmforge.passes.graph.conv_transpose_direct import conv_transpose_direct
     from tvmforge.passes.graph.fake_quant import fake_quant
     from tvmforge.passes.graph.fast_math_cpu import fast_math_cpu
@@ -124,6 +126,7 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
         fold_constants_numpy(),
         simplify_power(),
         conv_transpose_direct(),
+        conv1d_as_conv2d(),
         lower_matmul_nbits(),
         lower_qmatmul_integer(),
         *graph,
