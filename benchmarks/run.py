@@ -4,6 +4,12 @@ Usage::
 
     python benchmarks/run.py --set light --threads 2 --repeat 10 --out benchmarks/results
     python benchmarks/run.py --models zoo:resnet50 zoo:squeezenet --no-tune
+    python benchmarks/run.py --set zoo --no-tune --openvino f32 --name zoo_set_untuned
+
+``--set zoo`` is the public benchmark set (``tvmforge zoo --set``: real trained models from PyPI
+wheels in six families, and scikit-learn models). ``--openvino f32|default`` times OpenVINO
+in the same rounds (``pip install openvino``); the table then has its column and ratio too,
+and the last line gives the geometric means of the ratios.
 
 Each model is compiled by tvmforge (compile time recorded), then tvmforge and ONNX Runtime run
 the same inputs with the same thread count, warm-up first, alternating in rounds of 5 runs
@@ -36,6 +42,12 @@ SETS = {
     "issue4": ["zoo:resnet50", "zoo:inception_v1", "zoo:squeezenet", "zoo:shufflenet",
                "zoo:densenet121", "zoo:ppocr-det", "zoo:bert-base"],
 }  # fmt: skip
+
+
+def _sets() -> dict[str, list[str]]:
+    from tvmforge.frontend import zoo
+
+    return {**SETS, "zoo": [f"zoo:{n}" for n in zoo.BENCHMARK_SET]}
 
 
 NOTES = {
@@ -77,32 +89,35 @@ def machine() -> str:
 
 
 def _bench_one(
-    spec: str, target: str, threads: int, repeat: int, no_tune: bool, logs: list[Path]
+    spec: str, target: str, threads: int, repeat: int, no_tune: bool, logs: list[Path],
+    openvino: str | None = None,
 ) -> dict:
     """One model's ``tvmforge.bench.benchmark`` row (run in a fresh process)."""
     from tvmforge.bench.benchmark import bench
 
     res = bench(
         spec, target, threads=threads, repeat=repeat, use_shipped_logs=not no_tune,
-        tuning_logs=logs,
+        tuning_logs=logs, adapt=False, openvino=openvino,
     )
     return res.to_json()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", choices=sorted(SETS), default="light")
+    ap.add_argument("--set", choices=sorted([*SETS, "zoo"]), default="light")
     ap.add_argument("--models", nargs="*", help="model specs instead of a set")
     ap.add_argument("--target", default="x86")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--no-tune", action="store_true", help="apply no tuning records")
+    ap.add_argument("--openvino", choices=["default", "f32"], default=None,
+                    help="time OpenVINO too (default: as its users get it; f32: forced fp32)")
     ap.add_argument("--tuning-log", type=Path, action="append", default=[])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--name", default=None, help="output file stem [the set's name]")
     args = ap.parse_args(argv)
 
-    models = args.models or SETS[args.set]
+    models = args.models or _sets()[args.set]
     name = args.name or (args.set if not args.models else "custom")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -113,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 row = pool.submit(
                     _bench_one, spec, args.target, args.threads, args.repeat, args.no_tune,
-                    [] if args.no_tune else args.tuning_log,
+                    [] if args.no_tune else args.tuning_log, args.openvino,
                 ).result()
         except Exception as err:  # a benchmark run reports failures, it does not stop
             row = {"model": spec, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
@@ -132,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/run.py " + " ".join(argv or sys.argv[1:]),
         "load_average": f"before {load_before}, after {load_average()} (1 / 5 / 15 min)",
         "note": NOTES.get(name, ""),
+        "openvino": _openvino_version(args.openvino),
     }
     (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (args.out / f"{name}.md").write_text(markdown(meta, rows))
@@ -140,27 +156,69 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _openvino_version(precision: str | None) -> str:
+    if precision is None:
+        return ""
+    try:
+        import openvino
+
+        return f"OpenVINO {openvino.__version__}, precision {precision}"
+    except ImportError:
+        return f"OpenVINO not installed (asked for {precision})"
+
+
+def geomean(values: list[float]) -> float:
+    import math
+
+    values = [v for v in values if v and v > 0 and math.isfinite(v)]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
 def markdown(meta: dict, rows: list[dict]) -> str:
+    with_ov = any(r.get("openvino_ms") is not None for r in rows)
+    head = ("| model | compile s | tvmforge ms | ONNX Runtime ms | ratio (lower is better) "
+            "| max abs err | max rel err | match |")
+    rule = "|---|---:|---:|---:|---:|---:|---:|---|"
+    if with_ov:
+        head += " OpenVINO ms | ratio to OpenVINO | OpenVINO rel err |"
+        rule += "---:|---:|---:|"
     lines = [
         f"Measured {meta['date']} on {meta['machine']}, {meta['threads']} threads, "
         f"median of {meta['repeat']} runs; tuning: {meta['tuning']}.",
         f"Command: `{meta['command']}`",
         f"Load average: {meta.get('load_average', 'not recorded')}.",
+        *([f"{meta['openvino']}."] if meta.get("openvino") else []),
         "",
         *([meta["note"], ""] if meta.get("note") else []),
-        "| model | compile s | tvmforge ms | ONNX Runtime ms | ratio (lower is better) "
-        "| max abs err | max rel err | match |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        head,
+        rule,
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | |"
+                         + (" | | |" if with_ov else ""))
             continue
-        lines.append(
+        line = (
             f"| {r['model']} | {r['compile_s']:.1f} | {r['tvmforge_ms']:.2f} | {r['ort_ms']:.2f} "
             f"| {r['ratio']:.2f}x | {r['max_abs_err']:.2g} | {r['max_rel_err']:.2g} "
             f"| {'yes' if r['outputs_match'] else 'NO'} |"
         )
+        if with_ov:
+            ov = r.get("openvino_ms")
+            if ov is not None:
+                line += (f" {ov:.2f} | {r['ratio_openvino']:.2f}x "
+                         f"| {r['openvino_max_rel_err']:.2g} |")
+            else:
+                why = (r.get("openvino_error") or "").split(": ", 1)[-1][:60]
+                line += f" cannot run it{': ' + why if why else ''} | | |"
+        lines.append(line)
+    ok = [r for r in rows if "error" not in r]
+    if ok:
+        tail = (f"| **geomean** ({len(ok)} of {len(rows)}) | | | | "
+                f"**{geomean([r['ratio'] for r in ok]):.2f}x** | | | |")
+        if with_ov:
+            tail += f" | **{geomean([r.get('ratio_openvino') for r in ok]):.2f}x** | |"
+        lines.append(tail)
     return "\n".join(lines) + "\n"
 
 
@@ -177,9 +235,20 @@ def chart(rows: list[dict], path: Path, meta: dict) -> None:
         return
     fig, ax = plt.subplots(figsize=(max(6, len(ok) * 0.9), 4))
     names = [r["model"].removeprefix("zoo:") for r in ok]
-    ax.bar(names, [r["ratio"] for r in ok], color="#4c72b0")
+    ov = [r.get("ratio_openvino") for r in ok]
+    if any(v is not None for v in ov):
+        xs = range(len(ok))
+        ax.bar([x - 0.2 for x in xs], [r["ratio"] for r in ok], 0.4, color="#4c72b0",
+               label="vs ONNX Runtime")
+        ax.bar([x + 0.2 for x in xs], [v or 0 for v in ov], 0.4, color="#dd8452",
+               label="vs OpenVINO")
+        ax.set_xticks(list(xs), names)
+        ax.legend(fontsize=8)
+        ax.set_ylabel("tvmforge latency / theirs")
+    else:
+        ax.bar(names, [r["ratio"] for r in ok], color="#4c72b0")
+        ax.set_ylabel("tvmforge / ONNX Runtime latency")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_ylabel("tvmforge / ONNX Runtime latency")
     ax.set_yscale("log")
     ax.set_title(f"{meta['date']}, {meta['threads']} threads, tuning: {meta['tuning']}", fontsize=9)
     plt.xticks(rotation=30, ha="right")

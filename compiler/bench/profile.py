@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from tvmforge.bench import reference
 from tvmforge.errors import InputError
 
 __all__ = ["KernelRow", "ProfileResult", "profile"]
@@ -388,9 +389,9 @@ def ort_profile(model, arrays: dict[str, np.ndarray], threads: int, runs: int,
     opts.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="tvmforge-ort-profile-") as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(model.proto.SerializeToString(), opts,
+        sess = ort.InferenceSession(reference.as_given(model).SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
-        feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
+        feed = reference.feed(model, [i.name for i in sess.get_inputs()], arrays)
         for _ in range(warmup + runs):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())

@@ -19,6 +19,18 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 
 
+def as_given(model: OnnxModel):
+    """The model a reference runtime runs: as the user gave it, before ``--freeze`` made some
+    inputs constants (those are fed as inputs, see :func:`feed`)."""
+    return model.given_proto if model.given_proto is not None else model.proto
+
+
+def feed(model: OnnxModel, names: list[str], arrays: Mapping[str, np.ndarray]) -> dict:
+    """The reference runtime's inputs ``names``: the arrays, and the values frozen inputs
+    were compiled with."""
+    return {n: (model.frozen[n] if n in model.frozen else arrays[n]) for n in names}
+
+
 def session(model: OnnxModel, threads: int | None = None, as_written: bool = False):
     """An ONNX Runtime CPU session for the model (``threads`` intra-op threads).
 
@@ -36,7 +48,7 @@ def session(model: OnnxModel, threads: int | None = None, as_written: bool = Fal
         opts.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(
-            model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            as_given(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as err:
         raise CompileError(
@@ -52,8 +64,71 @@ def run_onnxruntime(
     ops = {n.op_type for n in model.proto.graph.node}
     sess = session(model, threads, as_written={"QuantizeLinear", "DequantizeLinear"} <= ops)
     names = [o.name for o in sess.get_outputs()]
-    feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
-    return dict(zip(names, sess.run(names, feed), strict=True))
+    inputs = feed(model, [i.name for i in sess.get_inputs()], arrays)
+    return dict(zip(names, sess.run(names, inputs), strict=True))
+
+
+OPENVINO_PRECISIONS = ("default", "f32")
+
+
+def openvino_model(model: OnnxModel, threads: int | None = None, precision: str = "default"):
+    """The model compiled by OpenVINO for this CPU (``threads`` inference threads):
+    ``default`` is what a user of OpenVINO gets with no settings (bf16 on CPUs with AMX or
+    AVX512-BF16, f32 elsewhere), ``f32`` forces fp32 (``INFERENCE_PRECISION_HINT``).
+
+    Raises
+    ------
+    CompileError
+        When openvino is not installed (``pip install openvino``; not a dependency of
+        tvmforge) or cannot read the model.
+    """
+    import tempfile
+    from pathlib import Path
+
+    try:
+        import openvino as ov
+    except ImportError:
+        raise CompileError(
+            "OpenVINO is not installed: pip install openvino (it is not a dependency of tvmforge)"
+        ) from None
+    if precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {OPENVINO_PRECISIONS}")
+    config: dict = {}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if precision == "f32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    core = ov.Core()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tvmforge-ov-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(as_given(model).SerializeToString())
+            return core.compile_model(core.read_model(str(path)), "CPU", config)
+    except Exception as err:
+        raise CompileError(
+            f"{model.path}: OpenVINO cannot compile the model for comparison: {_first_line(err)}"
+        ) from None
+
+
+def openvino_feed(compiled, model: OnnxModel, arrays: Mapping[str, np.ndarray]) -> list:
+    """The arrays in the order of an :func:`openvino_model`'s inputs (the ONNX graph's order,
+    without inputs that are initializers)."""
+    proto = as_given(model)
+    inits = {t.name for t in proto.graph.initializer}
+    names = [v.name for v in proto.graph.input if v.name not in inits]
+    if len(names) != len(compiled.inputs):
+        raise CompileError(f"{model.path}: OpenVINO took {len(compiled.inputs)} input(s), "
+                           f"the model has {len(names)}")
+    return [np.ascontiguousarray(v) for v in feed(model, names, arrays).values()]
+
+
+def run_openvino(
+    compiled, model: OnnxModel, arrays: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Outputs of an :func:`openvino_model`, by ONNX output name (in the graph's order)."""
+    result = compiled.create_infer_request().infer(openvino_feed(compiled, model, arrays))
+    names = [o.name for o in model.proto.graph.output]
+    return {n: np.asarray(result[out]) for n, out in zip(names, compiled.outputs, strict=True)}
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ def build_model(
         except TargetSpecError as err:
             raise InputError(str(err)) from None
     onnx_model = model if isinstance(model, OnnxModel) else frontend.load(model)
-    onnx_model = frontend.freeze_inputs(onnx_model, dict(frozen_inputs or {}))
+    frozen_inputs = {**onnx_model.frozen_defaults, **dict(frozen_inputs or {})}
+    onnx_model = frontend.freeze_inputs(onnx_model, frozen_inputs)
     inputs = frontend.resolve_inputs(onnx_model, dict(input_shapes or {}), dynamic_batch=True)
     from tvmforge.driver.calibration import resolve_precision
 

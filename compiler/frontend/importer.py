@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,16 @@ class OnnxModel:
     path: str
     proto: onnx.ModelProto
     sha256: str
+    # ``freeze_inputs``: the inputs made constants and their values. A reference runtime runs
+    # ``given_proto`` (the model before ``--freeze``) with these fed as inputs: ONNX Runtime
+    # 1.31 crashes inlining an ``If`` on a frozen input (silero-vad's sample rate).
+    frozen: dict[str, np.ndarray] = field(default_factory=dict)
+    given_proto: onnx.ModelProto | None = None
+    # A ``zoo:`` wheel model's benchmark configuration, applied where the caller gives no
+    # ``--input-shape`` / ``--freeze`` of its own: the shipped file is left as it is (ONNX
+    # Runtime rejects silero-vad's LSTM branch once its input shapes are written into it).
+    shape_defaults: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    frozen_defaults: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def opset(self) -> int:
@@ -147,14 +157,21 @@ def load(spec: str | Path | onnx.ModelProto) -> OnnxModel:
     if text.startswith(zoo.PREFIX) and not Path(text).exists():
         name = text[len(zoo.PREFIX) :]
         try:
-            proto = zoo.load(name)
+            proto = zoo.shipped_model(name) if name in zoo.WHEEL_MODELS else zoo.load(name)
         except KeyError:
             raise InputError(
                 f"{text}: no such zoo model", hint=f"known: {', '.join(zoo.names())}"
             ) from None
         except RuntimeError as err:
             raise InputError(f"{text}: {err}") from None
-        return OnnxModel(text, proto, hashlib.sha256(proto.SerializeToString()).hexdigest())
+        entry = zoo.WHEEL_MODELS.get(name)
+        return OnnxModel(
+            text,
+            proto,
+            hashlib.sha256(proto.SerializeToString()).hexdigest(),
+            shape_defaults=dict(entry.shapes) if entry else {},
+            frozen_defaults={k: list(v) for k, v in entry.frozen.items()} if entry else {},
+        )
     return load_model(text)
 
 
@@ -225,6 +242,7 @@ def freeze_inputs(model: OnnxModel, values: dict[str, list[float]]) -> OnnxModel
         return model
     infos = {i.name: i for i in model.inputs}
     proto = onnx.ModelProto.FromString(model.proto.SerializeToString())
+    frozen = dict(model.frozen)
     for name, vals in values.items():
         info = infos.get(name)
         if info is None:
@@ -246,7 +264,10 @@ def freeze_inputs(model: OnnxModel, values: dict[str, list[float]]) -> OnnxModel
         kept = [v for v in proto.graph.input if v.name != name]
         del proto.graph.input[:]
         proto.graph.input.extend(kept)
-    return OnnxModel(model.path, proto, model.sha256)
+        frozen[name] = array
+    return OnnxModel(model.path, proto, model.sha256, frozen=frozen,
+                     given_proto=model.given_proto or model.proto,
+                     shape_defaults=model.shape_defaults)
 
 
 def resolve_inputs(
@@ -271,6 +292,8 @@ def resolve_inputs(
     """
     inputs = model.inputs
     names = [i.name for i in inputs]
+    defaults = {k: v for k, v in model.shape_defaults.items() if k in names}
+    overrides = {**defaults, **overrides}
     for name in overrides:
         if name not in names:
             raise InputError(

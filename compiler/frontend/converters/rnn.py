@@ -44,6 +44,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter, get_constant
 
+from tvmforge.errors import InputError
 from tvmforge.frontend.converters import register
 
 Activation = Callable[[relax.Expr], relax.Expr]
@@ -187,6 +188,13 @@ class _Recurrent(OnnxOpConverter):
         x, r, b = inputs[0], inputs[2], inputs[3]
         dtype = str(x.ty.dtype)
         shape = _static_shape(x, where, "X")
+        if len(shape) != 3:  # what ONNX Runtime refuses at run time, refused at compile time
+            raise InputError(
+                f"{where}: input X has shape {shape}; {cls.op} takes rank 3 "
+                "([seq, batch, input], or [batch, seq, input] with layout 1)",
+                hint="the input shapes or --freeze values given lead the model to an "
+                "{op} it cannot run: check --input-shape and --freeze".replace("{op}", cls.op),
+            )
         if layout not in (0, 1):
             raise NotImplementedError(f"{where}: layout {layout} is not 0 or 1")
         if layout == 1:
