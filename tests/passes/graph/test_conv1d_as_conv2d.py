@@ -137,3 +137,69 @@ def test_leaves_what_it_cannot_take(mod, caplog):
         after = conv1d_as_conv2d()(mod)
     assert "relax.nn.conv1d" in _ops(after) and "relax.nn.conv2d" not in _ops(after)
     assert "conv1d left to LegalizeOps" in caplog.text
+
+
+def _column_model(cin, cout, k, length, stride=1, pads=(0, 0), dilation=1, group=1):
+    """x[1, cin, length, 1] -> Conv k x 1 (+ bias), as Keras/jax2tf write a Conv1D."""
+    rng = np.random.default_rng(cin + cout * 3 + k)
+    weights = {
+        "w": rng.standard_normal((cout, cin // group, k, 1)).astype(np.float32) * 0.2,
+        "b": rng.standard_normal(cout).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride, 1],
+                         pads=[pads[0], 0, pads[1], 0], dilations=[dilation, 1], group=group),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, length, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, name) for name, v in weights.items()],
+    )
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "length", "stride", "pads", "dilation", "group"),
+    [
+        pytest.param(64, 128, 5, 100, 1, (0, 0), 1, 1, id="magika-like-k5"),
+        pytest.param(16, 24, 3, 41, 2, (1, 2), 2, 1, id="strided-dilated-padded"),
+        pytest.param(16, 16, 3, 30, 1, (1, 1), 1, 16, id="depthwise"),
+    ],
+)
+def test_column_convs_run_as_row_convs(cin, cout, k, length, stride, pads, dilation, group,
+                                       caplog):
+    import onnxruntime as ort
+
+    model = _column_model(cin, cout, k, length, stride, pads, dilation, group)
+    x = np.random.default_rng(3).standard_normal((1, cin, length, 1)).astype(np.float32)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        built = build_model(model, "x86", threads=2)
+    assert "rewrote 1 conv1d as conv2d" in caplog.text
+    out = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    ours = (out if hasattr(out, "numpy") else out[0]).numpy()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x})
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
+def test_other_convs_are_not_columns():
+    """A k x k conv, a 1 x 1 conv and a k x 1 conv over a wide image stay as they are."""
+    from tvmforge.passes.graph.conv1d_as_conv2d import why_not_column
+
+    def call(data, weight, padding=(0, 0, 0, 0)):
+        x = relax.Var("x", relax.TensorType(data, "float32"))
+        w = relax.Var("w", relax.TensorType(weight, "float32"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x, w]):
+            y = bb.emit(relax.op.nn.conv2d(x, w, padding=padding))
+            bb.emit_func_output(y)
+        return bb.get()["main"].body.blocks[0].bindings[0].value
+
+    assert why_not_column(call((1, 4, 20, 1), (8, 4, 3, 1))) is None
+    assert why_not_column(call((1, 4, 20, 20), (8, 4, 3, 3))) is not None
+    assert why_not_column(call((1, 4, 20, 1), (8, 4, 1, 1))) is not None
+    assert why_not_column(call((1, 4, 20, 5), (8, 4, 3, 1))) is not None
+    padded = call((1, 4, 20, 1), (8, 4, 3, 1), (1, 1, 1, 1))
+    assert why_not_column(padded) == "padded along the width"
