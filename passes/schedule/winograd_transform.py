@@ -9,11 +9,14 @@ from tvm import s_tir
 
 from tvmforge.passes.graph.winograd import WINOGRAD_ATTR
 from tvmforge.passes.schedule.analysis import _schedule_block_generic
+from tvmforge.passes.schedule.params import _SCHEDULE_ERRORS
 from tvmforge.passes.schedule.rule import ScheduleRule
 
 __all__ = ["WinogradTransform", "schedule_transform"]
 
 
+
+_INLINE_ERRORS = _SCHEDULE_ERRORS
 
 # The first pass computed per row (input) or column (output) of the tile it feeds, on the
 # stack, instead of whole per tile in a workspace allocation.
@@ -47,13 +50,7 @@ def schedule_transform(sch, main, params) -> None:
             sch.unroll(e)
             at = outer
     else:
-        while True:
-            consumers = sch.get_consumers(main)
-            if not consumers:
-                break
-            if len(consumers) != 1:
-                raise ValueError("Winograd output with several consumers")
-            sch.reverse_compute_inline(consumers[0])
+        _inline_epilogue(sch, main)
         b, k, y, x, v = sch.get_loops(main)
         ty, iy = sch.split(y, factors=[None, m])
         tx, ix = sch.split(x, factors=[None, m])
@@ -80,6 +77,28 @@ def schedule_transform(sch, main, params) -> None:
     sch.vectorize(first_v)
     for block in sch.get_producers(first):
         _schedule_block_generic(sch, block, params)
+
+
+def _inline_epilogue(sch, main) -> None:
+    """Take the ops fused after the output transform into its block. A chain (bias, ReLU,
+    residual add) is inlined consumer by consumer; a diamond, where the transform's value is
+    read twice (SiLU ``x * sigmoid(x)``, hard-swish ``x * relu6(x + 3) / 6``), first has its
+    side branch inlined into the block that joins it, until one consumer is left."""
+    while True:
+        consumers = sch.get_consumers(main)
+        if not consumers:
+            return
+        if len(consumers) == 1:
+            sch.reverse_compute_inline(consumers[0])
+            continue
+        for block in consumers:
+            try:
+                sch.compute_inline(block)  # an intermediate branch: into its consumers
+                break
+            except _INLINE_ERRORS:
+                continue
+        else:
+            raise ValueError("Winograd output with several consumers that do not join")
 
 
 class WinogradTransform(ScheduleRule):
