@@ -91,3 +91,44 @@ def test_matches_onnxruntime(nodes):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (ref,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("row", [197, 77, 18385, 40, 20])
+def test_softmax_rows_not_a_multiple_of_the_vector_match_onnxruntime(row):
+    """Rows of 197 (ViT), 77 (CLIP), 18385 (a CTC vocabulary) run padded to the vector; 40
+    (a multiple of 8 lanes, not of 16) and 20 (under two vectors of 16) as well or as before:
+    the result is the unpadded row's either way."""
+    import onnxruntime as ort
+
+    from tvmforge import build_model
+
+    model, x = _unary_model([helper.make_node("Softmax", ["xs"], ["y"], axis=-1)],
+                            shape=(3, row))
+    built = build_model(model, "x86", threads=2)
+    out = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    ours = (out if hasattr(out, "numpy") else out[0]).numpy()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x})
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ours.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_padded_softmax_reductions_are_vectorized():
+    """A 197-wide row: the max and the exp-sum become vector partial results (rfactor by the
+    lanes), which the scheduler declines for a row the vector does not divide."""
+    from tvm import te
+
+    from tvmforge.passes.graph.fast_math_cpu import _softmax
+    from tvmforge.passes.schedule.params import CpuScheduleParams
+    from tvmforge.passes.schedule.rules import schedule_prim_func
+
+    target = tvm.target.Target(X86)
+    params = CpuScheduleParams.from_target(target)
+    x = te.placeholder((12, 197), "float32", name="x")
+    padded = te.create_prim_func([x, _softmax(x, 1, params.lanes)])
+    plain = te.create_prim_func([x, _softmax(x, 1, None)])
+    with target:
+        ours, before = schedule_prim_func(padded, params), schedule_prim_func(plain, params)
+    assert ours.script().count("_rf") >= 2  # the max's and the sum's vector partials
+    assert "_rf" not in before.script()
+    assert "T.vectorized" in ours.script()
