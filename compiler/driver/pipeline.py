@@ -85,11 +85,12 @@ def graph_passes(graph: Sequence[tvm.transform.Pass] = ()) -> list[tvm.transform
     conv before them (``stack_sum_to_add``); ``power`` by 0.75 (LRN) and other simple exponents
     becomes vectorizable ``sqrt``/products (``simplify_power``); transposed convs whose kernel
     equals their stride become a 1x1 conv and a depth-to-space instead of a conv over a zero-
-    dilated input (``conv_transpose_direct``); 1-D convs (audio front ends) become 2-D convs of
-    height 1, which the blocked conv kernels take (``conv1d_as_conv2d``); ONNX Runtime's 4-bit ``MatMulNBits`` become
-    tvmforge's int4 kernels (``lower_matmul_nbits``) and a ``quantize_dynamic`` model's integer
-    matmuls its int8 kernels (``lower_qmatmul_integer``). After the caller's passes, a QDQ model's
-    quantize-dequantize pairs left float become elementwise arithmetic that fuses and travels in
+    dilated input (``conv_transpose_direct``); 1-D convs (audio front ends, and Keras' ``k x 1``
+    convs over a column) become row convs, which the blocked conv kernels take
+    (``conv1d_as_conv2d``); ONNX Runtime's 4-bit ``MatMulNBits`` become tvmforge's int4 kernels
+    (``lower_matmul_nbits``) and a ``quantize_dynamic`` model's integer matmuls its int8 kernels
+    (``lower_qmatmul_integer``). After the caller's passes, a QDQ model's quantize-dequantize
+    pairs left float become elementwise arithmetic that fuses and travels in
     any layout (``fake_quant``), float regions between NHWC producers and consumers (an int8
     model's FPN) run in NHWC (``sink_transposes``), and a channel shuffle feeding a depthwise
     conv is read in place by it (``fold_channel_shuffle``). Last, after the caller's passes

@@ -91,7 +91,7 @@ def import_with_provenance(model, inputs) -> tuple[Any, ImportedNodes]:
         return sym
 
     with _IMPORTING, _patched(onnx_frontend.ONNXGraphImporter, "_convert_operator", watched):
-        mod = frontend.to_relax(model, inputs)
+        mod = frontend.to_relax(model, inputs, dataflow=False)
     outputs = _output_names(importers, seen) if any(not name for name, _, _ in seen) else {}
     nodes = ImportedNodes()
     labelled: list[tuple[str, Any]] = []
@@ -104,7 +104,26 @@ def import_with_provenance(model, inputs) -> tuple[Any, ImportedNodes]:
             labels = _binding_labels(func, labelled)
             nodes.of_var.update(labels)
             _graph_of(func, labels, nodes)
-    return mod, nodes
+    return _to_dataflow(mod, nodes), nodes
+
+
+def _to_dataflow(mod, nodes: ImportedNodes):
+    """``to_relax``'s last step, ``ConvertToDataflow``, with the labels carried over: it gives
+    the bindings new vars (dataflow vars) in the same order."""
+    from tvm import relax
+
+    converted = relax.transform.ConvertToDataflow()(mod)
+    for gv, func in mod.functions_items():
+        if not _is_relax_function(func):
+            continue
+        before, after = _bindings(func), _bindings(converted[gv])
+        if len(before) != len(after):
+            continue
+        for old, new in zip(before, after, strict=True):
+            label = nodes.of_var.get(old.var)
+            if label is not None and not new.var.same_as(old.var):
+                nodes.of_var[new.var] = label
+    return converted
 
 
 def _graph_of(func, labels: dict[Any, str], nodes: ImportedNodes) -> None:

@@ -135,3 +135,65 @@ def test_zoo_names(tmp_path):
     assert load("zoo:squeezenet").path == "zoo:squeezenet"
     with pytest.raises(InputError, match=r"known: .*resnet50"):
         load("zoo:lenet")
+
+
+def _if_on_a_computed_value() -> onnx.ModelProto:
+    """x -> MatMul -> Add -> Relu -> (ReduceMax >= 1 ? r : -r): control flow on a value the
+    model computes, as openWakeWord's classifiers end."""
+    rng = np.random.default_rng(0)
+    then_g = helper.make_graph([helper.make_node("Identity", ["r"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 16])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 16])])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "b"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("ReduceMax", ["r"], ["mx"], keepdims=0, name="max"),
+        helper.make_node("GreaterOrEqual", ["mx", "one"], ["c"], name="ge"),
+        helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="if"),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        inits,
+    )
+
+
+def test_control_flow_models_get_dataflow_blocks_and_fuse():
+    """TVM's importer writes a model with an If on a computed value with no dataflow block,
+    where nothing fuses; to_relax makes its pure bindings dataflow blocks."""
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from tvmforge import build_model
+    from tvmforge.driver.pipeline import to_kernels
+    from tvmforge.frontend.importer import load, resolve_inputs, to_relax
+
+    model = load(_if_on_a_computed_value())
+    inputs = resolve_inputs(model, {})
+    plain = to_relax(model, inputs, dataflow=False)
+    assert not any(isinstance(b, relax.DataflowBlock) for b in plain["main"].body.blocks)
+    mod = to_relax(model, inputs)
+    assert any(isinstance(b, relax.DataflowBlock) for b in mod["main"].body.blocks)
+    kernels = to_kernels(mod, tvm.target.Target({"kind": "llvm", "num-cores": 2}))
+    names = [g.name_hint for g, f in kernels.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("matmul" in n and "add" in n for n in names), names  # matmul + bias: one kernel
+    built = build_model(model, "x86", threads=2)
+    # provenance kept: the fused kernel names the three ONNX nodes it computes
+    assert any(k.get("onnx_nodes") == ["mm", "add", "relu"] for k in built.kernels.values()), (
+        built.kernels
+    )
+    sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for seed in (0, 1, 2):
+        x = np.random.default_rng(seed).standard_normal((1, 32)).astype(np.float32)
+        out = relax.VirtualMachine(built.executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+        ours = (out if hasattr(out, "numpy") else out[0]).numpy()
+        np.testing.assert_allclose(ours, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
