@@ -209,8 +209,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                 line += (f" {ov:.2f} | {r['ratio_openvino']:.2f}x "
                          f"| {r['openvino_max_rel_err']:.2g} |")
             else:
-                why = (r.get("openvino_error") or "").split(": ", 1)[-1][:60]
-                line += f" cannot run it{': ' + why if why else ''} | | |"
+                why = (r.get("openvino_error") or "").rsplit("comparison: ", 1)[-1]
+                why = why.removeprefix("-- ").strip()[:70]
+                line += f" cannot run it{' (' + why + ')' if why else ''} | | |"
         lines.append(line)
     ok = [r for r in rows if "error" not in r]
     if ok:
