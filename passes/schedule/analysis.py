@@ -351,11 +351,34 @@ def _reads_contiguous_along(sch: s_tir.Schedule, block: SBlockRV, iter_index: in
     return True
 
 
+# A loop nest with fewer iterations than this (vector lanes counted) runs on one thread: waking
+# the pool's workers and joining them costs more than the work (the per-step gate split of an
+# LSTM, a classifier's 128-wide LayerNorm: microseconds each).
+PARALLEL_MIN_WORK = 8192
+
+
+def _work(stmt) -> int:
+    """Iterations of the loop nest ``stmt`` (every loop's extent; sequences added)."""
+    if isinstance(stmt, tirx.For):
+        extent = stmt.extent
+        return (int(extent) if isinstance(extent, tirx.IntImm) else 1 << 20) * _work(stmt.body)
+    if isinstance(stmt, tirx.SeqStmt):
+        return sum(_work(s) for s in stmt.seq)
+    if isinstance(stmt, s_tir.SBlockRealize):
+        return _work(stmt.block.body)
+    if isinstance(stmt, s_tir.SBlock):
+        return _work(stmt.body)
+    return 1
+
+
 def _parallelize(
     sch: s_tir.Schedule, outer_loops: list[LoopRV], params: CpuScheduleParams
 ) -> LoopRV | None:
-    """Fuse leading loops until they give every core enough work, and run them in parallel."""
+    """Fuse leading loops until they give every core enough work, and run them in parallel;
+    a nest of under ``PARALLEL_MIN_WORK`` iterations stays on one thread."""
     if not outer_loops or params.num_cores <= 1:
+        return None
+    if _work(sch.get(outer_loops[0])) < PARALLEL_MIN_WORK:
         return None
     extents = _extents(sch, outer_loops)
     want = 8 * params.num_cores

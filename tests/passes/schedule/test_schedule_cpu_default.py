@@ -19,7 +19,11 @@ from tvm.script import ir as I
 from tvm.script import tirx as T
 
 from onnx_builders import cpu_target
-from tvmforge.passes.schedule.rules import CpuScheduleParams, schedule_cpu_default
+from tvmforge.passes.schedule.rules import (
+    CpuScheduleParams,
+    schedule_cpu_default,
+    schedule_prim_func,
+)
 
 X86 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}  # structure: 16 lanes
 HOST = cpu_target()  # what runs here
@@ -341,7 +345,8 @@ def test_concat_along_the_vector_axis_is_vectorized_per_input():
     loops = sch.get_loops(sch.get_sblock("scale"))
     kinds = [sch.get(loop).kind for loop in loops]
     extents = [int(sch.get(loop).extent) for loop in loops]
-    assert kinds[0] == tvm.tirx.ForKind.PARALLEL
+    # 1152 elements: under PARALLEL_MIN_WORK, so one thread runs it (no pool wake-up)
+    assert kinds[0] == tvm.tirx.ForKind.SERIAL
     assert kinds[-3:] == [tvm.tirx.ForKind.UNROLLED] * 2 + [tvm.tirx.ForKind.VECTORIZED]
     assert extents[-3:] == [3, 2, 12]  # 3 inputs x 2 vectors of 12 channels
     rng = np.random.default_rng(0)
@@ -351,6 +356,24 @@ def test_concat_along_the_vector_axis_is_vectorized_per_input():
     out = tvm.runtime.empty((1, 4, 4, 72), "float32")
     lib["main"](*[tvm.runtime.tensor(x) for x in arrays], out)
     np.testing.assert_array_equal(out.numpy(), 2 * np.concatenate(arrays, axis=-1))
+
+
+def test_small_loop_nests_stay_on_one_thread():
+    """Waking the pool costs more than a few thousand iterations: an LSTM step's gate split
+    ([1, 2048] into four) runs serial, a [64, 4096] elementwise kernel in parallel."""
+    from tvm import te
+
+    from tvmforge.passes.schedule.analysis import PARALLEL_MIN_WORK
+
+    target = tvm.target.Target(HOST)
+    params = CpuScheduleParams.from_target(target)
+    for shape, parallel in [((1, 2048), False), ((64, 4096), True)]:
+        x = te.placeholder(shape, "float32", name="x")
+        y = te.compute(shape, lambda *i, x=x: x(*i) * 2.0, name="y")
+        with target:
+            done = schedule_prim_func(te.create_prim_func([x, y]), params)
+        assert ("T.parallel" in done.script()) == parallel, shape
+    assert 2048 < PARALLEL_MIN_WORK < 64 * 4096
 
 
 @pytest.mark.parametrize(
