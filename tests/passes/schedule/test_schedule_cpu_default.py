@@ -365,13 +365,15 @@ def test_small_loop_nests_stay_on_one_thread():
 
     from tvmforge.passes.schedule.analysis import PARALLEL_MIN_WORK
 
+    def doubled(shape):
+        x = te.placeholder(shape, "float32", name="x")
+        return te.create_prim_func([x, te.compute(shape, lambda *i: x(*i) * 2.0, name="y")])
+
     target = tvm.target.Target(HOST)
     params = CpuScheduleParams.from_target(target)
     for shape, parallel in [((1, 2048), False), ((64, 4096), True)]:
-        x = te.placeholder(shape, "float32", name="x")
-        y = te.compute(shape, lambda *i, x=x: x(*i) * 2.0, name="y")
         with target:
-            done = schedule_prim_func(te.create_prim_func([x, y]), params)
+            done = schedule_prim_func(doubled(shape), params)
         assert ("T.parallel" in done.script()) == parallel, shape
     assert 2048 < PARALLEL_MIN_WORK < 64 * 4096
 
