@@ -8,9 +8,9 @@ import logging
 import math
 
 from tvm import s_tir, tirx
-from tvm.s_tir.schedule import SBlockRV
+from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-from tvmforge.passes.schedule.analysis import _column_step, _divisors, _extents
+from tvmforge.passes.schedule.analysis import _column_step, _divisors, _extents, _uses_var
 from tvmforge.passes.schedule.contraction import _epilogue_at
 from tvmforge.passes.schedule.generic import _schedule_root_blocks
 from tvmforge.passes.schedule.packed_conv import (
@@ -163,10 +163,12 @@ def _schedule_flat_conv_k_blocked(
     p_o, x_i = sch.split(rows[-1], factors=[None, xi])
     f_o, f_i = sch.split(f, factors=[None, nf])
     rc_o, rc_i = sch.split(rc, factors=[None, chunk])
+    by_block = _split_by_input_block(sch, main, rc_i)
+    chunk_loops = [rc_i] if by_block is None else list(by_block)
     if _extents(sch, [ry, rx]) == [1, 1]:
-        sch.reorder(n, f_o, rc_o, *rows[:-1], p_o, ry, rx, rc_i, f_i, x_i, v)
+        sch.reorder(n, f_o, rc_o, *rows[:-1], p_o, ry, rx, *chunk_loops, f_i, x_i, v)
     else:  # a chunk's weights [c, ky, kx, b] in the order they lie in memory
-        sch.reorder(n, f_o, rc_o, *rows[:-1], p_o, rc_i, ry, rx, f_i, x_i, v)
+        sch.reorder(n, f_o, rc_o, *rows[:-1], p_o, *chunk_loops, ry, rx, f_i, x_i, v)
     _epilogue_at(sch, epilogue, f_o)
     sch.vectorize(v)
     sch.unroll(x_i)
@@ -189,6 +191,45 @@ def _schedule_flat_conv_k_blocked(
             distance=_K_BLOCKED_PREFETCH_DISTANCE,
         )
     _schedule_root_blocks(sch, main, params)
+
+
+def _input_block(sch: s_tir.Schedule, main: SBlockRV) -> int | None:
+    """The channel block of a blocked conv's input (``[n, c/B, h, w, B]``, or a Winograd
+    product's ``[sample, point, c/B, 1, tile, B]``), or ``None`` for an NCHW input: the read
+    that is neither the accumulator nor the weights (the last read) and whose innermost index
+    is taken along the reduction over channels."""
+    stmt = sch.get(main)
+    rc = next(iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
+    out = stmt.writes[0].source
+    for region in stmt.reads[:-1]:
+        buf = region.source
+        if buf.same_as(out) or len(buf.shape) not in (5, 6):
+            continue
+        if _uses_var(region.region[-1].min, rc):
+            return int(buf.shape[-1])
+    return None
+
+
+def _split_by_input_block(
+    sch: s_tir.Schedule, main: SBlockRV, rc: LoopRV, block: int | None = None
+) -> tuple[LoopRV, LoopRV] | None:
+    """``rc`` split as ``(rc / B, B)`` by the blocked input's channel block ``B``, or
+    ``None`` (an NCHW input, or ``rc`` not a multiple of more than one block).
+
+    Over one loop, the input's address ``(c / B) * plane * B + p * B + c % B`` is a division
+    and a remainder at every step: LLVM computed it with a shift, a mask, a multiply and a
+    sign extension per channel (8 integer instructions per 8 FMAs of a 2x4 tile) and could not
+    unroll the loop. Split, both parts are induction variables. Measured (AMD EPYC Zen 3, 2
+    threads, AVX2): 1x1 256->256 at 14x14 on a blocked input, in a chain of four, 1.36 ->
+    0.73 ms (76 -> 142 GFLOP/s); the same conv on an NCHW input ran 129 GFLOP/s."""
+    block = _input_block(sch, main) if block is None else block
+    if block is None:
+        return None
+    (ext,) = _extents(sch, [rc])
+    if ext % block or ext <= block:
+        return None
+    rc_o, rc_i = sch.split(rc, factors=[None, block])
+    return rc_o, rc_i
 
 
 def _schedule_packed_conv_nchwc(
@@ -302,7 +343,12 @@ def _schedule_packed_conv_nchwc(
         outer = [n, *rows, f_o]  # an input tile reused across all output channels
     else:
         outer = [n, f_o, *rows]  # a block of weights reused across the whole output
-    sch.reorder(*outer, rc, ry, rx, f_i, x_i, v)
+    inner_rc = _split_by_input_block(sch, main, rc)
+    if inner_rc is None:
+        sch.reorder(*outer, rc, ry, rx, f_i, x_i, v)
+    else:
+        rc, rc_i = inner_rc
+        sch.reorder(*outer, rc, rc_i, ry, rx, f_i, x_i, v)
     _epilogue_at(sch, epilogue, outer[-1])
     sch.set_scope(main, 0, _ACC_SCOPE)
     sch.vectorize(v)
