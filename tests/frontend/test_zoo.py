@@ -36,7 +36,15 @@ def test_shipped_weights_are_degenerate_which_is_why_we_randomize():
     assert float(np.std(out)) < 1e-6  # the softmax of 1000 equal logits
 
 
-@pytest.mark.parametrize("name", LIGHT)
+# The largest light models (VGG-19 548 MB, AlexNet 244 MB, ZFNet 349 MB) and DenseNet-121 add
+# 30-80 s each to the default suite and no op the others lack: they run with ``-m slow``.
+_HEAVY_LIGHT = {"vgg19", "bvlc_alexnet", "zfnet512", "densenet121"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in _HEAVY_LIGHT else n for n in LIGHT],
+)
 def test_light_model_matches_onnxruntime(name, tmp_path):
     built = build_model(f"zoo:{name}", "x86")
     arrays = random_inputs(built.inputs, seed=0)

@@ -53,8 +53,12 @@ def model(tmp_path) -> Path:
 
 @pytest.mark.parametrize(
     ("sig", "when"),
-    [(signal.SIGINT, "after-defaults"), (signal.SIGTERM, "mid-search")],
-    ids=["sigint-after-defaults", "sigterm-mid-search"],
+    [
+        pytest.param(signal.SIGINT, "after-defaults", id="sigint-after-defaults"),
+        # 75 s of tuning before the signal: with -m slow
+        pytest.param(signal.SIGTERM, "mid-search", id="sigterm-mid-search",
+                     marks=pytest.mark.slow),
+    ],
 )
 def test_an_interrupted_tune_keeps_its_records_and_exits_130(model, tmp_path, sig, when):
     logs = tmp_path / "logs"

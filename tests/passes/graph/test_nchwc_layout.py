@@ -311,9 +311,9 @@ def test_wide_1x1_conv_splits_its_reduction_into_chunks(caplog):
     kinds = [sch.get(lp).kind for lp in loops]
     extents = [int(sch.get(lp).extent) for lp in loops]
     assert kinds[0] == tirx.ForKind.PARALLEL and extents[0] == 16  # 32 channel blocks / 2
-    # [block, chunk of 128 input channels, 28 tiles of 7 pixels, ky, kx, channel, 2 vectors
-    # of output channels, 7 pixels, 16 lanes]
-    assert extents == [16, 4, 28, 1, 1, 128, 2, 7, 16]
+    # [block, chunk of 128 input channels, 28 tiles of 7 pixels, ky, kx, the chunk's 8 input
+    # channel blocks, the 16 channels of one, 2 vectors of output channels, 7 pixels, 16 lanes]
+    assert extents == [16, 4, 28, 1, 1, 8, 16, 2, 7, 16]
     assert kinds[-3:] == [tirx.ForKind.UNROLLED, tirx.ForKind.UNROLLED, tirx.ForKind.VECTORIZED]
 
 

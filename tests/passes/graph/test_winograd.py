@@ -402,9 +402,12 @@ def test_transforms_compute_their_first_pass_a_row_at_a_time_on_the_stack():
     [
         # ResNet-50's stage 3: a block (2 vectors x 256 channels, 32 KiB) re-read over only 7
         # tiles of 7 of the 49 tiles: the reduction runs in 4 chunks of 64 channels
-        pytest.param(256, 14, 2, [16 * 8, 4, 1, 7, 1, 1, 64, 2, 7, 16], id="256ch-14x14-chunked"),
-        # stage 2: 16 KiB blocks, swept whole over the tiles (16 points x 8 blocks x 7 tiles)
-        pytest.param(128, 28, 4, [36 * 4 * 7, 128, 1, 1, 2, 7, 16], id="128ch-28x28-swept"),
+        # (each chunk by the input's channel blocks: 4 of 16)
+        pytest.param(256, 14, 2, [16 * 8, 4, 1, 7, 1, 1, 4, 16, 2, 7, 16],
+                     id="256ch-14x14-chunked"),
+        # stage 2: 16 KiB blocks, swept whole over the tiles (16 points x 8 blocks x 7 tiles),
+        # the reduction by input channel block (8 of 16)
+        pytest.param(128, 28, 4, [36 * 4 * 7, 8, 16, 1, 1, 2, 7, 16], id="128ch-28x28-swept"),
     ],
 )
 def test_product_with_a_short_sweep_runs_its_reduction_in_chunks(c, hw, m, expect, caplog):

@@ -15,6 +15,7 @@ import glob
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tvmforge import build_model
 from tvmforge.frontend import importer as frontend
@@ -191,6 +192,7 @@ def _det():
     return f, q
 
 
+@pytest.mark.slow  # 70 s; PP-OCRv4 rec's int8 test keeps a real OCR model in the default suite
 def test_ppocr_det_int8_finds_the_same_text_as_float():
     """On pages it was not calibrated on, the int8 text map (probability > 0.3, PaddleOCR's
     threshold) overlaps the float one with IoU >= 0.8; and float's map is really the text
