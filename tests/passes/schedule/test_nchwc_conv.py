@@ -3,6 +3,8 @@ channels follows the input's channel blocks."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -109,3 +111,74 @@ def test_convs_on_blocked_inputs_match_onnxruntime(cin, mid, cout, k, hw):
     stride = 2 if hw % 2 else 1
     ours, ref = _run_both(_two_convs(cin, mid, cout, k, hw, stride))
     _assert_close(ours, ref)
+
+
+def _stft_like(cout: int, taps: int, stride: int, width: int):
+    """A 1 -> ``cout`` conv over one row (``1 x taps`` kernel, a stride of ``stride``) with
+    ``width`` outputs: openWakeWord's STFT conv in small."""
+    rng = np.random.default_rng(cout + taps + width)
+    w = rng.standard_normal((cout, 1, 1, taps)).astype(np.float32)
+    length = (width - 1) * stride + taps
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[1, stride]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, length])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 1, width])],
+        {"w": w},
+    )
+
+
+def _conv_kernel(model, target: dict) -> s_tir.Schedule:
+    from tvmforge.driver.pipeline import to_kernels
+    from tvmforge.frontend import importer as frontend
+
+    loaded = frontend.load(model)
+    kernels = to_kernels(
+        frontend.to_relax(loaded, frontend.resolve_inputs(loaded, {})), tvm.target.Target(target)
+    )
+    (func,) = [f for gv, f in kernels.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc) and "conv" in gv.name_hint]
+    return s_tir.Schedule(_schedule(tvm.IRModule({"main": func}), target)["main"])
+
+
+@pytest.mark.parametrize(
+    ("target", "cout", "tile"),
+    [pytest.param(AVX2, 24, (1, 8), id="avx2"), pytest.param(AVX512, 32, (1, 8), id="avx512")],
+)
+def test_a_prime_output_width_gets_a_tile_with_a_tail(target, cout, tile):
+    """97 output columns (prime) left divisor tiles of one column (24 channels: 3 x 1 with
+    AVX2's blocks of 8; 32: 2 x 1 with AVX-512's 16): a few accumulators, the FMAs waiting on each
+    other. The row is swept in whole tiles and one tail tile instead, with blocks of channels
+    enough for both cores (openWakeWord's STFT conv, 1 -> 264 channels: 61 -> 105 GFLOP/s)."""
+    sch = _conv_kernel(_stft_like(cout, 64, 16, 97), target)
+    nf, xi = tile
+    script = sch.mod["main"].script()
+    updates = re.findall(r'T.sblock\("(conv2d_nchwc_packed_\w+?[01])_update"\)', script)
+    assert len(updates) == 2, script  # whole tiles, then the tail
+    whole, tail = (sch.get_loops(sch.get_sblock(f"{b}_update")) for b in updates)
+    lanes = 16 if "avx512" in target["mcpu"] else 8
+    assert [int(sch.get(lp).extent) for lp in whole[-3:]] == [nf, xi, lanes]
+    assert [int(sch.get(lp).extent) for lp in tail[-3:]] == [nf, 97 % xi, lanes]
+    # blocks of channels by rows, in parallel: one block a core here
+    assert re.search(r"in T.parallel\(T.int64\((\d+)\)", script).group(1) == str(cout // 8 // (
+        2 if target is AVX512 else 1))
+
+
+@pytest.mark.parametrize(("cout", "width"), [(24, 97), (40, 13), (8, 5)])
+def test_convs_with_a_tail_tile_match_onnxruntime(cout, width):
+    ours, ref = _run_both(_stft_like(cout, 32, 8, width))
+    _assert_close(ours, ref)
+
+
+def test_the_tile_with_a_tail_weighs_loads_against_accumulators():
+    from tvmforge.passes.schedule.nchwc_conv import _ragged_tile
+
+    # 33 blocks (264 channels), AVX2: 3 x 2 (5 loads for 6 FMAs) over 1 x 8 (9 for 8)
+    assert _ragged_tile(33, 97, 16, 31, tasks=2) == (3, 2)
+    # 3 blocks on 2 cores: one block a task
+    assert _ragged_tile(3, 97, 16, 31, tasks=2) == (1, 8)
+    # AVX-512's 32 registers: 15 accumulators at most
+    assert _ragged_tile(33, 97, 32, 15, tasks=2) == (3, 5)
+    # no tile of 4 accumulators fits a width of 3
+    assert _ragged_tile(1, 3, 16, None) is None
