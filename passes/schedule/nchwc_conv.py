@@ -164,8 +164,7 @@ def _schedule_flat_conv_k_blocked(
     p_o, x_i = sch.split(rows[-1], factors=[None, xi])
     f_o, f_i = sch.split(f, factors=[None, nf])
     rc_o, rc_i = sch.split(rc, factors=[None, chunk])
-    by_block = _split_by_input_block(sch, main, rc_i)
-    chunk_loops = [rc_i] if by_block is None else list(by_block)
+    chunk_loops = _by_input_block(sch, main, rc_i)
     if _extents(sch, [ry, rx]) == [1, 1]:
         sch.reorder(n, f_o, rc_o, *rows[:-1], p_o, ry, rx, *chunk_loops, f_i, x_i, v)
     else:  # a chunk's weights [c, ky, kx, b] in the order they lie in memory
@@ -198,7 +197,8 @@ def _input_block(sch: s_tir.Schedule, main: SBlockRV) -> int | None:
     """The channel block of a blocked conv's input (``[n, c/B, h, w, B]``, or a Winograd
     product's ``[sample, point, c/B, 1, tile, B]``), or ``None`` for an NCHW input: the read
     that is neither the accumulator nor the weights (the last read) and whose innermost index
-    is taken along the reduction over channels."""
+    is taken along the reduction over channels (``packed_conv._input_read`` looks for the
+    output column, which a merged plane no longer has)."""
     stmt = sch.get(main)
     rc = next(iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
     out = stmt.writes[0].source
@@ -211,11 +211,12 @@ def _input_block(sch: s_tir.Schedule, main: SBlockRV) -> int | None:
     return None
 
 
-def _split_by_input_block(
+def _by_input_block(
     sch: s_tir.Schedule, main: SBlockRV, rc: LoopRV, block: int | None = None
-) -> tuple[LoopRV, LoopRV] | None:
-    """``rc`` split as ``(rc / B, B)`` by the blocked input's channel block ``B``, or
-    ``None`` (an NCHW input, or ``rc`` not a multiple of more than one block).
+) -> list[LoopRV]:
+    """The reduction loop ``rc`` split as ``[rc / B, B]`` by the blocked input's channel block
+    ``B`` (``block``, else read off the conv), or ``[rc]`` as it is (an NCHW input, or ``rc``
+    not a multiple of more than one block).
 
     Over one loop, the input's address ``(c / B) * plane * B + p * B + c % B`` is a division
     and a remainder at every step: LLVM computed it with a shift, a mask, a multiply and a
@@ -224,13 +225,10 @@ def _split_by_input_block(
     threads, AVX2): 1x1 256->256 at 14x14 on a blocked input, in a chain of four, 1.36 ->
     0.73 ms (76 -> 142 GFLOP/s); the same conv on an NCHW input ran 129 GFLOP/s."""
     block = _input_block(sch, main) if block is None else block
-    if block is None:
-        return None
     (ext,) = _extents(sch, [rc])
-    if ext % block or ext <= block:
-        return None
-    rc_o, rc_i = sch.split(rc, factors=[None, block])
-    return rc_o, rc_i
+    if block is None or ext % block or ext <= block:
+        return [rc]
+    return list(sch.split(rc, factors=[None, block]))
 
 
 def _ragged_tile(
@@ -269,9 +267,10 @@ def _schedule_conv_ragged(
     """A blocked conv whose register tile ``(nf, xi)`` does not divide the output width: per
     block of ``nf`` channel vectors and output row (in parallel), the row is swept in whole
     tiles of ``xi`` columns and one tail tile of the rest (``loop_partition``: two copies of
-    the conv with the same channel tile); the epilogue runs on the row after it. openWakeWord's melspectrogram (AMD EPYC, AVX2, 2 threads, `tvmforge
-    profile`): its STFT conv (1 -> 264 channels, 1 x 512 taps, stride 160, 97 columns, so the
-    divisor tiles were 3 x 1) 0.866 -> 0.498 ms for its two calls, 61 -> 105 GFLOP/s."""
+    the conv with the same channel tile); the epilogue runs on the row after it.
+    openWakeWord's melspectrogram (AMD EPYC, AVX2, 2 threads, ``tvmforge profile``): its
+    STFT conv (1 -> 264 channels, 1 x 512 taps, stride 160, 97 columns, so the divisor tiles
+    were 3 x 1) 0.866 -> 0.498 ms for its two calls, 61 -> 105 GFLOP/s."""
     nf, xi = tile
     input_block = _input_block(sch, main)
     n, f, y, x, v, rc, ry, rx = sch.get_loops(main)
@@ -285,7 +284,8 @@ def _schedule_conv_ragged(
     if whole != width:
         var = sch.get(x).loop_var.name
         sch.loop_partition(x, [whole, None])
-        parts = [(sch.get_sblock(f"{name}_{var}0"), True), (sch.get_sblock(f"{name}_{var}1"), False)]
+        whole_part, tail_part = (sch.get_sblock(f"{name}_{var}{i}") for i in (0, 1))
+        parts = [(whole_part, True), (tail_part, False)]
     for block, tiled in parts:
         col, f_i, v, rc, ry, rx = sch.get_loops(block)[-6:]
         if tiled:
@@ -293,8 +293,7 @@ def _schedule_conv_ragged(
             outer = [x_o]
         else:  # the tail: one tile (its loop starts past the whole tiles, so it stays whole)
             x_i, outer = col, []
-        by_block = _split_by_input_block(sch, block, rc, input_block)
-        reduction = [rc] if by_block is None else list(by_block)
+        reduction = _by_input_block(sch, block, rc, input_block)
         sch.reorder(*outer, *reduction, ry, rx, f_i, x_i, v)
         sch.vectorize(v)
         sch.unroll(x_i)
@@ -426,12 +425,9 @@ def _schedule_packed_conv_nchwc(
         outer = [n, *rows, f_o]  # an input tile reused across all output channels
     else:
         outer = [n, f_o, *rows]  # a block of weights reused across the whole output
-    inner_rc = _split_by_input_block(sch, main, rc)
-    if inner_rc is None:
-        sch.reorder(*outer, rc, ry, rx, f_i, x_i, v)
-    else:
-        rc, rc_i = inner_rc
-        sch.reorder(*outer, rc, rc_i, ry, rx, f_i, x_i, v)
+    reduction = _by_input_block(sch, main, rc)
+    rc = reduction[0]  # the outermost reduction loop, where the accumulators are initialized
+    sch.reorder(*outer, *reduction, ry, rx, f_i, x_i, v)
     _epilogue_at(sch, epilogue, outer[-1])
     sch.set_scope(main, 0, _ACC_SCOPE)
     sch.vectorize(v)
